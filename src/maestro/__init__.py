@@ -1,0 +1,3 @@
+"""Maestro: a self-hosted MLOps platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from maestro.cli import main
+
+main()

@@ -1,0 +1,212 @@
+"""Errors as exception classes that carry their code and HTTP status, and the one
+place that renders every error (ours, FastAPI's validation errors, Starlette's 404
+and 405) into the platform's error shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from maestro.api.envelope import ErrorBody, ErrorDetail, ErrorResponse
+
+logger = logging.getLogger("maestro.errors")
+
+
+class MaestroError(Exception):
+    """Base of every error a service may raise for a client to see."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "BAD_REQUEST"
+    default_message: ClassVar[str] = "The request could not be processed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Iterable[ErrorDetail | tuple[str | None, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = [
+            d if isinstance(d, ErrorDetail) else ErrorDetail(field=d[0], message=d[1]) for d in details
+        ]
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(MaestroError):
+    pass
+
+
+class AuthenticationRequired(MaestroError):
+    status_code = 401
+    code = "AUTHENTICATION_REQUIRED"
+    default_message = "Missing or invalid authentication"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class PermissionDenied(MaestroError):
+    status_code = 403
+    code = "INSUFFICIENT_PERMISSIONS"
+    default_message = "You do not have permission to do this"
+
+
+class NotFound(MaestroError):
+    status_code = 404
+    code = "RESOURCE_NOT_FOUND"
+    default_message = "The requested resource does not exist"
+
+
+class MethodNotAllowed(MaestroError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+    default_message = "This method is not allowed on this resource"
+
+
+class Conflict(MaestroError):
+    status_code = 409
+    code = "CONFLICT"
+    default_message = "The request conflicts with the current state of the resource"
+
+
+class PayloadTooLarge(MaestroError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "The request body is larger than allowed"
+
+
+class UnsupportedMediaType(MaestroError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    default_message = "This content type is not supported here"
+
+
+class ValidationFailed(MaestroError):
+    status_code = 422
+    code = "VALIDATION_ERROR"
+    default_message = "Invalid input parameters"
+
+
+class RateLimited(MaestroError):
+    status_code = 429
+    code = "RATE_LIMIT_EXCEEDED"
+    default_message = "Too many requests"
+
+
+class ServiceUnavailable(MaestroError):
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "Service temporarily unavailable"
+
+
+_CODE_FOR_STATUS = {
+    cls.status_code: cls.code
+    for cls in (
+        BadRequest,
+        AuthenticationRequired,
+        PermissionDenied,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        RateLimited,
+        ServiceUnavailable,
+    )
+}
+_CODE_FOR_STATUS[500] = "INTERNAL_SERVER_ERROR"
+
+_STATUS_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Insufficient permissions",
+    404: "Resource not found",
+    405: "Method not allowed",
+    409: "Conflict with the current state",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation error",
+    429: "Rate limit exceeded",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def code_for_status(status: int) -> str:
+    return _CODE_FOR_STATUS.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "BAD_REQUEST")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    details: Sequence[ErrorDetail] = (),
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorBody(code=code or code_for_status(status), message=message, details=list(details))
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entry documenting each error a route can return."""
+    return {
+        status: {"model": ErrorResponse, "description": _STATUS_DESCRIPTIONS[status]} for status in statuses
+    }
+
+
+def _field_of(location: Sequence[Any]) -> str | None:
+    parts = [str(part) for part in location]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def validation_details(errors: Iterable[dict[str, Any]]) -> list[ErrorDetail]:
+    return [
+        ErrorDetail(field=_field_of(err.get("loc", ())), message=str(err.get("msg", "invalid")))
+        for err in errors
+    ]
+
+
+async def _on_maestro_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MaestroError)
+    return error_response(
+        exc.status_code, exc.message, code=exc.code, details=exc.details, headers=exc.headers
+    )
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "Invalid input parameters", details=validation_details(exc.errors()))
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = "No such resource or route"
+    elif exc.status_code == 405:
+        message = "This method is not allowed on this route"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Unexpected exceptions are rendered by the request-context middleware, which
+    runs outside Starlette's exception layer and so can attach the request id."""
+    app.add_exception_handler(MaestroError, _on_maestro_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -1,0 +1,84 @@
+"""Request context middleware: request id, timing header, access log, and the last
+line of defence that turns an unexpected exception into a 500 in the error shape.
+
+It is plain ASGI (no BaseHTTPMiddleware) so it costs microseconds and never
+buffers a streamed response."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maestro.api.context import accept_request_id, request_id_var
+from maestro.api.errors import error_response
+
+access_logger = logging.getLogger("maestro.access")
+error_logger = logging.getLogger("maestro.errors")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = accept_request_id(_header(scope, b"x-request-id"))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_holder: dict[str, Any] = {"status": 500, "started": False}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            error_logger.exception(
+                "unhandled error", extra={"request_id": request_id, "path": scope.get("path")}
+            )
+            if status_holder["started"]:
+                raise  # headers are gone; the server closes the connection
+            response = error_response(
+                500, f"An unexpected error occurred; quote request id {request_id} when reporting it"
+            )
+            await response(scope, receive, send_with_headers)
+        finally:
+            request_id_var.reset(token)
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    "%s %s %s %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status_holder["status"],
+                    (time.perf_counter() - started) * 1000,
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status_holder["status"],
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": client[0] if client else None,
+                    },
+                )

@@ -1,0 +1,104 @@
+"""``create_app(settings)`` builds the whole API: resources, middleware, error
+handlers and every domain's router."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from maestro import __version__
+from maestro.api.errors import install_error_handlers
+from maestro.api.middleware import RequestContextMiddleware
+from maestro.config import Settings
+from maestro.db import Database
+from maestro.jobs.queue import EmbeddedWorker, JobQueue
+from maestro.jobs.routes import router as jobs_router
+from maestro.logs import configure_logging
+from maestro.storage import ArtifactStore
+from maestro.system.routes import router as system_router
+
+logger = logging.getLogger("maestro")
+
+OPENAPI_URL = "/api/v1/openapi.json"
+ROUTERS = (system_router, jobs_router)
+
+DESCRIPTION = """\
+Maestro is a self-hosted MLOps platform: organisations and access control,
+experiment tracking, a model registry with model cards, deployments and inference,
+and monitoring, behind one REST API.
+
+Successful responses are wrapped as `{"success": true, "data": …, "metadata": …}`;
+lists add `pagination`. Every error has the shape
+`{"success": false, "error": {"code", "message", "details"}, "metadata": …}`.
+"""
+
+
+def operation_id(route: APIRoute) -> str:
+    if not route.tags:
+        raise RuntimeError(f"route {route.path} has no tag; every router declares one")
+    return f"{route.tags[0]}:{route.name}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings)
+    database = Database(settings)
+    store = ArtifactStore(settings.resolved_storage_url)
+    queue = JobQueue(settings, database, store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = EmbeddedWorker(queue) if settings.run_worker_in_process else None
+        if worker:
+            worker.start()
+        logger.info("Maestro %s ready (%s database)", __version__, database.engine.dialect.name)
+        try:
+            yield
+        finally:
+            if worker:
+                worker.stop()
+            queue.close()
+            database.dispose()
+
+    app = FastAPI(
+        title="Maestro",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url=OPENAPI_URL,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.store = store
+    app.state.queue = queue
+
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Process-Time",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+        )
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    return app

@@ -1,0 +1,205 @@
+"""The ``maestro`` command (also ``python -m maestro``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from maestro import __version__
+
+app = typer.Typer(
+    help="Maestro, a self-hosted MLOps platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Background jobs.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _settings(**overrides: Any) -> Any:
+    from maestro.config import Settings
+
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.secho(f"configuration error: {error['msg']}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print Maestro's version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [default: MAESTRO_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [default: MAESTRO_PORT or 8000].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [default: MAESTRO_WORKERS or 1].")
+    ] = None,
+    reload: Annotated[bool, typer.Option(help="Restart when source files change (development).")] = False,
+) -> None:
+    """Run the API server (and, unless disabled, a job consumer inside it)."""
+    from maestro import server
+    from maestro.logs import configure_logging
+    from maestro.migrations import upgrade
+
+    settings = _settings()
+    configure_logging(settings)
+    if settings.uses_embedded_database:
+        upgrade(settings.resolved_database_url)
+    server.run(
+        settings,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        reload=reload,
+    )
+
+
+@app.command()
+def worker(
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Jobs run at once [default: MAESTRO_WORKER_THREADS].")
+    ] = None,
+) -> None:
+    """Run a job consumer; start as many as the work needs, on any machine that
+    reaches the same database, queue and artifact store."""
+    from maestro.jobs.queue import run_worker
+    from maestro.logs import configure_logging
+
+    settings = _settings(worker_threads=threads)
+    configure_logging(settings)
+    queue = _queue(settings)
+    run_worker(queue)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations up to REVISION."""
+    from maestro.migrations import current_revision, upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"database at revision {current_revision(settings.resolved_database_url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's current revision."""
+    from maestro.migrations import current_revision
+
+    typer.echo(current_revision(_settings().resolved_database_url) or "empty (run `maestro db upgrade`)")
+
+
+class OpenAPIFormat(StrEnum):
+    json = "json"
+    yaml = "yaml"
+
+
+@app.command()
+def openapi(
+    format: Annotated[OpenAPIFormat, typer.Option("--format", "-f")] = OpenAPIFormat.json,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the OpenAPI document without starting a server."""
+    import tempfile
+
+    import yaml
+
+    from maestro.app import create_app
+
+    with tempfile.TemporaryDirectory() as scratch:
+        document = create_app(_settings(data_dir=Path(scratch), run_worker_in_process=False)).openapi()
+    text = (
+        json.dumps(document, indent=2)
+        if format is OpenAPIFormat.json
+        else yaml.safe_dump(document, sort_keys=False)
+    )
+    if output:
+        output.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def _queue(settings: Any) -> Any:
+    from maestro.db import Database
+    from maestro.jobs.queue import JobQueue
+    from maestro.storage import ArtifactStore
+
+    return JobQueue(settings, Database(settings), ArtifactStore(settings.resolved_storage_url))
+
+
+def _submit_and_report(kind: str, params: dict[str, Any], wait: bool) -> None:
+    from maestro.jobs.schemas import JobRead
+    from maestro.jobs.service import get_job
+
+    queue = _queue(_settings())
+    with queue.database.session() as session:
+        job_id = queue.submit(session, kind, params).id
+    typer.echo(f"submitted {job_id}")
+    while True:
+        with queue.database.session(write=False) as session:
+            job = JobRead.model_validate(get_job(session, job_id))
+        if not wait or job.status in ("succeeded", "failed"):
+            typer.echo(job.model_dump_json(indent=2))
+            if job.status == "failed":
+                raise typer.Exit(1)
+            return
+        time.sleep(0.5)
+
+
+@jobs_app.command("cleanup")
+def jobs_cleanup(wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = False) -> None:
+    """Queue the maintenance job (stale uploads, old finished jobs)."""
+    from maestro.jobs.maintenance import CLEANUP
+
+    _submit_and_report(CLEANUP, {}, wait)
+
+
+@jobs_app.command("probe")
+def jobs_probe(
+    seconds: Annotated[float, typer.Option(min=0, max=300, help="How long the probe job runs.")] = 1.0,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True,
+) -> None:
+    """Queue a job that does nothing but report progress: checks that workers run jobs."""
+    from maestro.jobs.maintenance import PROBE
+
+    _submit_and_report(PROBE, {"duration_seconds": seconds, "steps": 10}, wait)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    """Print a job's status, progress and result."""
+    from maestro.api.errors import NotFound
+    from maestro.jobs.schemas import JobRead
+    from maestro.jobs.service import get_job
+
+    queue = _queue(_settings())
+    try:
+        with queue.database.session(write=False) as session:
+            typer.echo(JobRead.model_validate(get_job(session, job_id)).model_dump_json(indent=2))
+    except NotFound as exc:
+        typer.secho(exc.message, err=True, fg="red")
+        raise typer.Exit(1) from exc
+
+
+def main() -> None:
+    app()

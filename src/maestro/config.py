@@ -1,0 +1,177 @@
+"""Every setting Maestro reads, in one place.
+
+Values come from the environment (prefix ``MAESTRO_``) or a ``.env`` file in the
+working directory. Anything left unset falls back to an embedded default that runs
+on one machine with no other services: SQLite, a local artifact directory and a
+SQLite-backed job queue, all under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "maestro-insecure-development-key-change-me"  # noqa: S105 - refused in production
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAESTRO_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- identity of this installation -------------------------------------------------
+    environment: Environment = Field(
+        Environment.development,
+        description="`production` refuses insecure defaults such as the built-in secret key.",
+    )
+    secret_key: str = Field(
+        DEFAULT_SECRET_KEY,
+        description="Signs access tokens and encrypts stored secrets. Set a long random value in production.",
+    )
+
+    # --- where state lives ---------------------------------------------------------------
+    data_dir: Path = Field(
+        Path("maestro-data"),
+        description="Directory for the embedded database, artifacts and job queue.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: SQLite at `<data_dir>/maestro.db`. "
+        "`postgresql://…` is accepted and uses psycopg 3.",
+    )
+    database_echo: bool = Field(False, description="Log every SQL statement.")
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="Connections kept per process (PostgreSQL)."
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        10_000, ge=0, description="How long an SQLite writer waits for the lock before failing."
+    )
+    storage_url: str | None = Field(
+        None,
+        description="fsspec URL of the artifact store, e.g. `s3://bucket/prefix`. "
+        "Default: the local directory `<data_dir>/artifacts`.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="When set, the job queue and rate limits use Redis instead of embedded storage.",
+    )
+
+    # --- HTTP server ---------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `maestro serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `maestro serve` binds.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes for `maestro serve`.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated. Empty: CORS headers are not sent.",
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients use to reach this server (for links such as endpoint URLs)."
+    )
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Root log level.")
+    log_json: bool = Field(False, description="Write logs, access log included, as JSON lines.")
+    access_log: bool = Field(True, description="Log one line per HTTP request.")
+
+    # --- background jobs -----------------------------------------------------------------
+    queue_name: str = Field("maestro", description="Name of the job queue (a namespace in Redis).")
+    run_worker_in_process: bool = Field(
+        True,
+        description="`maestro serve` runs a job consumer inside the server process. "
+        "Turn off when dedicated `maestro worker` processes do the work.",
+    )
+    worker_threads: int = Field(2, ge=1, le=64, description="Threads per job consumer.")
+    job_heartbeat_interval: float = Field(
+        5.0, gt=0, description="Seconds between heartbeats of a running job."
+    )
+    job_heartbeat_timeout: float = Field(
+        60.0, gt=0, description="A running job whose last heartbeat is older than this is considered lost."
+    )
+    job_reaper_interval: float = Field(
+        10.0, gt=0, description="Seconds between sweeps for lost or never-delivered jobs."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts before a job whose worker died is marked failed."
+    )
+    job_redeliver_after: float = Field(
+        600.0, gt=0, description="A job still queued after this many seconds is enqueued again."
+    )
+    job_retention_days: int = Field(
+        30, ge=1, description="Finished jobs older than this are removed by the maintenance job."
+    )
+    maintenance_interval_minutes: int = Field(
+        60, ge=0, description="How often consumers run the maintenance job; 0 disables the schedule."
+    )
+    stale_upload_hours: float = Field(
+        6.0, gt=0, description="Temporary upload files older than this are removed by maintenance."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.environment is Environment.production:
+            if self.secret_key == DEFAULT_SECRET_KEY:
+                raise ValueError(
+                    "MAESTRO_SECRET_KEY must be set in production; the built-in development key is public"
+                )
+            if len(self.secret_key) < 32:
+                raise ValueError("MAESTRO_SECRET_KEY must be at least 32 characters in production")
+        if self.job_heartbeat_timeout <= self.job_heartbeat_interval:
+            raise ValueError("MAESTRO_JOB_HEARTBEAT_TIMEOUT must exceed MAESTRO_JOB_HEARTBEAT_INTERVAL")
+        return self
+
+    # --- derived values ------------------------------------------------------------------
+    @cached_property
+    def resolved_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'maestro.db').resolve()}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @cached_property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def queue_file(self) -> Path:
+        return self.data_dir / "queue.db"
+
+
+def generate_secret_key() -> str:
+    """A value suitable for MAESTRO_SECRET_KEY."""
+    return secrets.token_urlsafe(48)

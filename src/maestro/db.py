@@ -1,0 +1,203 @@
+"""Database access: engine, sessions, the declarative base and shared column types.
+
+One code path serves SQLite and PostgreSQL. SQLite runs in WAL mode with a busy
+timeout, and write transactions begin with ``BEGIN IMMEDIATE`` so that concurrent
+writers queue for the lock instead of failing half-way with ``SQLITE_BUSY``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from maestro.config import Settings
+
+logger = logging.getLogger("maestro.db")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _base32(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """An opaque id such as ``run_01jd8x…``: a type prefix, then 48 bits of
+    milliseconds and 80 random bits in lowercase Crockford base32.
+
+    Ids sort by creation time, which keeps primary-key indexes append-mostly and
+    makes the id a stable tiebreaker for keyset pagination.
+    """
+    millis = time.time_ns() // 1_000_000
+    return f"{prefix}_{_base32(millis, 10)}{_base32(secrets.randbits(80), 16)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use maestro.db.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class IdMixin:
+    """A prefixed string primary key; subclasses set ``id_prefix``."""
+
+    id_prefix: str = "obj"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("id", new_id(self.id_prefix))
+        super().__init__(**kwargs)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself, so we choose its kind.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """SQLite creates its file but not the directory holding it."""
+    if url.startswith("sqlite"):
+        database = url.split(":///", 1)[-1]
+        if database and database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+
+
+def build_engine(settings: Settings) -> Engine:
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        ensure_sqlite_directory(url)
+        engine = create_engine(
+            url,
+            echo=settings.database_echo,
+            connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
+        )
+        _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+        return engine
+    return create_engine(
+        url,
+        echo=settings.database_echo,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+class Database:
+    """The engine and two session factories: readers, and writers that take the
+    write lock up front on SQLite (a no-op on PostgreSQL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine = build_engine(settings)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(
+            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        )
+
+    def new_session(self, *, write: bool) -> Session:
+        return (self._writer if write else self._reader)()
+
+    @contextmanager
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any error."""
+        session = self.new_session(write=write)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def run_after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's transaction has committed, and never if it
+    rolls back: how work is handed to other processes (jobs, webhooks) only after
+    the rows it refers to are visible to them."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    for callback in session.info.pop("after_commit", []):
+        try:
+            callback()
+        except Exception:
+            logger.exception("after-commit callback failed")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous: Any) -> None:
+    if previous.parent is None:  # the whole transaction, not a savepoint
+        session.info.pop("after_commit", None)

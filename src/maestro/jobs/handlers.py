@@ -1,0 +1,54 @@
+"""The registry of job kinds. A domain declares a kind with ``@job_handler("kind")``
+on a plain function taking a ``JobContext`` and the job's parameters; the function's
+return value (a JSON-able dict) becomes the job's result."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from maestro.config import Settings
+    from maestro.db import Database
+    from maestro.jobs.service import ClaimedJob
+    from maestro.storage import ArtifactStore
+
+Handler = Callable[..., dict[str, Any] | None]
+
+HANDLERS: dict[str, Handler] = {}
+
+# Modules that declare job kinds; imported wherever jobs are submitted or executed.
+HANDLER_MODULES = ("maestro.jobs.maintenance",)
+
+
+def job_handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(function: Handler) -> Handler:
+        if HANDLERS.get(kind, function) is not function:
+            raise RuntimeError(f"job kind {kind!r} registered twice")
+        HANDLERS[kind] = function
+        return function
+
+    return register
+
+
+def load_handlers() -> dict[str, Handler]:
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+    return HANDLERS
+
+
+@dataclass
+class JobContext:
+    """What a running job may use: the platform's resources and a way to report."""
+
+    job: ClaimedJob
+    settings: Settings
+    database: Database
+    store: ArtifactStore
+    report: Callable[[float, str | None], None]
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record progress (0..1); also counts as a heartbeat."""
+        self.report(fraction, message)

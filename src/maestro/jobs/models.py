@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from maestro.db import Base, IdMixin, TimestampMixin
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+FINISHED_STATUSES = (JobStatus.succeeded, JobStatus.failed)
+
+
+class Job(IdMixin, TimestampMixin, Base):
+    __tablename__ = "jobs"
+    id_prefix = "job"
+
+    kind: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    message: Mapped[str | None] = mapped_column(String(500))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
+        Index("ix_jobs_kind_created_at", "kind", "created_at"),
+    )

@@ -1,0 +1,194 @@
+"""The Huey queue that carries job ids, and the consumers that execute them.
+
+Huey stores messages in SQLite (``<data_dir>/queue.db``) by default and in Redis when
+``MAESTRO_REDIS_URL`` is set. The same consumer runs inside ``maestro serve`` (threads,
+no signal handlers of its own) or as ``maestro worker`` on any number of machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+from typing import Any
+
+from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey.consumer import Consumer
+
+from maestro.config import Settings
+from maestro.db import Database, utcnow
+from maestro.jobs import service
+from maestro.jobs.handlers import HANDLERS, JobContext, load_handlers
+from maestro.storage import ArtifactStore
+
+logger = logging.getLogger("maestro.jobs")
+
+EXECUTE_TASK = "maestro.execute_job"
+
+
+def build_huey(settings: Settings) -> Huey:
+    if settings.redis_url:
+        return RedisHuey(settings.queue_name, url=settings.redis_url, results=False, utc=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey(
+        settings.queue_name,
+        filename=str(settings.queue_file),
+        results=False,
+        utc=True,
+        timeout=max(settings.sqlite_busy_timeout_ms / 1000, 1),
+    )
+
+
+class JobQueue:
+    """Everything a process needs to submit and execute jobs."""
+
+    def __init__(self, settings: Settings, database: Database, store: ArtifactStore) -> None:
+        load_handlers()
+        self.settings = settings
+        self.database = database
+        self.store = store
+        self.huey = build_huey(settings)
+        self._execute_task = self.huey.task(name=EXECUTE_TASK)(self.execute)
+        if settings.maintenance_interval_minutes:
+            self.huey.periodic_task(crontab(), name="maestro.schedule_maintenance")(self.schedule_maintenance)
+
+    # --- submitting --------------------------------------------------------------------
+    def enqueue(self, job_id: str) -> None:
+        self._execute_task(job_id)
+
+    def submit(self, session: Any, kind: str, params: dict[str, Any] | None = None) -> Any:
+        return service.submit(
+            session, self.enqueue, kind, params, max_attempts=self.settings.job_max_attempts
+        )
+
+    def pending(self) -> int:
+        return int(self.huey.storage.queue_size())
+
+    def close(self) -> None:
+        self.huey.storage.close()
+
+    # --- executing ---------------------------------------------------------------------
+    def execute(self, job_id: str) -> None:
+        """Run one job to completion in this thread, heartbeating alongside it."""
+        worker = f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+        job = service.claim(self.database, job_id, worker)
+        if job is None:
+            return
+        handler = HANDLERS.get(job.kind)
+        if handler is None:
+            service.finish(self.database, job, error=f"no handler for job kind {job.kind!r} on this worker")
+            return
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.job_heartbeat_interval):
+                if not service.heartbeat(self.database, job):
+                    return
+
+        beater = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        beater.start()
+        context = JobContext(
+            job=job,
+            settings=self.settings,
+            database=self.database,
+            store=self.store,
+            report=lambda fraction, message: service.report_progress(self.database, job, fraction, message),
+        )
+        try:
+            result = handler(context, **job.params)
+        except Exception as exc:
+            logger.exception("job %s (%s) failed", job_id, job.kind)
+            service.finish(self.database, job, error=f"{type(exc).__name__}: {exc}")
+        else:
+            service.finish(self.database, job, result=result or {})
+        finally:
+            stop.set()
+            beater.join()
+
+    def reap(self) -> service.ReapReport:
+        return service.reap(
+            self.database,
+            self.enqueue,
+            heartbeat_timeout=self.settings.job_heartbeat_timeout,
+            redeliver_after=self.settings.job_redeliver_after,
+        )
+
+    def schedule_maintenance(self) -> None:
+        """Runs every minute on every consumer; the storage-wide lock and the check of
+        the last run make one cleanup per interval across all of them."""
+        from maestro.jobs.maintenance import CLEANUP
+
+        interval = timedelta(minutes=self.settings.maintenance_interval_minutes)
+        with self.huey.lock_task("maestro-maintenance-schedule"), self.database.session() as session:
+            last = service.last_submitted(session, CLEANUP)
+            if last is None or last.created_at < utcnow() - interval:
+                self.submit(session, CLEANUP)
+
+
+class _EmbeddedConsumer(Consumer):
+    """A Huey consumer that leaves signal handling to its host process (uvicorn)."""
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+class Reaper(threading.Thread):
+    def __init__(self, queue: JobQueue) -> None:
+        super().__init__(name="maestro-reaper", daemon=True)
+        self.queue = queue
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.queue.settings.job_reaper_interval):
+            try:
+                self.queue.reap()
+            except Exception:
+                logger.exception("reaper sweep failed")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _consumer_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "workers": settings.worker_threads,
+        "worker_type": "thread",
+        "periodic": bool(settings.maintenance_interval_minutes),
+        "initial_delay": 0.05,
+        "max_delay": 1.0,
+        "backoff": 1.5,
+        "check_worker_health": True,
+    }
+
+
+class EmbeddedWorker:
+    """Consumer threads and a reaper inside the API server process."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        self.consumer = _EmbeddedConsumer(
+            queue.huey, shutdown_timeout=10, **_consumer_options(queue.settings)
+        )
+        self.reaper = Reaper(queue)
+
+    def start(self) -> None:
+        self.consumer.start()
+        self.reaper.start()
+
+    def stop(self) -> None:
+        self.reaper.stop()
+        self.consumer.stop(graceful=True)
+
+
+def run_worker(queue: JobQueue) -> None:
+    """The ``maestro worker`` main loop; returns on SIGINT/SIGTERM."""
+    reaper = Reaper(queue)
+    reaper.start()
+    consumer = Consumer(queue.huey, **_consumer_options(queue.settings))
+    try:
+        consumer.run()
+    finally:
+        reaper.stop()

@@ -1,0 +1,41 @@
+"""Alembic migrations, one linear history, run with ``maestro db upgrade`` (and
+automatically by ``maestro serve`` on the embedded database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS_DIR = Path(__file__).parent
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option(
+        "file_template", "%%(year)d-%%(month).2d-%%(day).2d-%%(hour).2d%%(minute).2d_%%(slug)s"
+    )
+    # Passed as an attribute, not an ini option: URLs may contain '%'.
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    from maestro.db import ensure_sqlite_directory
+
+    ensure_sqlite_directory(database_url)
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def current_revision(database_url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,66 @@
+"""Running the API under uvicorn.
+
+With several workers uvicorn binds the listening socket itself with protocol number
+0, and asyncio only enables TCP_NODELAY on sockets whose protocol is IPPROTO_TCP, so
+accepted connections keep Nagle's algorithm on. On a reused connection that delays
+small responses by up to ~40 ms (Nagle against delayed ACK). The protocol classes
+below switch it off for every accepted connection, whatever created the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from maestro.config import Settings
+
+
+def enable_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):  # the peer may already have gone
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class NoDelayH11Protocol(H11Protocol):
+    def connection_made(self, transport: Any) -> None:
+        enable_nodelay(transport)
+        super().connection_made(transport)
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: Any) -> None:
+            enable_nodelay(transport)
+            super().connection_made(transport)
+
+    HTTP_PROTOCOL: type[asyncio.Protocol] = NoDelayHttpToolsProtocol
+except ImportError:  # httptools is optional in uvicorn
+    HTTP_PROTOCOL = NoDelayH11Protocol
+
+
+def run(settings: Settings, *, host: str, port: int, workers: int, reload: bool) -> None:
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "factory": True,
+        "http": HTTP_PROTOCOL,
+        "log_config": None,  # Maestro configures logging itself
+        "access_log": False,  # Maestro writes its own access log with request ids
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": 20,
+        "server_header": False,
+    }
+    if reload:
+        options.update(reload=True, reload_dirs=[str(Path(__file__).parent)])
+    else:
+        options["workers"] = workers
+    uvicorn.run("maestro.app:create_app", **options)

@@ -1,0 +1,1 @@
+"""Service-level routes: identity of the server, liveness and readiness."""

@@ -1,0 +1,58 @@
+"""Readiness checks: each dependency probed concurrently, with a deadline, so a hung
+database cannot hang the health endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import anyio.to_thread
+from sqlalchemy import text
+
+from maestro import __version__
+from maestro.db import Database
+from maestro.jobs.queue import JobQueue
+from maestro.storage import ArtifactStore
+from maestro.system.schemas import DependencyCheck, Readiness
+
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyCheck:
+    started = time.perf_counter()
+    try:
+        detail = await asyncio.wait_for(anyio.to_thread.run_sync(probe), CHECK_TIMEOUT_SECONDS)
+        status = "up"
+    except TimeoutError:
+        detail, status = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s", "down"
+    except Exception as exc:
+        detail, status = f"{type(exc).__name__}: {exc}"[:300], "down"
+    return DependencyCheck(
+        status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        backend=backend,
+        detail=detail,
+    )
+
+
+async def readiness(database: Database, store: ArtifactStore, queue: JobQueue) -> Readiness:
+    def database_probe() -> None:
+        with database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def storage_probe() -> None:
+        store.check()
+
+    def queue_probe() -> str:
+        return f"{queue.pending()} pending"
+
+    queue_backend = "redis" if queue.settings.redis_url else "sqlite"
+    database_check, storage_check, queue_check = await asyncio.gather(
+        _timed(database_probe, database.engine.dialect.name),
+        _timed(storage_probe, store.protocol),
+        _timed(queue_probe, queue_backend),
+    )
+    checks = {"database": database_check, "storage": storage_check, "queue": queue_check}
+    healthy = all(check.status == "up" for check in checks.values())
+    return Readiness(status="healthy" if healthy else "unhealthy", version=__version__, checks=checks)
