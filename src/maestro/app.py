@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from maestro import __version__
+from maestro.api.envelope import ErrorResponse
 from maestro.api.errors import install_error_handlers
 from maestro.api.middleware import RequestContextMiddleware
 from maestro.config import Settings
@@ -42,6 +44,35 @@ def operation_id(route: APIRoute) -> str:
     if not route.tags:
         raise RuntimeError(f"route {route.path} has no tag; every router declares one")
     return f"{route.tags[0]}:{route.name}"
+
+
+def _render_validation_errors_in_our_shape(app: FastAPI) -> None:
+    """FastAPI documents its own 422 body; ours is the platform error shape, so the
+    document must say so or generated clients and fuzzers would be misled."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        error_ref = "#/components/schemas/ErrorResponse"
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                response = operation.get("responses", {}).get("422")
+                if response:
+                    response["description"] = "Validation error"
+                    response["content"] = {"application/json": {"schema": {"$ref": error_ref}}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        if "ErrorResponse" not in components:
+            error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(error_schema.pop("$defs", {}))
+            components["ErrorResponse"] = error_schema
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = queue
 
     install_error_handlers(app)
+    _render_validation_errors_in_our_shape(app)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -27,15 +27,20 @@ def cleanup(ctx: JobContext) -> dict[str, Any]:
 
 
 @job_handler(PROBE)
-def probe(ctx: JobContext, duration_seconds: float = 0.0, steps: int = 10) -> dict[str, Any]:
+def probe(
+    ctx: JobContext, duration_seconds: float = 0.0, steps: int = 10, fail: bool = False
+) -> dict[str, Any]:
     """Walk through ``steps`` progress updates over ``duration_seconds``: proves a worker
-    picks jobs up, heartbeats and reports, without touching any data."""
+    picks jobs up, heartbeats and reports, without touching any data. With ``fail`` it
+    ends in an error, to check that failures reach whoever watches for them."""
     duration = min(max(float(duration_seconds), 0.0), MAX_PROBE_SECONDS)
     steps = min(max(int(steps), 1), 1000)
     started = time.monotonic()
     for step in range(steps):
         time.sleep(duration / steps)
         ctx.progress((step + 1) / steps, f"step {step + 1} of {steps}")
+    if fail:
+        raise RuntimeError("the probe was asked to fail")
     return {
         "steps": steps,
         "elapsed_seconds": round(time.monotonic() - started, 3),

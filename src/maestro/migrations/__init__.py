@@ -3,12 +3,21 @@ automatically by ``maestro serve`` on the embedded database)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent
+
+# Every module that declares tables; autogenerate compares against all of them.
+MODEL_MODULES = ("maestro.jobs.models",)
+
+
+def import_models() -> None:
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
 
 
 def alembic_config(database_url: str) -> Config:
@@ -33,6 +42,9 @@ def current_revision(database_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
+    from maestro.db import ensure_sqlite_directory
+
+    ensure_sqlite_directory(database_url)
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:

@@ -3,19 +3,15 @@ for the ``alembic`` command line, from ``MAESTRO_DATABASE_URL`` via Settings."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from alembic import context
 from sqlalchemy import JSON, create_engine, pool
 
 from maestro.db import Base
+from maestro.migrations import import_models
 
-# Every module that declares tables; autogenerate compares against all of them.
-MODEL_MODULES = ("maestro.jobs.models",)
-
-for module in MODEL_MODULES:
-    importlib.import_module(module)
+import_models()
 
 target_metadata = Base.metadata
 

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from maestro import __version__
+from maestro.config import Settings
+from tests.conftest import settings_env
+
+
+def maestro(
+    *args: str, settings: Settings | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = settings_env(settings) if settings else None
+    return subprocess.run(
+        [sys.executable, "-m", "maestro", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_version() -> None:
+    result = maestro("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == __version__
+
+
+def test_openapi_json_and_yaml(tmp_path: Path) -> None:
+    as_json = json.loads(maestro("openapi").stdout)
+    maestro("openapi", "--format", "yaml", "--output", str(tmp_path / "api.yaml"))
+    assert yaml.safe_load((tmp_path / "api.yaml").read_text()) == as_json
+    assert "/api/v1/jobs/{job_id}" in as_json["paths"]
+
+
+def test_db_upgrade_on_a_fresh_directory(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    settings = make_settings(data_dir=fresh, database_url=None)
+    before = maestro("db", "current", settings=settings)
+    assert "empty" in before.stdout
+    upgraded = maestro("db", "upgrade", settings=settings)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "database at revision" in upgraded.stdout
+    assert (fresh / "maestro.db").exists()
+
+
+def test_misconfiguration_is_reported_plainly(tmp_path: Path) -> None:
+    env_settings = {"MAESTRO_ENVIRONMENT": "production"}
+    result = subprocess.run(
+        [sys.executable, "-m", "maestro", "db", "current"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in __import__("os").environ.items() if not k.startswith("MAESTRO_")},
+            **env_settings,
+        },
+    )
+    assert result.returncode == 2
+    assert "MAESTRO_SECRET_KEY must be set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_probe_job_without_a_worker_stays_queued(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    result = maestro("jobs", "probe", "--no-wait", settings=settings)
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout.split("\n", 1)[1])
+    assert job["status"] == "queued"
+    shown = maestro("jobs", "show", job["id"], settings=settings)
+    assert json.loads(shown.stdout)["id"] == job["id"]
+    missing = maestro("jobs", "show", "job_missing", settings=settings)
+    assert missing.returncode == 1
