@@ -53,4 +53,3 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # uvicorn's own access log would duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("maestro.access").disabled = not settings.access_log

@@ -30,7 +30,7 @@ CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
 # Object stores publish an object only when its upload completes, so writing straight
 # to the final key is already atomic there.
-_ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "adl", "memory"}
+_ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "adl"}
 _PREFIX = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/[a-z0-9][a-z0-9_-]{0,63}){0,4}$")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(/[a-z0-9][a-z0-9_.-]{0,127}){0,8}$")
 
@@ -47,7 +47,7 @@ class StoredObject:
 
 
 def validate_key(key: str) -> str:
-    if not _KEY.match(key) or ".." in key:
+    if not _KEY.fullmatch(key) or ".." in key:
         raise InvalidKey(f"not a valid artifact key: {key!r}")
     return key
 
@@ -135,7 +135,7 @@ class ArtifactStore:
     @staticmethod
     def new_key(prefix: str, suffix: str = "") -> str:
         """A fresh key under ``prefix`` (e.g. ``models/proj_x``), spread by month."""
-        if not _PREFIX.match(prefix):
+        if not _PREFIX.fullmatch(prefix):
             raise InvalidKey(f"not a valid key prefix: {prefix!r}")
         if suffix and not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
             raise InvalidKey(f"not a valid key suffix: {suffix!r}")
@@ -179,7 +179,9 @@ class ArtifactStore:
                     await anyio.to_thread.run_sync(writer.write, chunk)
             return await anyio.to_thread.run_sync(writer.commit)
         except BaseException:
-            await anyio.to_thread.run_sync(writer.abort)
+            # Shielded: a cancelled upload (client gone) must still clean up.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.abort)
             raise
 
     # --- reading -----------------------------------------------------------------------
@@ -242,4 +244,6 @@ class ArtifactStore:
             if not os.access(self.root, os.W_OK):
                 raise OSError(f"artifact directory {self.root} is not writable")
             return
-        self.fs.ls(self.root, detail=False)
+        probe = f"{self.root}/{TEMP_DIR}/check-{secrets.token_hex(8)}"
+        self.fs.pipe_file(probe, b"")
+        self.fs.rm(probe)
