@@ -53,6 +53,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"maestro databases: {databases}", f"maestro job queues: {queues}"]
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many tests ran on each backend, so a run that silently skipped
+    PostgreSQL or Redis is visible at a glance."""
+    backends = ("sqlite", "postgresql", "queue_sqlite", "queue_redis")
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if outcome == "passed" and report.when != "call":
+                continue
+            params = report.nodeid.rpartition("[")[2].rstrip("]").split("-")
+            for backend in backends:
+                if backend in params:
+                    by_outcome = counts.setdefault(backend, {})
+                    by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+    if counts:
+        terminalreporter.section("maestro backends")
+        for backend in backends:
+            if backend in counts:
+                line = ", ".join(f"{n} {o}" for o, n in sorted(counts[backend].items()))
+                terminalreporter.write_line(f"{backend}: {line}")
+
+
 # --- databases ---------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
