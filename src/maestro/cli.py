@@ -43,6 +43,12 @@ def version() -> None:
     typer.echo(__version__)
 
 
+class EventLoop(StrEnum):
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -53,6 +59,7 @@ def serve(
         int | None, typer.Option(min=1, help="Worker processes [default: MAESTRO_WORKERS or 1].")
     ] = None,
     reload: Annotated[bool, typer.Option(help="Restart when source files change (development).")] = False,
+    loop: Annotated[EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")] = "auto",  # type: ignore[assignment]
 ) -> None:
     """Run the API server (and, unless disabled, a job consumer inside it)."""
     from maestro import server
@@ -69,6 +76,7 @@ def serve(
         port=port or settings.port,
         workers=workers or settings.workers,
         reload=reload,
+        loop=str(loop),
     )
 
 

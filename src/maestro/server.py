@@ -47,8 +47,9 @@ except ImportError:  # httptools is optional in uvicorn
     HTTP_PROTOCOL = NoDelayH11Protocol
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int, reload: bool) -> None:
+def run(settings: Settings, *, host: str, port: int, workers: int, reload: bool, loop: str = "auto") -> None:
     options: dict[str, Any] = {
+        "loop": loop,
         "host": host,
         "port": port,
         "factory": True,
