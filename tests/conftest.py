@@ -36,6 +36,7 @@ from maestro.app import create_app  # noqa: E402
 from maestro.config import Settings  # noqa: E402
 from maestro.db import Base  # noqa: E402
 from maestro.migrations import import_models, upgrade  # noqa: E402
+from tests.factories import Factory  # noqa: E402
 
 import_models()
 
@@ -148,6 +149,10 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
             "queue_name": f"maestro-test-{uuid.uuid4().hex[:12]}",
             "maintenance_interval_minutes": 0,
             "access_log": False,
+            # Cheap password hashing and no plan limits, except where a test turns them on.
+            "password_hash_time_cost": 1,
+            "password_hash_memory_kib": 64,
+            "rate_limits_enabled": False,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -163,6 +168,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 @pytest.fixture
 def app(settings: Settings) -> FastAPI:
     return create_app(settings)
+
+
+@pytest.fixture
+def factory(app: FastAPI) -> Factory:
+    return Factory(app)
 
 
 @pytest.fixture

@@ -16,18 +16,22 @@ from maestro import __version__
 from maestro.api.envelope import ErrorResponse
 from maestro.api.errors import install_error_handlers
 from maestro.api.middleware import RequestContextMiddleware
+from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.identity.routes import router as auth_router
 from maestro.jobs.queue import EmbeddedWorker, JobQueue
 from maestro.jobs.routes import router as jobs_router
 from maestro.logs import configure_logging
+from maestro.organizations.routes import router as organizations_router
+from maestro.projects.routes import router as projects_router
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
 
 logger = logging.getLogger("maestro")
 
 OPENAPI_URL = "/api/v1/openapi.json"
-ROUTERS = (system_router, jobs_router)
+ROUTERS = (system_router, auth_router, organizations_router, projects_router, jobs_router)
 
 DESCRIPTION = """\
 Maestro is a self-hosted MLOps platform: organisations and access control,
@@ -110,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.store = store
     app.state.queue = queue
+    app.state.rate_limiter = RateLimiter(settings)
 
     install_error_handlers(app)
     _render_validation_errors_in_our_shape(app)

@@ -84,6 +84,29 @@ class Settings(BaseSettings):
         None, description="Base URL clients use to reach this server (for links such as endpoint URLs)."
     )
 
+    # --- identity and access ---------------------------------------------------------------
+    allow_registration: bool = Field(
+        True, description="Anyone may sign up with POST /api/v1/auth/register. Turn off to invite only."
+    )
+    access_token_ttl_seconds: int = Field(
+        900, ge=60, le=86_400, description="Lifetime of an access token (a signed JWT)."
+    )
+    refresh_token_ttl_days: int = Field(30, ge=1, le=365, description="Lifetime of a login session.")
+    invitation_ttl_hours: int = Field(
+        168, ge=1, le=24 * 90, description="How long an invitation can be accepted."
+    )
+    password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes over memory.")
+    password_hash_memory_kib: int = Field(65_536, ge=8, description="argon2id memory per hash, in KiB.")
+    rate_limits_enabled: bool = Field(True, description="Apply per-principal plan limits and login limits.")
+    login_limit_per_ip: str = Field("20/minute", description="Login attempts allowed from one address.")
+    login_limit_per_account: str = Field("10/minute", description="Login attempts allowed for one email.")
+    default_plan: str = Field(
+        "free",
+        pattern="^(free|professional|enterprise)$",
+        description="Plan of new organisations: free 100 requests/hour, professional 10,000/hour, "
+        "enterprise unlimited.",
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(False, description="Write logs, access log included, as JSON lines.")

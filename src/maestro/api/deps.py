@@ -3,16 +3,24 @@ route's signature says what it uses."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from maestro.api.errors import AuthenticationRequired
+from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.identity import audit
+from maestro.identity.authn import authenticate
+from maestro.identity.rbac import Principal
 from maestro.jobs.queue import JobQueue
 from maestro.storage import ArtifactStore
+
+logger = logging.getLogger("maestro.api")
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -27,11 +35,49 @@ def get_database(request: Request) -> Database:
 
 def get_session(request: Request) -> Iterator[Session]:
     """One request, one transaction: commit when the route returns, roll back when it
-    raises. Services flush but never commit, so a change and its audit or outbox rows
-    land together or not at all."""
+    raises. Services flush but never commit, so a change, its audit row and its
+    outbox rows land together or not at all. Denied authorisations are written
+    after the rollback, so the attempt is on record even though nothing changed."""
     database: Database = request.app.state.database
-    with database.session(write=request.method not in _READ_ONLY_METHODS) as session:
+    changes_state = request.method not in _READ_ONLY_METHODS
+    session = database.new_session(write=changes_state)
+    try:
         yield session
+        if changes_state:
+            route = request.scope.get("route")
+            audit.record_success(session, request, getattr(route, "status_code", None))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        try:
+            if audit.record_denials(session, request):
+                session.commit()
+        except Exception:
+            logger.exception("could not record denied authorisation")
+            session.rollback()
+        raise
+    finally:
+        audit.discard(session)
+        session.close()
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
+def get_principal(
+    request: Request, session: Annotated[Session, Depends(get_session, scope="function")]
+) -> Principal:
+    """The authenticated caller, rate limited by their organisation's plan. The
+    limit headers are attached to the response by the request middleware, so error
+    responses carry them too."""
+    principal = authenticate(request, session, request.app.state.settings)
+    if principal is None:
+        raise AuthenticationRequired()
+    request.state.principal = principal
+    request.state.rate_limit_headers = {}
+    request.state.rate_limit_headers = request.app.state.rate_limiter.for_plan(principal.plan, principal.id)
+    return principal
 
 
 def get_store(request: Request) -> ArtifactStore:
@@ -49,3 +95,5 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

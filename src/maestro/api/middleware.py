@@ -48,6 +48,8 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
                 headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
+                for name, value in scope.get("state", {}).get("rate_limit_headers", {}).items():
+                    headers.append((name.lower().encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

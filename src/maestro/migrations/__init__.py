@@ -12,7 +12,12 @@ from alembic.config import Config
 MIGRATIONS_DIR = Path(__file__).parent
 
 # Every module that declares tables; autogenerate compares against all of them.
-MODEL_MODULES = ("maestro.jobs.models",)
+MODEL_MODULES = (
+    "maestro.jobs.models",
+    "maestro.organizations.models",
+    "maestro.identity.models",
+    "maestro.projects.models",
+)
 
 
 def import_models() -> None:

@@ -1,0 +1,137 @@
+"""The audit log: one row for every state-changing request, written in the request's
+own transaction, and one for every denied authorisation, written even though the
+request's transaction rolls back.
+
+Services describe what they changed with ``describe``; the request's session
+dependency writes the row when the request succeeds (``record_success``) or records
+denials when it fails (``record_denials``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from maestro.api.context import current_request_id
+from maestro.identity.models import AuditLog
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from maestro.identity.rbac import Action, Principal, Target
+
+_DESCRIPTION = "audit_description"
+_DENIALS = "audit_denials"
+
+
+@dataclass
+class Description:
+    resource_type: str | None = None
+    resource_id: str | None = None
+    organization_id: str | None = None
+    actor_id: str | None = None
+    actor_type: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(
+    session: Session,
+    *,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    organization_id: str | None = None,
+    actor_id: str | None = None,
+    actor_type: str | None = None,
+    **details: Any,
+) -> None:
+    """Say what the current request changed; later calls fill in what earlier ones left."""
+    description: Description = session.info.setdefault(_DESCRIPTION, Description())
+    for name, value in (
+        ("resource_type", resource_type),
+        ("resource_id", resource_id),
+        ("organization_id", organization_id),
+        ("actor_id", actor_id),
+        ("actor_type", actor_type),
+    ):
+        if value is not None:
+            setattr(description, name, value)
+    description.details.update({key: value for key, value in details.items() if value is not None})
+
+
+def note_denied(session: Session, principal: Principal, action: Action, target: Target) -> None:
+    session.info.setdefault(_DENIALS, []).append(
+        {
+            "principal": principal,
+            "action": action,
+            "resource_type": target.kind,
+            "organization_id": target.organization_id,
+            "project_id": target.project.id if target.project is not None else None,
+        }
+    )
+
+
+def _request_facts(request: Request | None) -> dict[str, Any]:
+    if request is None:
+        return {"request_id": current_request_id()}
+    client = request.client
+    return {
+        "method": request.method,
+        "path": request.url.path[:500],
+        "ip": client.host if client else None,
+        "request_id": current_request_id(),
+    }
+
+
+def _operation(request: Request | None) -> str:
+    route = request.scope.get("route") if request is not None else None
+    if route is not None and getattr(route, "tags", None):
+        return f"{route.tags[0]}:{route.name}"
+    return "unknown"
+
+
+def record_success(session: Session, request: Request | None, status_code: int | None = None) -> None:
+    principal: Principal | None = getattr(request.state, "principal", None) if request is not None else None
+    description: Description = session.info.pop(_DESCRIPTION, None) or Description()
+    path_params = dict(request.path_params) if request is not None else {}
+    session.add(
+        AuditLog(
+            organization_id=description.organization_id or (principal.organization_id if principal else None),
+            actor_type=description.actor_type or (principal.kind if principal else "anonymous"),
+            actor_id=description.actor_id or (principal.id if principal else None),
+            action=_operation(request),
+            resource_type=description.resource_type,
+            resource_id=description.resource_id or next(iter(path_params.values()), None),
+            outcome="success",
+            status_code=status_code,
+            details=description.details,
+            **_request_facts(request),
+        )
+    )
+
+
+def record_denials(session: Session, request: Request | None) -> bool:
+    """Write rows for the denials noted during a failed request; True if any."""
+    denials = session.info.pop(_DENIALS, [])
+    for denial in denials:
+        principal: Principal = denial["principal"]
+        session.add(
+            AuditLog(
+                organization_id=denial["organization_id"],
+                actor_type=principal.kind,
+                actor_id=principal.id,
+                action=_operation(request),
+                resource_type=denial["resource_type"],
+                resource_id=denial["project_id"],
+                outcome="denied",
+                status_code=None,
+                details={"attempted": denial["action"], "target_organization_id": denial["organization_id"]},
+                **_request_facts(request),
+            )
+        )
+    return bool(denials)
+
+
+def discard(session: Session) -> None:
+    session.info.pop(_DESCRIPTION, None)
+    session.info.pop(_DENIALS, None)

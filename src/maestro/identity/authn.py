@@ -1,0 +1,116 @@
+"""Authentication: turn a request's credentials into a Principal.
+
+Accepted: ``Authorization: Bearer <access token>``, ``Authorization: Bearer mk_…``
+and ``X-API-Key: mk_…``. Credentials in a query string are refused outright, since
+URLs end up in logs and browser histories."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+
+from maestro.api.errors import AuthenticationRequired, NotFound
+from maestro.config import Settings
+from maestro.db import utcnow
+from maestro.identity import security
+from maestro.identity.models import ApiKey, AuthSession, User
+from maestro.identity.rbac import Principal
+from maestro.organizations.models import Membership, Organization, Role
+
+QUERY_CREDENTIALS = frozenset({"api_key", "apikey", "key", "token", "access_token", "x-api-key", "auth"})
+ORGANIZATION_HEADER = "x-organization-id"
+
+
+def credentials(request: Request) -> tuple[str, str] | None:
+    """("api_key" | "jwt", value) from the headers, or None when there are none."""
+    if QUERY_CREDENTIALS & {name.lower() for name in request.query_params}:
+        raise AuthenticationRequired(
+            "Credentials are not accepted in the query string; "
+            "send them in the Authorization or X-API-Key header"
+        )
+    api_key = request.headers.get("x-api-key")
+    if api_key:
+        return "api_key", api_key.strip()
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        raise AuthenticationRequired("Use 'Authorization: Bearer <token>'")
+    if value.startswith(security.API_KEY_PREFIX):
+        return "api_key", value
+    return "jwt", value
+
+
+def _api_key_principal(session: Session, key: str) -> Principal:
+    if not security.api_key_is_well_formed(key):
+        raise AuthenticationRequired("Malformed API key")
+    row = session.execute(
+        select(ApiKey, Organization.subscription_plan)
+        .join(Organization, Organization.id == ApiKey.organization_id)
+        .where(ApiKey.key_hash == security.sha256_hex(key))
+    ).first()
+    if row is None or row.ApiKey.revoked_at is not None:
+        raise AuthenticationRequired("Unknown or revoked API key")
+    api_key: ApiKey = row.ApiKey
+    now = utcnow()
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise AuthenticationRequired("This API key has expired")
+    session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
+    return Principal(
+        kind="api_key",
+        id=api_key.id,
+        organization_id=api_key.organization_id,
+        permissions={kind: list(actions) for kind, actions in (api_key.permissions or {}).items()},
+        plan=row.subscription_plan,
+    )
+
+
+def _user_principal(session: Session, settings: Settings, token: str, requested_org: str | None) -> Principal:
+    try:
+        claims = security.decode_access_token(settings, token)
+    except security.InvalidToken as exc:
+        raise AuthenticationRequired("Invalid or expired access token") from exc
+    row = session.execute(
+        select(User, AuthSession)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(User.id == claims["sub"], AuthSession.id == claims["sid"])
+    ).first()
+    if row is None or not row.User.is_active or row.AuthSession.revoked_at is not None:
+        raise AuthenticationRequired("This session has ended; sign in again")
+    user: User = row.User
+    organization_id = requested_org or user.current_organization_id
+    role = plan = None
+    if organization_id:
+        membership = session.execute(
+            select(Membership.role, Organization.subscription_plan)
+            .join(Organization, Organization.id == Membership.organization_id)
+            .where(Membership.organization_id == organization_id, Membership.user_id == user.id)
+        ).first()
+        if membership is None:
+            if requested_org:
+                raise NotFound("No such organization")
+            organization_id = None
+        else:
+            role, plan = Role(membership.role), membership.subscription_plan
+    return Principal(
+        kind="user",
+        id=user.id,
+        user_id=user.id,
+        session_id=row.AuthSession.id,
+        organization_id=organization_id,
+        org_role=role,
+        plan=plan,
+    )
+
+
+def authenticate(request: Request, session: Session, settings: Settings) -> Principal | None:
+    found = credentials(request)
+    if found is None:
+        return None
+    kind, value = found
+    if kind == "api_key":
+        return _api_key_principal(session, value)
+    return _user_principal(session, settings, value, request.headers.get(ORGANIZATION_HEADER))

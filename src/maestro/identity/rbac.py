@@ -1,0 +1,185 @@
+"""Who may do what: one function, ``authorize``, answers every question.
+
+A principal is a user (with a role in each organisation they belong to, and possibly
+a role in a project) or an API key (scoped to one organisation, with permissions per
+resource kind). A resource the principal may not even see answers 404, never 403,
+so ids of other tenants leak nothing; a visible resource the principal may not
+change answers 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maestro.api.errors import NotFound, PermissionDenied
+from maestro.organizations.models import Membership, Role
+
+if TYPE_CHECKING:
+    from maestro.projects.models import Project
+
+Action = Literal["read", "write", "delete"]
+ACTIONS: tuple[Action, ...] = ("read", "write", "delete")
+
+# Resource kinds an API key can be granted, each with actions read/write/delete.
+API_KEY_RESOURCES = (
+    "organizations",
+    "projects",
+    "models",
+    "experiments",
+    "deployments",
+    "inference",
+    "monitoring",
+    "webhooks",
+    "files",
+    "jobs",
+)
+# Kinds only a person may touch: a key must never mint keys or change who has access.
+USER_ONLY_RESOURCES = ("members", "api_keys", "audit_logs", "invitations")
+
+_RANK = {Role.viewer: 1, Role.developer: 2, Role.admin: 3}
+
+# Least organisation role needed, for resources that belong to the organisation itself.
+ORGANIZATION_RULES: dict[tuple[str, Action], Role] = {
+    ("organizations", "read"): Role.viewer,
+    ("organizations", "write"): Role.admin,
+    ("organizations", "delete"): Role.admin,
+    ("members", "read"): Role.viewer,
+    ("members", "write"): Role.admin,
+    ("members", "delete"): Role.admin,
+    ("invitations", "read"): Role.admin,
+    ("invitations", "write"): Role.admin,
+    ("invitations", "delete"): Role.admin,
+    ("api_keys", "read"): Role.admin,
+    ("api_keys", "write"): Role.admin,
+    ("api_keys", "delete"): Role.admin,
+    ("audit_logs", "read"): Role.admin,
+    ("projects", "read"): Role.viewer,
+    ("projects", "write"): Role.developer,  # create a project in the organisation
+}
+
+# Least effective project role needed inside a project; anything unlisted follows
+# the default: read needs viewer, write and delete need developer.
+PROJECT_RULES: dict[tuple[str, Action], Role] = {
+    ("projects", "write"): Role.admin,
+    ("projects", "delete"): Role.admin,
+    ("members", "write"): Role.admin,
+    ("members", "delete"): Role.admin,
+}
+_PROJECT_DEFAULT: dict[Action, Role] = {
+    "read": Role.viewer,
+    "write": Role.developer,
+    "delete": Role.developer,
+}
+
+
+@dataclass
+class Principal:
+    kind: Literal["user", "api_key"]
+    id: str
+    organization_id: str | None  # the organisation this request acts in
+    org_role: Role | None = None  # a user's role there
+    user_id: str | None = None
+    session_id: str | None = None
+    permissions: dict[str, list[str]] = field(default_factory=dict)  # an API key's grants
+    plan: str | None = None
+
+    @property
+    def is_user(self) -> bool:
+        return self.kind == "user"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an action is about: a kind of resource, the organisation that owns it and,
+    for anything inside a project, the project."""
+
+    kind: str
+    organization_id: str
+    project: Project | None = None
+
+
+def organization_role(session: Session, principal: Principal, organization_id: str) -> Role | None:
+    if principal.user_id is None:
+        return None
+    if organization_id == principal.organization_id and principal.org_role is not None:
+        return principal.org_role
+    role = session.scalar(
+        select(Membership.role).where(
+            Membership.organization_id == organization_id, Membership.user_id == principal.user_id
+        )
+    )
+    return Role(role) if role else None
+
+
+def project_role(session: Session, principal: Principal, project: Project) -> Role | None:
+    """The role a user effectively holds in a project, or None when it is invisible.
+
+    Organisation admins administer every project. A project member holds their
+    project role, which may narrow or widen their organisation role. Other members
+    of the organisation keep their organisation role in `organization` and `public`
+    projects. Anyone signed in may read a `public` project.
+    """
+    from maestro.projects.models import ProjectMember, Visibility
+
+    org_role = organization_role(session, principal, project.organization_id)
+    if org_role is Role.admin:
+        return Role.admin
+    if principal.user_id is not None:
+        member_role = session.scalar(
+            select(ProjectMember.role).where(
+                ProjectMember.project_id == project.id, ProjectMember.user_id == principal.user_id
+            )
+        )
+        if member_role:
+            return Role(member_role)
+    if org_role is not None and project.visibility in (Visibility.organization, Visibility.public):
+        return org_role
+    if project.visibility == Visibility.public:
+        return Role.viewer
+    return None
+
+
+def _check(principal: Principal, session: Session, action: Action, target: Target) -> tuple[bool, bool]:
+    """(visible, allowed)."""
+    if principal.kind == "api_key":
+        if target.organization_id != principal.organization_id:
+            return False, False
+        if target.kind in USER_ONLY_RESOURCES:
+            return True, False
+        return True, action in principal.permissions.get(target.kind, [])
+
+    if target.project is None:
+        role = organization_role(session, principal, target.organization_id)
+        if role is None:
+            return False, False
+        needed = ORGANIZATION_RULES.get((target.kind, action))
+        return True, needed is not None and _RANK[role] >= _RANK[needed]
+
+    role = project_role(session, principal, target.project)
+    if role is None:
+        return False, False
+    needed = PROJECT_RULES.get((target.kind, action), _PROJECT_DEFAULT[action])
+    return True, _RANK[role] >= _RANK[needed]
+
+
+def can(session: Session, principal: Principal, action: Action, target: Target) -> bool:
+    return _check(principal, session, action, target)[1]
+
+
+def authorize(session: Session, principal: Principal, action: Action, target: Target) -> None:
+    """Raise unless ``principal`` may perform ``action`` on ``target``. A denial is
+    noted on the session so the audit log records it even though the request's
+    transaction rolls back."""
+    from maestro.identity import audit
+
+    visible, allowed = _check(principal, session, action, target)
+    if allowed:
+        return
+    audit.note_denied(session, principal, action, target)
+    if not visible:
+        raise NotFound("The requested resource does not exist")
+    raise PermissionDenied(f"You may not {action} {target.kind.replace('_', ' ')} here")

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from maestro.organizations.models import Role
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+
+
+def _normalise_email(value: str) -> str:
+    return value.strip().lower()
+
+
+Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(_normalise_email)]
+Password = Annotated[str, Field(min_length=8, max_length=256, description="At least 8 characters.")]
+
+
+class StrictModel(BaseModel):
+    """Request bodies refuse unknown fields: `role` or `organization_id` smuggled into
+    a body is a 422, never silently applied."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserRef(BaseModel):
+    """Who created or changed something, as list responses show it."""
+
+    id: str
+    name: str
+
+
+class RegisterRequest(StrictModel):
+    email: Email
+    password: Password
+    first_name: Name = ""
+    last_name: Name = ""
+    organization_name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None
+    ) = Field(None, description="Name of the organisation created for you; defaults to your name.")
+
+
+class LoginRequest(StrictModel):
+    email: Annotated[str, Field(max_length=320)]
+    password: Annotated[str, Field(max_length=256)]
+
+
+class RefreshRequest(StrictModel):
+    refresh_token: Annotated[str, Field(max_length=200)]
+
+
+class LogoutRequest(StrictModel):
+    refresh_token: Annotated[str | None, Field(max_length=200)] = None
+
+
+class CurrentOrganization(BaseModel):
+    id: str
+    name: str
+    role: Role
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    email: str
+    first_name: str
+    last_name: str
+    avatar_url: str | None = None
+    current_organization: CurrentOrganization | None = None
+    last_login_at: datetime | None = None
+    created_at: datetime
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth 2 token type, not a secret
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    user: UserRead
+
+
+class MeUpdate(StrictModel):
+    first_name: Name | None = None
+    last_name: Name | None = None
+    avatar_url: Annotated[str, Field(max_length=500, pattern=r"^https://")] | None = None
+    current_organization: Annotated[str, Field(max_length=40)] | None = Field(
+        None, description="Organisation to act in by default (you must be a member)."
+    )
+
+
+def user_ref(user: Any) -> UserRef | None:
+    return UserRef(id=user.id, name=user.full_name) if user is not None else None

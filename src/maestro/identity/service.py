@@ -1,0 +1,276 @@
+"""Accounts and sign-in: registration, login, refresh-token rotation, logout, the
+current user."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from maestro.api.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
+from maestro.config import Settings
+from maestro.db import new_id, utcnow
+from maestro.identity import audit, security
+from maestro.identity.models import AuthSession, RefreshToken, User
+from maestro.identity.schemas import CurrentOrganization, MeUpdate, RegisterRequest, TokenPair, UserRead
+from maestro.organizations.models import Membership, Organization, Role
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+    return slug or "org"
+
+
+def unique_organization_slug(session: Session, name: str) -> str:
+    base = slugify(name)
+    slug = base
+    while session.scalar(select(Organization.id).where(Organization.slug == slug)) is not None:
+        slug = f"{base}-{new_id('x')[-6:]}"
+    return slug
+
+
+def create_organization(session: Session, settings: Settings, *, name: str, owner: User) -> Organization:
+    """A new organisation with ``owner`` as its first admin."""
+    organization = Organization(
+        name=name, slug=unique_organization_slug(session, name), subscription_plan=settings.default_plan
+    )
+    session.add(organization)
+    session.flush()
+    session.add(Membership(organization_id=organization.id, user_id=owner.id, role=Role.admin))
+    if owner.current_organization_id is None:
+        owner.current_organization_id = organization.id
+    session.flush()
+    return organization
+
+
+def create_user(
+    session: Session,
+    settings: Settings,
+    *,
+    email: str,
+    password: str | None,
+    first_name: str = "",
+    last_name: str = "",
+) -> User:
+    email = email.strip().lower()
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("An account with this email already exists", details=[("email", "already registered")])
+    user = User(
+        email=email,
+        password_hash=security.hash_password(settings, password) if password else None,
+        first_name=first_name,
+        last_name=last_name,
+    )
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent registration won the race
+        raise Conflict("An account with this email already exists") from exc
+    return user
+
+
+def register(session: Session, settings: Settings, body: RegisterRequest, *, ip: str | None) -> TokenPair:
+    if not settings.allow_registration:
+        raise PermissionDenied(
+            "Registration is closed on this server; ask an administrator for an invitation"
+        )
+    user = create_user(
+        session,
+        settings,
+        email=body.email,
+        password=body.password,
+        first_name=body.first_name,
+        last_name=body.last_name,
+    )
+    organization = create_organization(
+        session, settings, name=body.organization_name or f"{user.full_name}'s organization", owner=user
+    )
+    audit.describe(
+        session,
+        resource_type="users",
+        resource_id=user.id,
+        organization_id=organization.id,
+        actor_type="user",
+        actor_id=user.id,
+    )
+    return start_session(session, settings, user, ip=ip, user_agent=None)
+
+
+def login(
+    session: Session, settings: Settings, *, email: str, password: str, ip: str | None, user_agent: str | None
+) -> TokenPair:
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if not security.verify_password(settings, user.password_hash if user else None, password) or user is None:
+        raise AuthenticationRequired("Wrong email or password")
+    if not user.is_active:
+        raise AuthenticationRequired("This account is disabled")
+    if security.needs_rehash(settings, user.password_hash or ""):
+        user.password_hash = security.hash_password(settings, password)
+    user.last_login_at = utcnow()
+    audit.describe(
+        session,
+        resource_type="users",
+        resource_id=user.id,
+        actor_type="user",
+        actor_id=user.id,
+        organization_id=user.current_organization_id,
+    )
+    return start_session(session, settings, user, ip=ip, user_agent=user_agent)
+
+
+def start_session(
+    session: Session, settings: Settings, user: User, *, ip: str | None, user_agent: str | None
+) -> TokenPair:
+    now = utcnow()
+    auth_session = AuthSession(
+        user_id=user.id,
+        expires_at=now + timedelta(days=settings.refresh_token_ttl_days),
+        ip=ip,
+        user_agent=(user_agent or "")[:300] or None,
+    )
+    session.add(auth_session)
+    session.flush()
+    return _issue(session, settings, user, auth_session)
+
+
+def _issue(session: Session, settings: Settings, user: User, auth_session: AuthSession) -> TokenPair:
+    refresh_token = security.new_refresh_token()
+    session.add(RefreshToken(session_id=auth_session.id, token_hash=security.sha256_hex(refresh_token)))
+    session.flush()
+    access_token = security.issue_access_token(
+        settings, user_id=user.id, session_id=auth_session.id, organization_id=user.current_organization_id
+    )
+    return TokenPair(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=settings.access_token_ttl_seconds,
+        user=user_read(session, user, user.current_organization_id),
+    )
+
+
+def revoke_session(session: Session, session_id: str, reason: str) -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+
+
+@dataclass
+class RefreshOutcome:
+    tokens: TokenPair | None
+    reused: bool = False
+
+
+def refresh(session: Session, settings: Settings, refresh_token: str) -> RefreshOutcome:
+    """Rotate: the presented token is spent and a new pair issued. Presenting a token
+    that was already spent means it leaked; the whole session (its family) is
+    revoked, and the caller commits that revocation before answering 401."""
+    row = session.execute(
+        select(RefreshToken, AuthSession)
+        .join(AuthSession, AuthSession.id == RefreshToken.session_id)
+        .where(RefreshToken.token_hash == security.sha256_hex(refresh_token))
+    ).first()
+    if row is None:
+        return RefreshOutcome(None)
+    token, auth_session = row.RefreshToken, row.AuthSession
+    now = utcnow()
+    if auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        return RefreshOutcome(None)
+    spent = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == token.id, RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=now)
+    )
+    if spent.rowcount != 1:
+        revoke_session(session, auth_session.id, "refresh token reused")
+        audit.describe(
+            session,
+            resource_type="sessions",
+            resource_id=auth_session.id,
+            actor_type="user",
+            actor_id=auth_session.user_id,
+            outcome="refresh token reuse: session revoked",
+        )
+        return RefreshOutcome(None, reused=True)
+    user = session.get(User, auth_session.user_id)
+    if user is None or not user.is_active:
+        return RefreshOutcome(None)
+    auth_session.last_used_at = now
+    audit.describe(
+        session,
+        resource_type="sessions",
+        resource_id=auth_session.id,
+        actor_type="user",
+        actor_id=user.id,
+        organization_id=user.current_organization_id,
+    )
+    return RefreshOutcome(_issue(session, settings, user, auth_session))
+
+
+def logout(session: Session, session_id: str) -> None:
+    revoke_session(session, session_id, "logout")
+    audit.describe(session, resource_type="sessions", resource_id=session_id)
+
+
+def user_read(session: Session, user: User, organization_id: str | None) -> UserRead:
+    current = None
+    if organization_id:
+        row = session.execute(
+            select(Organization.id, Organization.name, Membership.role)
+            .join(Membership, Membership.organization_id == Organization.id)
+            .where(Organization.id == organization_id, Membership.user_id == user.id)
+        ).first()
+        if row is not None:
+            current = CurrentOrganization(id=row.id, name=row.name, role=Role(row.role))
+    return UserRead(
+        id=user.id,
+        email=user.email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        avatar_url=user.avatar_url,
+        current_organization=current,
+        last_login_at=user.last_login_at,
+        created_at=user.created_at,
+    )
+
+
+def get_user(session: Session, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    return user
+
+
+def update_me(session: Session, user: User, body: MeUpdate) -> User:
+    changes = body.model_dump(exclude_unset=True)
+    organization_id = changes.pop("current_organization", None)
+    if organization_id is not None:
+        is_member = session.scalar(
+            select(Membership.id).where(
+                Membership.organization_id == organization_id, Membership.user_id == user.id
+            )
+        )
+        if is_member is None:
+            raise NotFound("No such organization")
+        user.current_organization_id = organization_id
+    for field, value in changes.items():
+        setattr(user, field, value if value is not None else ("" if field != "avatar_url" else None))
+    audit.describe(session, resource_type="users", resource_id=user.id)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, settings: Settings, user: User, password: str) -> None:
+    """Also ends every session of the user: a reset must lock out whoever had access."""
+    user.password_hash = security.hash_password(settings, password)
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason="password reset")
+    )
+    session.flush()

@@ -1,0 +1,1 @@
+"""Organisations (tenants), their members and invitations."""

@@ -1,0 +1,1 @@
+"""Projects: the unit of work inside an organisation, with visibility and members."""
