@@ -79,3 +79,56 @@ def test_probe_job_without_a_worker_stays_queued(make_settings: Callable[..., Se
     assert json.loads(shown.stdout)["id"] == job["id"]
     missing = maestro("jobs", "show", "job_missing", settings=settings)
     assert missing.returncode == 1
+
+
+def test_users_create_and_reset_password(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from maestro.app import create_app
+
+    settings = make_settings()
+    created = maestro(
+        "users",
+        "create",
+        "--email",
+        "Root@Example.com",
+        "--password",
+        "first password",
+        "--admin",
+        "--organization",
+        "Ops",
+        settings=settings,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "admin of org_" in created.stdout
+    duplicate = maestro(
+        "users", "create", "--email", "root@example.com", "--password", "another one", settings=settings
+    )
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+
+    with TestClient(create_app(settings)) as client:
+        login = client.post(
+            "/api/v1/auth/login", json={"email": "root@example.com", "password": "first password"}
+        )
+        assert login.json()["data"]["user"]["current_organization"]["role"] == "admin"
+        token = login.json()["data"]["access_token"]
+        reset = maestro(
+            "users",
+            "reset-password",
+            "--email",
+            "root@example.com",
+            "--password",
+            "second password",
+            settings=settings,
+        )
+        assert reset.returncode == 0, reset.stderr
+        assert client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        again = client.post(
+            "/api/v1/auth/login", json={"email": "root@example.com", "password": "second password"}
+        )
+        assert again.status_code == 200
+    short = maestro(
+        "users", "reset-password", "--email", "root@example.com", "--password", "short", settings=settings
+    )
+    assert short.returncode == 2

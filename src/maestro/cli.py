@@ -22,8 +22,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Background jobs.", no_args_is_help=True)
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(users_app, name="users")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -207,6 +209,80 @@ def jobs_show(job_id: str) -> None:
     except NotFound as exc:
         typer.secho(exc.message, err=True, fg="red")
         raise typer.Exit(1) from exc
+
+
+def _database(settings: Any) -> Any:
+    from maestro.db import Database
+
+    return Database(settings)
+
+
+def _checked_password(password: str) -> str:
+    if len(password) < 8:
+        typer.secho("the password must have at least 8 characters", err=True, fg="red")
+        raise typer.Exit(2)
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="Sign-in email.")],
+    password: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="At least 8 characters."),
+    ],
+    admin: Annotated[bool, typer.Option(help="Make the user admin of a new organisation.")] = False,
+    organization: Annotated[str, typer.Option(help="Name of that organisation.")] = "Default",
+    first_name: str = "",
+    last_name: str = "",
+) -> None:
+    """Create a user (even when public registration is closed)."""
+    from maestro.api.errors import Conflict
+    from maestro.identity import service
+
+    settings = _settings()
+    try:
+        with _database(settings).session() as session:
+            user = service.create_user(
+                session,
+                settings,
+                email=email,
+                password=_checked_password(password),
+                first_name=first_name,
+                last_name=last_name,
+            )
+            line = f"created {user.id} <{user.email}>"
+            if admin:
+                org = service.create_organization(session, settings, name=organization, owner=user)
+                line += f", admin of {org.id} ({org.name})"
+    except Conflict as exc:
+        typer.secho(exc.message, err=True, fg="red")
+        raise typer.Exit(1) from exc
+    typer.echo(line)
+
+
+@users_app.command("reset-password")
+def users_reset_password(
+    email: Annotated[str, typer.Option(help="The user's email.")],
+    password: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="At least 8 characters."),
+    ],
+) -> None:
+    """Set a new password and end every session of the user."""
+    from sqlalchemy import select
+
+    from maestro.identity import service
+    from maestro.identity.models import User
+
+    settings = _settings()
+    with _database(settings).session() as session:
+        user = session.scalar(select(User).where(User.email == email.strip().lower()))
+        if user is None:
+            typer.secho(f"no user with email {email}", err=True, fg="red")
+            raise typer.Exit(1)
+        service.set_password(session, settings, user, _checked_password(password))
+    typer.echo(f"password reset for {user.email}; all sessions ended")
 
 
 def main() -> None:
