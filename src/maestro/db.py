@@ -154,6 +154,9 @@ class Database:
     write lock up front on SQLite (a no-op on PostgreSQL)."""
 
     def __init__(self, settings: Settings) -> None:
+        from maestro.migrations import import_models
+
+        import_models()  # every table must be known before the first query resolves foreign keys
         self.engine = build_engine(settings)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._reader = sessionmaker(self.engine, expire_on_commit=False)

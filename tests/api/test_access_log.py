@@ -17,12 +17,12 @@ def test_access_log_lines_are_structured(
 ) -> None:
     app = create_app(make_settings(access_log=True, log_json=True))
     with caplog.at_level(logging.INFO, logger="maestro.access"), TestClient(app) as client:
-        response = client.get("/api/v1/jobs/job_missing", headers={"X-Request-ID": "trace-7"})
+        response = client.get("/api/v1/nothing-here", headers={"X-Request-ID": "trace-7"})
     record = next(r for r in caplog.records if r.name == "maestro.access")
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == response.headers["x-request-id"] == "trace-7"
     assert line["method"] == "GET"
-    assert line["path"] == "/api/v1/jobs/job_missing"
+    assert line["path"] == "/api/v1/nothing-here"
     assert line["status"] == 404
     assert line["duration_ms"] >= 0
     assert line["level"] == "INFO"

@@ -19,21 +19,22 @@ from maestro.jobs.maintenance import CLEANUP, PROBE
 from maestro.jobs.models import Job, JobStatus
 from maestro.jobs.queue import JobQueue
 from tests.conftest import wait_until
+from tests.factories import Actor, Factory
 
 
-def submit(app: FastAPI, kind: str, **params: object) -> str:
+def submit(app: FastAPI, kind: str, organization_id: str | None = None, **params: object) -> str:
     with app.state.database.session() as session:
-        return app.state.queue.submit(session, kind, params).id
+        return app.state.queue.submit(session, kind, params, organization_id=organization_id).id
 
 
-def job_body(client: TestClient, job_id: str) -> dict:
-    response = client.get(f"/api/v1/jobs/{job_id}")
+def job_body(client: TestClient, job_id: str, actor: Actor) -> dict:
+    response = client.get(f"/api/v1/jobs/{job_id}", headers=actor.headers)
     assert response.status_code == 200
     return response.json()["data"]
 
 
-def finished(client: TestClient, job_id: str) -> dict | None:
-    body = job_body(client, job_id)
+def finished(client: TestClient, job_id: str, actor: Actor) -> dict | None:
+    body = job_body(client, job_id, actor)
     return body if body["status"] in ("succeeded", "failed") else None
 
 
@@ -41,17 +42,20 @@ class TestInProcessConsumer:
     """`maestro serve` runs jobs in its own process when no worker is deployed."""
 
     @pytest.fixture
-    def running(self, queue_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    def running(self, queue_settings: Callable[..., Settings]) -> Iterator[tuple[TestClient, Actor]]:
         app = create_app(
             queue_settings(run_worker_in_process=True, job_heartbeat_interval=0.2, job_heartbeat_timeout=5)
         )
+        factory = Factory(app)
+        actor = factory.user(factory.organization(), role="viewer")
         with TestClient(app) as client:
-            yield client
+            yield client, actor
         app.state.queue.huey.storage.flush_all()
 
-    def test_probe_runs_and_reports_progress(self, running: TestClient) -> None:
-        job_id = submit(running.app, PROBE, duration_seconds=0.3, steps=3)  # type: ignore[arg-type]
-        body = wait_until(lambda: finished(running, job_id))
+    def test_probe_runs_and_reports_progress(self, running: tuple[TestClient, Actor]) -> None:
+        client, actor = running
+        job_id = submit(client.app, PROBE, actor.organization_id, duration_seconds=0.3, steps=3)  # type: ignore[arg-type]
+        body = wait_until(lambda: finished(client, job_id, actor))
         assert body["status"] == "succeeded"
         assert body["progress"] == 1.0
         assert body["message"] == "step 3 of 3"
@@ -59,33 +63,60 @@ class TestInProcessConsumer:
         assert body["attempts"] == 1
         assert body["started_at"] <= body["finished_at"]
 
-    def test_failure_is_recorded_with_its_reason(self, running: TestClient) -> None:
-        job_id = submit(running.app, PROBE, fail=True)  # type: ignore[arg-type]
-        body = wait_until(lambda: finished(running, job_id))
+    def test_failure_is_recorded_with_its_reason(self, running: tuple[TestClient, Actor]) -> None:
+        client, actor = running
+        job_id = submit(client.app, PROBE, actor.organization_id, fail=True)  # type: ignore[arg-type]
+        body = wait_until(lambda: finished(client, job_id, actor))
         assert body["status"] == "failed"
         assert body["error"] == "RuntimeError: the probe was asked to fail"
         assert body["result"] is None
 
 
 class TestJobsApi:
-    def test_unknown_job_is_404(self, client: TestClient) -> None:
-        response = client.get("/api/v1/jobs/job_00000000000000000000000000")
+    @pytest.fixture
+    def actor(self, factory: Factory) -> Actor:
+        return factory.user(factory.organization(), role="viewer")
+
+    def test_unknown_job_is_404(self, client: TestClient, actor: Actor) -> None:
+        response = client.get("/api/v1/jobs/job_00000000000000000000000000", headers=actor.headers)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "RESOURCE_NOT_FOUND"
 
     @pytest.mark.parametrize("hostile", ["..%2f..%2fetc%2fpasswd", "%252e%252e%252f", "job_' OR '1'='1"])
-    def test_path_tricks_are_404(self, client: TestClient, hostile: str) -> None:
-        assert client.get(f"/api/v1/jobs/{hostile}").status_code == 404
+    def test_path_tricks_are_404(self, client: TestClient, actor: Actor, hostile: str) -> None:
+        assert client.get(f"/api/v1/jobs/{hostile}", headers=actor.headers).status_code == 404
 
-    def test_overlong_id_is_rejected(self, client: TestClient) -> None:
-        assert client.get(f"/api/v1/jobs/job_{'x' * 200}").status_code == 422
+    def test_overlong_id_is_rejected(self, client: TestClient, actor: Actor) -> None:
+        assert client.get(f"/api/v1/jobs/job_{'x' * 200}", headers=actor.headers).status_code == 422
 
-    def test_queued_job_is_visible_before_any_worker_runs(self, client: TestClient) -> None:
-        job_id = submit(client.app, PROBE)  # type: ignore[arg-type]
-        body = job_body(client, job_id)
+    def test_anonymous_is_401(self, client: TestClient, actor: Actor) -> None:
+        job_id = submit(client.app, PROBE, actor.organization_id)  # type: ignore[arg-type]
+        assert client.get(f"/api/v1/jobs/{job_id}").status_code == 401
+
+    def test_queued_job_is_visible_before_any_worker_runs(self, client: TestClient, actor: Actor) -> None:
+        job_id = submit(client.app, PROBE, actor.organization_id)  # type: ignore[arg-type]
+        body = job_body(client, job_id, actor)
         assert body["status"] == "queued"
         assert body["progress"] == 0
         assert body["kind"] == PROBE
+        assert body["organization_id"] == actor.organization_id
+
+    def test_another_organisations_job_is_404(
+        self, client: TestClient, factory: Factory, actor: Actor
+    ) -> None:
+        foreign = submit(client.app, PROBE, factory.organization())  # type: ignore[arg-type]
+        assert client.get(f"/api/v1/jobs/{foreign}", headers=actor.headers).status_code == 404
+
+    def test_system_jobs_are_not_served_to_tenants(self, client: TestClient, actor: Actor) -> None:
+        system_job = submit(client.app, CLEANUP)  # type: ignore[arg-type]
+        assert client.get(f"/api/v1/jobs/{system_job}", headers=actor.headers).status_code == 404
+
+    def test_api_keys_need_the_jobs_scope(self, client: TestClient, factory: Factory, actor: Actor) -> None:
+        job_id = submit(client.app, PROBE, actor.organization_id)  # type: ignore[arg-type]
+        allowed = factory.api_key(actor.organization_id, {"jobs": ["read"]})  # type: ignore[arg-type]
+        refused = factory.api_key(actor.organization_id, {"models": ["read"]})  # type: ignore[arg-type]
+        assert client.get(f"/api/v1/jobs/{job_id}", headers={"X-API-Key": allowed}).status_code == 200
+        assert client.get(f"/api/v1/jobs/{job_id}", headers={"X-API-Key": refused}).status_code == 403
 
 
 @pytest.fixture

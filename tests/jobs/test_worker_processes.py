@@ -14,6 +14,7 @@ from maestro.jobs import service
 from maestro.jobs.maintenance import PROBE
 from maestro.jobs.models import Job, JobStatus
 from tests.conftest import RunningProcess, wait_until
+from tests.factories import Factory
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +38,12 @@ def read(settings: Settings, job_id: str) -> Job:
         app.state.database.dispose()
 
 
-def submit_probe(settings: Settings, seconds: float) -> str:
+def submit_probe(settings: Settings, seconds: float, organization_id: str | None = None) -> str:
     app = create_app(settings)
     try:
         with app.state.database.session() as session:
-            return app.state.queue.submit(session, PROBE, {"duration_seconds": seconds, "steps": 20}).id
+            params = {"duration_seconds": seconds, "steps": 20}
+            return app.state.queue.submit(session, PROBE, params, organization_id=organization_id).id
     finally:
         app.state.database.dispose()
 
@@ -91,10 +93,14 @@ def test_serve_runs_jobs_submitted_from_another_process(
 
     settings = make_settings(run_worker_in_process=True)
     server = serve(settings)
-    job_id = submit_probe(settings, seconds=0.2)
+    app = create_app(settings)
+    factory = Factory(app)
+    actor = factory.user(factory.organization(), role="viewer")
+    app.state.database.dispose()
+    job_id = submit_probe(settings, seconds=0.2, organization_id=actor.organization_id)
 
     def done() -> dict | None:
-        data = httpx.get(f"{server.base_url}/api/v1/jobs/{job_id}").json()["data"]
+        data = httpx.get(f"{server.base_url}/api/v1/jobs/{job_id}", headers=actor.headers).json()["data"]
         return data if data["status"] == "succeeded" else None
 
     assert wait_until(done, timeout=30)["result"]["steps"] == 20

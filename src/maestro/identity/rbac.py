@@ -59,6 +59,7 @@ ORGANIZATION_RULES: dict[tuple[str, Action], Role] = {
     ("audit_logs", "read"): Role.admin,
     ("projects", "read"): Role.viewer,
     ("projects", "write"): Role.developer,  # create a project in the organisation
+    ("jobs", "read"): Role.viewer,  # organisation-wide jobs, such as imports
 }
 
 # Least effective project role needed inside a project; anything unlisted follows

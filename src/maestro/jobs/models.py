@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from maestro.db import Base, IdMixin, TimestampMixin
@@ -25,6 +25,13 @@ class Job(IdMixin, TimestampMixin, Base):
     id_prefix = "job"
 
     kind: Mapped[str] = mapped_column(String(100))
+    # Jobs submitted for a tenant belong to its organisation (and project); system
+    # jobs such as maintenance have neither and are visible to operators only.
+    organization_id: Mapped[str | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    created_by_id: Mapped[str | None] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(default=0.0)
     message: Mapped[str | None] = mapped_column(String(500))

@@ -58,9 +58,12 @@ class JobQueue:
     def enqueue(self, job_id: str) -> None:
         self._execute_task(job_id)
 
-    def submit(self, session: Any, kind: str, params: dict[str, Any] | None = None) -> Any:
+    def submit(
+        self, session: Any, kind: str, params: dict[str, Any] | None = None, **owner: str | None
+    ) -> Any:
+        """``owner``: organization_id, project_id and created_by_id of a tenant's job."""
         return service.submit(
-            session, self.enqueue, kind, params, max_attempts=self.settings.job_max_attempts
+            session, self.enqueue, kind, params, max_attempts=self.settings.job_max_attempts, **owner
         )
 
     def pending(self) -> int:

@@ -4,18 +4,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from maestro.api.deps import SessionDep
+from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope
-from maestro.api.errors import error_responses
+from maestro.api.errors import NotFound, error_responses
+from maestro.identity.rbac import Target, authorize
 from maestro.jobs import service
 from maestro.jobs.schemas import JobRead
+from maestro.projects.models import Project
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
 
 
-@router.get("/{job_id}", response_model=Envelope[JobRead], responses=error_responses(401, 404, 422))
-def get_job(job_id: JobId, session: SessionDep) -> Envelope[JobRead]:
-    """Status, progress and result of a background job."""
-    return Envelope(data=JobRead.model_validate(service.get_job(session, job_id)))
+@router.get("/{job_id}", response_model=Envelope[JobRead], responses=error_responses(401, 403, 404, 422))
+def get_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) -> Envelope[JobRead]:
+    """Status, progress and result of a background job of your organisation."""
+    job = service.get_job(session, job_id)
+    if job.organization_id is None:  # a system job: operators read it with `maestro jobs show`
+        raise NotFound(f"No job {job_id}")
+    project = session.get(Project, job.project_id) if job.project_id else None
+    authorize(session, principal, "read", Target("jobs", job.organization_id, project))
+    return Envelope(data=JobRead.model_validate(job))

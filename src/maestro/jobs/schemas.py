@@ -14,6 +14,8 @@ class JobRead(BaseModel):
     id: str = Field(examples=["job_01jd8x6q2v0000000000000000"])
     kind: str = Field(examples=["maintenance.cleanup"])
     status: JobStatus
+    organization_id: str | None = None
+    project_id: str | None = None
     progress: float = Field(ge=0, le=1, description="Fraction done, from 0 to 1.")
     message: str | None = Field(None, description="What the job is doing now, or why it was requeued.")
     result: dict[str, Any] | None = None

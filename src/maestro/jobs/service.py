@@ -38,13 +38,24 @@ def submit(
     params: dict[str, Any] | None = None,
     *,
     max_attempts: int,
+    organization_id: str | None = None,
+    project_id: str | None = None,
+    created_by_id: str | None = None,
 ) -> Job:
     """Record a job and hand its id to the queue once the transaction commits."""
     from maestro.jobs.handlers import HANDLERS
 
     if kind not in HANDLERS:
         raise ValidationFailed(f"Unknown job kind {kind!r}", details=[("kind", "not a registered job kind")])
-    job = Job(kind=kind, params=params or {}, max_attempts=max_attempts, enqueued_at=utcnow())
+    job = Job(
+        kind=kind,
+        params=params or {},
+        max_attempts=max_attempts,
+        enqueued_at=utcnow(),
+        organization_id=organization_id,
+        project_id=project_id,
+        created_by_id=created_by_id,
+    )
     session.add(job)
     session.flush()
     job_id = job.id

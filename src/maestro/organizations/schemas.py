@@ -1,0 +1,84 @@
+"""Request and response shapes of organisations, their members and invitations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from maestro.identity.schemas import Email, StrictModel
+from maestro.organizations.models import Plan, Role
+
+OrganizationName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+
+
+class OrganizationCreate(StrictModel):
+    name: OrganizationName
+    description: Description | None = None
+
+
+class OrganizationUpdate(StrictModel):
+    """Only what an admin may change; the slug and the plan are not client-settable."""
+
+    name: OrganizationName | None = Field(None, description="New name; cannot be null.")
+    description: Description | None = Field(None, description="New description; null clears it.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_null(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("name cannot be null")
+        return value
+
+
+class OrganizationRead(BaseModel):
+    id: str
+    name: str
+    slug: str
+    description: str | None = None
+    role: Role | None = Field(
+        description="Your role in the organisation; null when the caller is an API key."
+    )
+    subscription_plan: Plan
+    member_count: int
+    model_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class MemberRead(BaseModel):
+    id: str = Field(description="The user's id.")
+    email: str
+    first_name: str
+    last_name: str
+    role: Role
+    avatar_url: str | None = None
+    last_login_at: datetime | None = None
+    joined_at: datetime
+
+
+class MemberRoleUpdate(StrictModel):
+    role: Role
+
+
+class InvitationCreate(StrictModel):
+    email: Email
+    role: Role = Role.viewer
+
+
+class InvitationCreated(BaseModel):
+    id: str
+    email: str
+    role: Role
+    expires_at: datetime
+    created_at: datetime
+    invite_token: str = Field(
+        description="Give this to the invitee to accept with POST /api/v1/invitations/accept. "
+        "Shown only once."
+    )
+
+
+class InvitationAccept(StrictModel):
+    token: Annotated[str, Field(min_length=1, max_length=200)]
