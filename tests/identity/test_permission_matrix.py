@@ -1,0 +1,283 @@
+"""The whole permission matrix, generated from one table.
+
+Every route of the API has a row: the status each kind of caller gets. A route
+added without a row fails ``test_every_route_has_a_rule``, so nobody can ship an
+endpoint whose access rules were never decided. Callers are refused before they
+change anything, so each row runs its refused callers against one world and every
+caller that succeeds in changing state against a fresh one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from maestro.identity import security
+from maestro.jobs.maintenance import PROBE
+from maestro.organizations.models import Invitation
+from tests.factories import Actor, Factory
+
+# anonymous, organisation viewer/developer/admin, admin of another organisation,
+# an API key of the organisation holding the row's scope, and one holding none.
+PRINCIPALS = ("anonymous", "viewer", "developer", "admin", "other_admin", "key", "key_none")
+_unique = itertools.count()
+
+
+@dataclass
+class World:
+    org: str
+    other_org: str
+    actors: dict[str, Actor]
+    target: Actor  # a member that role changes and removals act on
+    project: str  # visibility "organization"
+    job: str
+    api_key_id: str
+    invitation_token: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def path_params(self) -> dict[str, str]:
+        return {
+            "org_id": self.org,
+            "project_id": self.project,
+            "user_id": self.target.user_id,
+            "job_id": self.job,
+            "key_id": self.api_key_id,
+        }
+
+
+def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
+    factory = Factory(app)
+    org, other_org = factory.organization(), factory.organization()
+    actors = {role: factory.user(org, role=role) for role in ("viewer", "developer", "admin")}
+    actors["other_admin"] = factory.user(other_org, role="admin")
+    target = factory.user(org, role="viewer")
+    project = factory.project(org, actors["admin"], visibility="organization")
+    factory.add_project_member(project, target, "viewer")
+    with app.state.database.session() as session:
+        job = app.state.queue.submit(session, PROBE, {}, organization_id=org).id
+        token = security.new_invitation_token()
+        from maestro.db import utcnow
+
+        session.add(
+            Invitation(
+                organization_id=org,
+                email=f"invitee{next(_unique)}@example.com",
+                role="viewer",
+                token_hash=security.sha256_hex(token),
+                expires_at=utcnow().replace(year=utcnow().year + 1),
+            )
+        )
+    managed_key = factory.api_key(org, {})
+    with app.state.database.session(write=False) as session:
+        from sqlalchemy import select
+
+        from maestro.identity.models import ApiKey
+
+        api_key_id = session.scalar(
+            select(ApiKey.id).where(ApiKey.key_hash == security.sha256_hex(managed_key))
+        )
+    world = World(org, other_org, actors, target, project, job, api_key_id, token)
+    world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
+    world.keys["key_none"] = factory.api_key(org, {})
+    return world
+
+
+def headers_for(world: World, principal: str) -> dict[str, str]:
+    if principal == "anonymous":
+        return {}
+    if principal in world.keys:
+        return {"X-API-Key": world.keys[principal]}
+    return world.actors[principal].headers
+
+
+def fresh_email(_: World) -> dict[str, Any]:
+    return {"email": f"new{uuid.uuid4().hex[:10]}@example.com", "password": "long enough password"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    method: str
+    path: str
+    expect: str  # statuses in PRINCIPALS order
+    scope: tuple[str, str] | None = None  # what the "key" principal is granted
+    body: Callable[[World], Any] | None = None
+
+    def statuses(self) -> dict[str, int]:
+        codes = [int(code) for code in self.expect.split()]
+        assert len(codes) == len(PRINCIPALS), f"{self.method} {self.path}: one status per principal"
+        return dict(zip(PRINCIPALS, codes, strict=True))
+
+
+RULES = [
+    # --- server ---------------------------------------------------------------------------------
+    Rule("GET", "/", "200 200 200 200 200 200 200"),
+    Rule("GET", "/health", "200 200 200 200 200 200 200"),
+    Rule("GET", "/api/v1/health", "200 200 200 200 200 200 200"),
+    # --- auth -----------------------------------------------------------------------------------
+    Rule("POST", "/api/v1/auth/register", "201 201 201 201 201 201 201", body=fresh_email),
+    Rule(
+        "POST",
+        "/api/v1/auth/login",
+        "200 200 200 200 200 200 200",
+        body=lambda w: {"email": w.actors["viewer"].email, "password": w.actors["viewer"].password},
+    ),
+    Rule(
+        "POST",
+        "/api/v1/auth/refresh",
+        "401 401 401 401 401 401 401",
+        body=lambda w: {"refresh_token": "mr_not-a-real-token"},
+    ),
+    Rule("POST", "/api/v1/auth/logout", "401 204 204 204 204 401 401"),
+    Rule("GET", "/api/v1/auth/me", "401 200 200 200 200 401 401"),
+    Rule("PUT", "/api/v1/auth/me", "401 200 200 200 200 401 401", body=lambda w: {"first_name": "Renamed"}),
+    # --- jobs -----------------------------------------------------------------------------------
+    Rule("GET", "/api/v1/jobs/{job_id}", "401 200 200 200 404 200 403", scope=("jobs", "read")),
+    # --- organisations --------------------------------------------------------------------------
+    Rule("GET", "/api/v1/organizations", "401 200 200 200 200 200 403", scope=("organizations", "read")),
+    Rule(
+        "POST",
+        "/api/v1/organizations",
+        "401 201 201 201 201 403 403",
+        scope=("organizations", "write"),
+        body=lambda w: {"name": "Another organisation"},
+    ),
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}",
+        "401 200 200 200 404 200 403",
+        scope=("organizations", "read"),
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/organizations/{org_id}",
+        "401 403 403 200 404 200 403",
+        scope=("organizations", "write"),
+        body=lambda w: {"description": "changed"},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/organizations/{org_id}",
+        "401 403 403 204 404 204 403",
+        scope=("organizations", "delete"),
+    ),
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}/users",
+        "401 200 200 200 404 403 403",
+        scope=("members", "read"),
+    ),
+    Rule(
+        "POST",
+        "/api/v1/organizations/{org_id}/users/invite",
+        "401 403 403 201 404 403 403",
+        scope=("invitations", "write"),
+        body=lambda w: {"email": f"guest{next(_unique)}@example.com"},
+    ),
+    Rule(
+        "POST",
+        "/api/v1/invitations/accept",
+        "401 403 403 403 403 403 403",
+        body=lambda w: {"token": w.invitation_token},
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/organizations/{org_id}/users/{user_id}/role",
+        "401 403 403 200 404 403 403",
+        scope=("members", "write"),
+        body=lambda w: {"role": "developer"},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/organizations/{org_id}/users/{user_id}",
+        "401 403 403 204 404 403 403",
+        scope=("members", "delete"),
+    ),
+    # --- projects (the world's project has visibility "organization") ---------------------------
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}/projects",
+        "401 200 200 200 200 200 403",
+        scope=("projects", "read"),
+    ),
+    Rule(
+        "POST",
+        "/api/v1/organizations/{org_id}/projects",
+        "401 403 201 201 404 201 403",
+        scope=("projects", "write"),
+        body=lambda w: {"name": f"Project {next(_unique)}"},
+    ),
+    Rule("GET", "/api/v1/projects/{project_id}", "401 200 200 200 404 200 403", scope=("projects", "read")),
+    Rule(
+        "PUT",
+        "/api/v1/projects/{project_id}",
+        "401 403 403 200 404 200 403",
+        scope=("projects", "write"),
+        body=lambda w: {"description": "changed"},
+    ),
+    Rule(
+        "DELETE", "/api/v1/projects/{project_id}", "401 403 403 204 404 204 403", scope=("projects", "delete")
+    ),
+    Rule(
+        "GET",
+        "/api/v1/projects/{project_id}/members",
+        "401 200 200 200 404 200 403",
+        scope=("projects", "read"),
+    ),
+    Rule(
+        "POST",
+        "/api/v1/projects/{project_id}/members",
+        "401 403 403 201 404 403 403",
+        scope=("members", "write"),
+        body=lambda w: {"user_id": w.actors["developer"].user_id, "role": "admin"},
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/projects/{project_id}/members/{user_id}",
+        "401 403 403 200 404 403 403",
+        scope=("members", "write"),
+        body=lambda w: {"role": "developer"},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/projects/{project_id}/members/{user_id}",
+        "401 403 403 204 404 403 403",
+        scope=("members", "delete"),
+    ),
+]
+
+
+def _params(rule: Rule) -> Any:
+    return pytest.param(rule, id=f"{rule.method} {rule.path}")
+
+
+@pytest.mark.parametrize("rule", [_params(rule) for rule in RULES])
+def test_permission_matrix(app: FastAPI, rule: Rule) -> None:
+    expected = rule.statuses()
+    changes_state = rule.method != "GET"
+    refused = [p for p in PRINCIPALS if not (changes_state and 200 <= expected[p] < 300)]
+    allowed = [p for p in PRINCIPALS if p not in refused]
+    outcomes: dict[str, int] = {}
+    with TestClient(app) as client:
+        shared = build_world(app, rule.scope)
+        for principal in refused + allowed:
+            world = shared if principal in refused else build_world(app, rule.scope)
+            path = rule.path.format(**world.path_params())
+            body = rule.body(world) if rule.body else None
+            response = client.request(rule.method, path, headers=headers_for(world, principal), json=body)
+            outcomes[principal] = response.status_code
+    assert outcomes == expected
+
+
+def test_every_route_has_a_rule(app: FastAPI) -> None:
+    """A new route must say who may call it before it can ship."""
+    documented = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
+    ruled = {(rule.method, rule.path) for rule in RULES}
+    assert documented - ruled == set(), "routes without a rule in the permission matrix"
+    assert ruled - documented == set(), "rules for routes that do not exist"
