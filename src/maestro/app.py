@@ -19,6 +19,8 @@ from maestro.api.middleware import RequestContextMiddleware
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.identity.api_keys import router as api_keys_router
+from maestro.identity.audit_log import router as audit_log_router
 from maestro.identity.routes import router as auth_router
 from maestro.jobs.queue import EmbeddedWorker, JobQueue
 from maestro.jobs.routes import router as jobs_router
@@ -31,7 +33,15 @@ from maestro.system.routes import router as system_router
 logger = logging.getLogger("maestro")
 
 OPENAPI_URL = "/api/v1/openapi.json"
-ROUTERS = (system_router, auth_router, organizations_router, projects_router, jobs_router)
+ROUTERS = (
+    system_router,
+    auth_router,
+    organizations_router,
+    projects_router,
+    api_keys_router,
+    audit_log_router,
+    jobs_router,
+)
 
 DESCRIPTION = """\
 Maestro is a self-hosted MLOps platform: organisations and access control,

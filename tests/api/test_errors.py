@@ -135,3 +135,22 @@ class TestCors:
             refused = client.get("/health", headers={"Origin": "https://evil.example"})
         assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
         assert "access-control-allow-origin" not in refused.headers
+
+
+class TestNulCharacters:
+    """PostgreSQL cannot store NUL in text; SQLite can. Either way the answer is a 422."""
+
+    @pytest.mark.parametrize(
+        "url", ["/api/v1/jobs/job_%00x", "/api/v1/jobs/job_x?cursor=%00", "/health?x=%00"]
+    )
+    def test_nul_in_path_or_query_is_refused(self, client: TestClient, url: str) -> None:
+        response = client.get(url)
+        assert response.status_code == 422
+        assert_error_shape(response.json(), "VALIDATION_ERROR")
+        assert response.headers["x-request-id"] == response.json()["metadata"]["request_id"]
+
+    def test_nul_in_a_body_is_422_on_every_database(self, client: TestClient, factory) -> None:  # type: ignore[no-untyped-def]
+        actor = factory.user(factory.organization())
+        response = client.put("/api/v1/auth/me", headers=actor.headers, json={"first_name": "Ada\u0000"})
+        assert response.status_code == 422
+        assert client.get("/api/v1/auth/me", headers=actor.headers).json()["data"]["first_name"] == "User"

@@ -250,6 +250,34 @@ RULES = [
         "401 403 403 204 404 403 403",
         scope=("members", "delete"),
     ),
+    # --- API keys and the audit log: people only, organisation admins only ----------------------
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}/api-keys",
+        "401 403 403 200 404 403 403",
+        scope=("api_keys", "read"),
+    ),
+    Rule(
+        "POST",
+        "/api/v1/organizations/{org_id}/api-keys",
+        "401 403 403 201 404 403 403",
+        scope=("api_keys", "write"),
+        body=lambda w: {"name": "ci", "permissions": {"models": ["read"]}},
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/api-keys/{key_id}",
+        "401 403 403 200 404 403 403",
+        scope=("api_keys", "write"),
+        body=lambda w: {"name": "renamed"},
+    ),
+    Rule("DELETE", "/api/v1/api-keys/{key_id}", "401 403 403 204 404 403 403", scope=("api_keys", "delete")),
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}/audit-logs",
+        "401 403 403 200 404 403 403",
+        scope=("audit_logs", "read"),
+    ),
 ]
 
 

@@ -45,7 +45,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
         if changes_state:
             route = request.scope.get("route")
-            audit.record_success(session, request, getattr(route, "status_code", None))
+            audit.record_success(session, request, getattr(route, "status_code", None) or 200)
         session.commit()
     except BaseException:
         session.rollback()

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.envelope import ErrorBody, ErrorDetail, ErrorResponse
@@ -204,9 +205,19 @@ async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
 
+async def _on_data_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The database refused a value (a NUL character in text on PostgreSQL, a number
+    out of range): the input was wrong, not the server."""
+    logger.info("database refused a value: %s", exc)
+    return error_response(
+        422, "The input contains a value the database cannot store (such as a NUL character)"
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Unexpected exceptions are rendered by the request-context middleware, which
     runs outside Starlette's exception layer and so can attach the request id."""
     app.add_exception_handler(MaestroError, _on_maestro_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(DataError, _on_data_error)

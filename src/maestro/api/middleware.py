@@ -13,6 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maestro.api.context import accept_request_id, request_id_var
+from maestro.api.envelope import ErrorDetail
 from maestro.api.errors import error_response
 
 access_logger = logging.getLogger("maestro.access")
@@ -24,6 +25,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _nul_rejection() -> Any:
+    return error_response(
+        422,
+        "NUL characters are not allowed in paths or query strings",
+        details=[ErrorDetail(field="path", message="contains a NUL character")],
+    )
 
 
 class RequestContextMiddleware:
@@ -54,7 +63,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+                # No identifier or filter holds a NUL; refuse it before any database sees it.
+                await _nul_rejection()(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
         except Exception:
             error_logger.exception(
                 "unhandled error", extra={"request_id": request_id, "path": scope.get("path")}

@@ -68,7 +68,7 @@ class RateLimiter:
         if not self.enabled:
             return
         self.hit(self.login_per_ip, "login-ip", client_ip)
-        self.hit(self.login_per_account, "login-account", email.lower())
+        self.hit(self.login_per_account, "login-account", email.strip().lower())
 
     def reset(self) -> None:
         self.storage.reset()

@@ -59,9 +59,15 @@ def describe(
     description.details.update({key: value for key, value in details.items() if value is not None})
 
 
-def note_denied(session: Session, principal: Principal, action: Action, target: Target) -> None:
+def note_denied(
+    session: Session, principal: Principal, action: Action, target: Target, *, visible: bool = True
+) -> None:
+    """``visible``: whether the principal may see the target at all. A probe of
+    another tenant's id is logged in the prober's own organisation, never in the
+    target's (which may not even exist)."""
     session.info.setdefault(_DENIALS, []).append(
         {
+            "visible": visible,
             "principal": principal,
             "action": action,
             "resource_type": target.kind,
@@ -117,7 +123,7 @@ def record_denials(session: Session, request: Request | None) -> bool:
         principal: Principal = denial["principal"]
         session.add(
             AuditLog(
-                organization_id=denial["organization_id"],
+                organization_id=denial["organization_id"] if denial["visible"] else principal.organization_id,
                 actor_type=principal.kind,
                 actor_id=principal.id,
                 action=_operation(request),

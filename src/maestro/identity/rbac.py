@@ -180,7 +180,7 @@ def authorize(session: Session, principal: Principal, action: Action, target: Ta
     visible, allowed = _check(principal, session, action, target)
     if allowed:
         return
-    audit.note_denied(session, principal, action, target)
+    audit.note_denied(session, principal, action, target, visible=visible)
     if not visible:
         raise NotFound("The requested resource does not exist")
     raise PermissionDenied(f"You may not {action} {target.kind.replace('_', ' ')} here")

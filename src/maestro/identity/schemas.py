@@ -3,7 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from maestro.organizations.models import Role
 
@@ -20,9 +28,17 @@ Password = Annotated[str, Field(min_length=8, max_length=256, description="At le
 
 class StrictModel(BaseModel):
     """Request bodies refuse unknown fields: `role` or `organization_id` smuggled into
-    a body is a 422, never silently applied."""
+    a body is a 422, never silently applied. Text may not hold NUL characters, which
+    PostgreSQL cannot store, so both databases answer the same way."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class UserRef(BaseModel):
