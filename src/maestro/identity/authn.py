@@ -6,18 +6,23 @@ URLs end up in logs and browser histories."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from maestro.api.errors import AuthenticationRequired, NotFound
 from maestro.config import Settings
-from maestro.db import utcnow
+from maestro.db import run_after_commit, utcnow
 from maestro.identity import security
 from maestro.identity.models import ApiKey, AuthSession, User
 from maestro.identity.rbac import Principal
 from maestro.organizations.models import Membership, Organization, Role
 
+# last_used_at is kept to the minute: a busy key does not write on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 QUERY_CREDENTIALS = frozenset({"api_key", "apikey", "key", "token", "access_token", "x-api-key", "auth"})
 ORGANIZATION_HEADER = "x-organization-id"
 
@@ -44,6 +49,13 @@ def credentials(request: Request) -> tuple[str, str] | None:
     return "jwt", value
 
 
+def _record_use(bind: Any, key_id: str, when: datetime) -> None:
+    """In its own short transaction, after the request's: a read-only request never
+    turns into a writer half-way (which SQLite may refuse under concurrency)."""
+    with Session(bind) as session, session.begin():
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
+
+
 def _api_key_principal(session: Session, key: str) -> Principal:
     if not security.api_key_is_well_formed(key):
         raise AuthenticationRequired("Malformed API key")
@@ -58,7 +70,8 @@ def _api_key_principal(session: Session, key: str) -> Principal:
     now = utcnow()
     if api_key.expires_at is not None and api_key.expires_at <= now:
         raise AuthenticationRequired("This API key has expired")
-    session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        run_after_commit(session, lambda: _record_use(session.get_bind(), api_key.id, now))
     return Principal(
         kind="api_key",
         id=api_key.id,
