@@ -106,6 +106,11 @@ def test_users_create_and_reset_password(make_settings: Callable[..., Settings],
     )
     assert duplicate.returncode == 1
     assert "already exists" in duplicate.stderr
+    invalid = maestro(
+        "users", "create", "--email", "notanemail", "--password", "long enough", settings=settings
+    )
+    assert invalid.returncode == 2
+    assert "not a valid email" in invalid.stderr
 
     with TestClient(create_app(settings)) as client:
         login = client.post(

@@ -237,9 +237,17 @@ def users_create(
     last_name: str = "",
 ) -> None:
     """Create a user (even when public registration is closed)."""
+    from pydantic import TypeAdapter, ValidationError
+
     from maestro.api.errors import Conflict
     from maestro.identity import service
+    from maestro.identity.schemas import Email
 
+    try:
+        email = TypeAdapter(Email).validate_python(email)
+    except ValidationError as exc:
+        typer.secho(f"not a valid email address: {email}", err=True, fg="red")
+        raise typer.Exit(2) from exc
     settings = _settings()
     try:
         with _database(settings).session() as session:

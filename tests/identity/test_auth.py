@@ -16,7 +16,7 @@ from sqlalchemy import select
 from maestro.app import create_app
 from maestro.config import Settings
 from maestro.db import utcnow
-from maestro.identity.models import AuthSession, User
+from maestro.identity.models import AuditLog, AuthSession, User
 from tests.factories import Actor, Factory
 
 ME = "/api/v1/auth/me"
@@ -228,6 +228,16 @@ class TestRefresh:
         assert_unauthenticated(client.get(ME, headers=actor.headers))
         with app.state.database.session(write=False) as session:
             assert session.scalar(select(AuthSession.revoked_reason)) == "refresh token reused"
+            # The organisation's admins see the reuse in their audit log, as a failure.
+            row = session.scalar(
+                select(AuditLog).where(AuditLog.outcome == "failure", AuditLog.actor_id == actor.user_id)
+            )
+            assert row is not None
+            assert (row.organization_id, row.status_code, row.actor_id) == (
+                actor.organization_id,
+                401,
+                actor.user_id,
+            )
 
     def test_other_sessions_survive_a_revoked_family(self, client: TestClient, factory: Factory) -> None:
         actor = factory.user(factory.organization())

@@ -252,7 +252,7 @@ class TestMaintenance:
         assert job.status == JobStatus.succeeded
         assert job.result == {"temporary_files_removed": 1, "jobs_removed": 1}
         assert not os.path.exists(writer._write_path)
-        with pytest.raises(Exception, match="No job"), queue.database.session() as session:
+        with pytest.raises(Exception, match="No such job"), queue.database.session() as session:
             service.get_job(session, old)
         assert status_of(queue, recent).status == JobStatus.succeeded
 

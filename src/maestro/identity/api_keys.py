@@ -154,7 +154,9 @@ def get_key(
     api_key = session.get(ApiKey, key_id)
     if api_key is None or api_key.revoked_at is not None:
         raise NotFound("No such API key")
-    authorize(session, principal, action, Target("api_keys", api_key.organization_id))
+    authorize(
+        session, principal, action, Target("api_keys", api_key.organization_id), missing="No such API key"
+    )
     return api_key
 
 

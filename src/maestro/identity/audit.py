@@ -32,6 +32,8 @@ class Description:
     organization_id: str | None = None
     actor_id: str | None = None
     actor_type: str | None = None
+    outcome: str | None = None  # when a request answers a failure it still commits (refresh reuse)
+    status_code: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,6 +45,8 @@ def describe(
     organization_id: str | None = None,
     actor_id: str | None = None,
     actor_type: str | None = None,
+    outcome: str | None = None,
+    status_code: int | None = None,
     **details: Any,
 ) -> None:
     """Say what the current request changed; later calls fill in what earlier ones left."""
@@ -53,6 +57,8 @@ def describe(
         ("organization_id", organization_id),
         ("actor_id", actor_id),
         ("actor_type", actor_type),
+        ("outcome", outcome),
+        ("status_code", status_code),
     ):
         if value is not None:
             setattr(description, name, value)
@@ -108,8 +114,8 @@ def record_success(session: Session, request: Request | None, status_code: int |
             action=_operation(request),
             resource_type=description.resource_type,
             resource_id=description.resource_id or next(iter(path_params.values()), None),
-            outcome="success",
-            status_code=status_code,
+            outcome=description.outcome or "success",
+            status_code=description.status_code or status_code,
             details=description.details,
             **_request_facts(request),
         )

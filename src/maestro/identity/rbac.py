@@ -171,10 +171,17 @@ def can(session: Session, principal: Principal, action: Action, target: Target) 
     return _check(principal, session, action, target)[1]
 
 
-def authorize(session: Session, principal: Principal, action: Action, target: Target) -> None:
+def authorize(
+    session: Session, principal: Principal, action: Action, target: Target, *, missing: str | None = None
+) -> None:
     """Raise unless ``principal`` may perform ``action`` on ``target``. A denial is
     noted on the session so the audit log records it even though the request's
-    transaction rolls back."""
+    transaction rolls back.
+
+    An invisible target answers exactly as a missing one would: ``missing`` is the
+    message the caller uses when the addressed object does not exist (by default
+    that of the project or organisation holding it), so not even the wording tells
+    another tenant's ids apart from unknown ones."""
     from maestro.identity import audit
 
     visible, allowed = _check(principal, session, action, target)
@@ -182,5 +189,7 @@ def authorize(session: Session, principal: Principal, action: Action, target: Ta
         return
     audit.note_denied(session, principal, action, target, visible=visible)
     if not visible:
-        raise NotFound("The requested resource does not exist")
+        raise NotFound(
+            missing or ("No such project" if target.project is not None else "No such organization")
+        )
     raise PermissionDenied(f"You may not {action} {target.kind.replace('_', ' ')} here")

@@ -6,10 +6,9 @@ from fastapi.responses import JSONResponse
 from maestro.api.deps import CurrentPrincipal, RateLimiterDep, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope
 from maestro.api.errors import AuthenticationRequired, error_response, error_responses
-from maestro.identity import service
+from maestro.identity import audit, service
 from maestro.identity.schemas import (
     LoginRequest,
-    LogoutRequest,
     MeUpdate,
     RefreshRequest,
     RegisterRequest,
@@ -70,6 +69,7 @@ def refresh(
     outcome = service.refresh(session, settings, body.refresh_token)
     if outcome.tokens is not None:
         return Envelope(data=outcome.tokens)
+    audit.describe(session, resource_type="sessions", outcome="failure", status_code=401)
     failure = AuthenticationRequired(
         "Refresh token reused: the session has been ended, sign in again"
         if outcome.reused
@@ -80,7 +80,7 @@ def refresh(
 
 
 @router.post("/logout", status_code=204, responses=error_responses(401, 422))
-def logout(principal: CurrentPrincipal, session: SessionDep, body: LogoutRequest | None = None) -> None:
+def logout(principal: CurrentPrincipal, session: SessionDep) -> None:
     """End the current session: its access and refresh tokens stop working at once."""
     if principal.session_id is None:
         raise AuthenticationRequired("API keys have no session to end")

@@ -67,10 +67,6 @@ class RefreshRequest(StrictModel):
     refresh_token: Annotated[str, Field(max_length=200)]
 
 
-class LogoutRequest(StrictModel):
-    refresh_token: Annotated[str | None, Field(max_length=200)] = None
-
-
 class CurrentOrganization(BaseModel):
     id: str
     name: str

@@ -22,7 +22,7 @@ def get_job(job_id: JobId, principal: CurrentPrincipal, session: SessionDep) -> 
     """Status, progress and result of a background job of your organisation."""
     job = service.get_job(session, job_id)
     if job.organization_id is None:  # a system job: operators read it with `maestro jobs show`
-        raise NotFound(f"No job {job_id}")
+        raise NotFound("No such job")
     project = session.get(Project, job.project_id) if job.project_id else None
-    authorize(session, principal, "read", Target("jobs", job.organization_id, project))
+    authorize(session, principal, "read", Target("jobs", job.organization_id, project), missing="No such job")
     return Envelope(data=JobRead.model_validate(job))

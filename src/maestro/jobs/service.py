@@ -66,7 +66,7 @@ def submit(
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"No job {job_id}")
+        raise NotFound("No such job")
     return job
 
 
