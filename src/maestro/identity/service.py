@@ -188,13 +188,17 @@ def refresh(session: Session, settings: Settings, refresh_token: str) -> Refresh
     )
     if spent.rowcount != 1:
         revoke_session(session, auth_session.id, "refresh token reused")
+        owner = session.get(User, auth_session.user_id)
         audit.describe(
             session,
             resource_type="sessions",
             resource_id=auth_session.id,
             actor_type="user",
             actor_id=auth_session.user_id,
-            outcome="refresh token reuse: session revoked",
+            organization_id=owner.current_organization_id if owner else None,
+            outcome="failure",
+            status_code=401,
+            reason="refresh token reused: session revoked",
         )
         return RefreshOutcome(None, reused=True)
     user = session.get(User, auth_session.user_id)
