@@ -154,3 +154,9 @@ class TestNulCharacters:
         response = client.put("/api/v1/auth/me", headers=actor.headers, json={"first_name": "Ada\u0000"})
         assert response.status_code == 422
         assert client.get("/api/v1/auth/me", headers=actor.headers).json()["data"]["first_name"] == "User"
+
+
+def test_a_body_that_is_not_utf8_is_422(client: TestClient) -> None:
+    response = client.post("/_test/items", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert_error_shape(response.json(), "VALIDATION_ERROR")

@@ -196,6 +196,14 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 
 async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's "error parsing the body": bytes that are not UTF-8 are invalid input,
+        # like malformed JSON, which FastAPI itself reports as 422.
+        return error_response(
+            422,
+            "The request body is not valid UTF-8 JSON",
+            details=[ErrorDetail(field="body", message="not UTF-8")],
+        )
     if exc.status_code == 404:
         message = "No such resource or route"
     elif exc.status_code == 405:
