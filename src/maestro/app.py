@@ -27,6 +27,7 @@ from maestro.jobs.routes import router as jobs_router
 from maestro.logs import configure_logging
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
+from maestro.registry.routes import router as registry_router
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
 
@@ -40,6 +41,7 @@ ROUTERS = (
     projects_router,
     api_keys_router,
     audit_log_router,
+    registry_router,
     jobs_router,
 )
 

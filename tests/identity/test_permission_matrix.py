@@ -41,6 +41,9 @@ class World:
     api_key_id: str
     invitation_token: str
     keys: dict[str, str] = field(default_factory=dict)
+    model_id: str = ""  # a model in the project, with one tag
+    model_name: str = ""
+    tag_key: str = "team"
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -49,6 +52,9 @@ class World:
             "user_id": self.target.user_id,
             "job_id": self.job,
             "key_id": self.api_key_id,
+            "model_id": self.model_id,
+            "model_name": self.model_name,
+            "key": self.tag_key,
         }
 
 
@@ -84,6 +90,20 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
             select(ApiKey.id).where(ApiKey.key_hash == security.sha256_hex(managed_key))
         )
     world = World(org, other_org, actors, target, project, job, api_key_id, token)
+    with app.state.database.session() as session:
+        from maestro.registry.models import ModelTag, RegisteredModel
+
+        model = RegisteredModel(
+            organization_id=org,
+            project_id=project,
+            name=f"World model {next(_unique)}",
+            model_type="classification",
+            created_by_id=actors["admin"].user_id,
+        )
+        session.add(model)
+        session.flush()
+        session.add(ModelTag(model_id=model.id, key=world.tag_key, value="growth"))
+        world.model_id, world.model_name = model.id, model.name
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
@@ -277,6 +297,49 @@ RULES = [
         "/api/v1/organizations/{org_id}/audit-logs",
         "401 403 403 200 404 403 403",
         scope=("audit_logs", "read"),
+    ),
+    # --- model registry (a model in the world's project, which the organisation can see) -------
+    Rule(
+        "GET",
+        "/api/v1/projects/{project_id}/models",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "POST",
+        "/api/v1/projects/{project_id}/models",
+        "401 403 201 201 404 201 403",
+        scope=("models", "write"),
+        body=lambda w: {"name": f"Model {next(_unique)}", "model_type": "classification"},
+    ),
+    Rule(
+        "GET",
+        "/api/v1/projects/{project_id}/models/by-name/{model_name}",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule("GET", "/api/v1/models/{model_id}", "401 200 200 200 404 200 403", scope=("models", "read")),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"description": "changed"},
+    ),
+    Rule("DELETE", "/api/v1/models/{model_id}", "401 403 204 204 404 204 403", scope=("models", "delete")),
+    Rule("GET", "/api/v1/models/{model_id}/tags", "401 200 200 200 404 200 403", scope=("models", "read")),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/tags/{key}",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"value": "changed"},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/models/{model_id}/tags/{key}",
+        "401 403 204 204 404 204 403",
+        scope=("models", "write"),
     ),
 ]
 

@@ -17,6 +17,8 @@ MODEL_MODULES = (
     "maestro.organizations.models",
     "maestro.identity.models",
     "maestro.projects.models",
+    "maestro.registry.models",
+    "maestro.events.models",
 )
 
 

@@ -32,6 +32,7 @@ from maestro.organizations.schemas import (
     OrganizationUpdate,
 )
 from maestro.projects.models import Project, ProjectMember
+from maestro.registry.models import RegisteredModel
 
 LAST_ADMIN_MESSAGE = "An organization must keep at least one admin; make another member admin first"
 
@@ -56,9 +57,17 @@ def _member_counts(session: Session, organization_ids: Sequence[str]) -> dict[st
 
 
 def _model_counts(session: Session, organization_ids: Sequence[str]) -> dict[str, int]:
-    """Registered models per organisation. There is no registry table yet, so every
-    organisation has none; this becomes one grouped query when there is."""
-    return dict.fromkeys(organization_ids, 0)
+    """Registered models per organisation, in one grouped query."""
+    if not organization_ids:
+        return {}
+    rows = session.execute(
+        select(RegisteredModel.organization_id, func.count())
+        .where(RegisteredModel.organization_id.in_(organization_ids))
+        .group_by(RegisteredModel.organization_id)
+    ).all()
+    counts = dict.fromkeys(organization_ids, 0)
+    counts.update({organization_id: count for organization_id, count in rows})
+    return counts
 
 
 def _roles(session: Session, principal: Principal, organization_ids: Sequence[str]) -> dict[str, Role]:

@@ -25,6 +25,7 @@ from maestro.projects.schemas import (
     ProjectRead,
     ProjectUpdate,
 )
+from maestro.registry.models import RegisteredModel
 
 SLUG_MAX_LENGTH = 60
 
@@ -61,8 +62,17 @@ def get_visible_project(session: Session, principal: Principal, project_id: str,
 # --- reading -----------------------------------------------------------------------------
 def _counts(session: Session, project_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """(models, experiments, deployments) per project, for a whole page at once.
-    Zero until the registry, tracking and serving domains keep those rows."""
-    return {project_id: (0, 0, 0) for project_id in project_ids}
+    Experiments and deployments stay zero until tracking and serving keep those rows."""
+    if not project_ids:
+        return {}
+    models = dict(
+        session.execute(
+            select(RegisteredModel.project_id, func.count())
+            .where(RegisteredModel.project_id.in_(project_ids))
+            .group_by(RegisteredModel.project_id)
+        ).all()
+    )
+    return {project_id: (models.get(project_id, 0), 0, 0) for project_id in project_ids}
 
 
 def project_reads(session: Session, projects: Sequence[Project]) -> list[ProjectRead]:

@@ -1,0 +1,1 @@
+"""The model registry: models in projects, their versions, tags, stages and aliases."""

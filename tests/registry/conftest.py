@@ -1,0 +1,100 @@
+"""An organisation with one user per role, a project the whole organisation can see,
+a private project, and another organisation with its own project, shared by the
+registry tests; helpers to create models and to put versions and events in place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+from sqlalchemy import select
+
+from maestro.events.models import OutboxEvent
+from maestro.registry.models import ModelVersion
+from tests.factories import Actor, Factory
+
+
+@dataclass
+class World:
+    org: str
+    admin: Actor
+    developer: Actor
+    viewer: Actor
+    other_org: str
+    outsider: Actor  # admin of the other organisation
+    project: str  # visibility "organization"
+    private: str  # a private project of the organisation, with no members but its creator
+    other_project: str  # a project of the other organisation
+
+
+def key_headers(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+@pytest.fixture
+def world(factory: Factory) -> World:
+    org = factory.organization("Acme")
+    admin = factory.user(org, "admin")
+    other_org = factory.organization("Globex")
+    outsider = factory.user(other_org, "admin")
+    return World(
+        org=org,
+        admin=admin,
+        developer=factory.user(org, "developer"),
+        viewer=factory.user(org, "viewer"),
+        other_org=other_org,
+        outsider=outsider,
+        project=factory.project(org, admin, "organization", name="Fraud"),
+        private=factory.project(org, admin, "private", name="Secret"),
+        other_project=factory.project(other_org, outsider, "organization", name="Globex models"),
+    )
+
+
+def create_model(
+    client: TestClient, project: str, headers: dict[str, str], name: str = "Fraud Detector", **body: Any
+) -> Response:
+    body.setdefault("model_type", "classification")
+    return client.post(f"/api/v1/projects/{project}/models", json={"name": name, **body}, headers=headers)
+
+
+def new_model(
+    client: TestClient, project: str, headers: dict[str, str], name: str = "Fraud Detector", **body: Any
+) -> dict:
+    response = create_model(client, project, headers, name, **body)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def add_version(
+    factory: Factory,
+    model: dict,
+    organization_id: str,
+    version: str,
+    *,
+    stage: str = "development",
+    metrics: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> str:
+    """A version row written directly, as the upload endpoint will write it."""
+    with factory.database.session() as session:
+        row = ModelVersion(
+            model_id=model["id"],
+            organization_id=organization_id,
+            version=version,
+            stage=stage,
+            performance_metrics=metrics or {},
+        )
+        if created_at is not None:
+            row.created_at = created_at
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def outbox(factory: Factory) -> list[OutboxEvent]:
+    with factory.database.session(write=False) as session:
+        return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.created_at, OutboxEvent.id)))
