@@ -21,6 +21,8 @@ from tests.factories import Factory
         ("DELETE", "/api/v1/projects/{}", "project"),
         ("GET", "/api/v1/jobs/{}", "job"),
         ("DELETE", "/api/v1/api-keys/{}", "api_key"),
+        ("GET", "/api/v1/models/{}", "model"),
+        ("GET", "/api/v1/projects/{}/models", "project"),
     ],
 )
 def test_foreign_ids_answer_like_missing_ones(
@@ -37,6 +39,16 @@ def test_foreign_ids_answer_like_missing_ones(
         with app.state.database.session() as session:
             foreign = app.state.queue.submit(session, PROBE, {}, organization_id=victim_org).id
         missing = "job_00000000000000000000000000"
+    elif make == "model":
+        from maestro.registry.models import RegisteredModel
+
+        project = factory.project(victim_org, victim)
+        with app.state.database.session() as session:
+            model = RegisteredModel(
+                organization_id=victim_org, project_id=project, name="secret", model_type="other"
+            )
+            session.add(model)
+        foreign, missing = model.id, "model_00000000000000000000000000"
     else:
         factory.api_key(victim_org, {})
         from sqlalchemy import select

@@ -35,8 +35,10 @@ DUPLICATE_NAME = "A model with this name already exists in the project"
 
 
 # --- loading and access --------------------------------------------------------------------
-def authorize_models(session: Session, principal: Principal, action: Action, project: Project) -> None:
-    authorize(session, principal, action, Target("models", project.organization_id, project))
+def authorize_models(
+    session: Session, principal: Principal, action: Action, project: Project, *, missing: str | None = None
+) -> None:
+    authorize(session, principal, action, Target("models", project.organization_id, project), missing=missing)
 
 
 def get_project_for_models(
@@ -61,7 +63,7 @@ def get_visible_model(
     """The model, once ``principal`` may perform ``action`` on it (404 when invisible)."""
     model = get_model(session, model_id)
     project = projects_service.get_project(session, model.project_id)
-    authorize_models(session, principal, action, project)
+    authorize_models(session, principal, action, project, missing="No such model")
     return model
 
 
