@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, create_model
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import NotFound, error_responses
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
+from maestro.api.params import ApiKeyId, OrganizationId
 from maestro.db import utcnow
 from maestro.identity import audit, security
 from maestro.identity.models import ApiKey, User
@@ -52,7 +53,6 @@ def _distinct_actions(actions: list[str]) -> list[str]:
 
 # Ids are letters, digits, `_` and `-`; names have no control characters (PostgreSQL
 # cannot even store NUL), so such input is a 422 rather than an error deeper down.
-ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 KeyName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
@@ -249,9 +249,6 @@ def revoke_key(session: Session, principal: Principal, key_id: str) -> None:
 # --- routes ------------------------------------------------------------------------------
 router = APIRouter(prefix="/api/v1", tags=["api_keys"])
 
-OrganizationId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The organisation's id.")]
-KeyId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The API key's id.")]
-
 
 @router.get(
     "/organizations/{org_id}/api-keys",
@@ -289,13 +286,13 @@ def create_api_key(
     responses=error_responses(401, 403, 404, 422, 429),
 )
 def update_api_key(
-    key_id: KeyId, body: ApiKeyUpdate, principal: CurrentPrincipal, session: SessionDep
+    key_id: ApiKeyId, body: ApiKeyUpdate, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[ApiKeyRead]:
     """Rename an API key, replace its permissions or change its expiry."""
     return Envelope(data=update_key(session, principal, key_id, body))
 
 
 @router.delete("/api-keys/{key_id}", status_code=204, responses=error_responses(401, 403, 404, 422, 429))
-def delete_api_key(key_id: KeyId, principal: CurrentPrincipal, session: SessionDep) -> None:
+def delete_api_key(key_id: ApiKeyId, principal: CurrentPrincipal, session: SessionDep) -> None:
     """Revoke an API key: it stops working at once."""
     revoke_key(session, principal, key_id)

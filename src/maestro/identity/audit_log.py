@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +16,8 @@ from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Page
 from maestro.api.errors import ValidationFailed, error_responses
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
-from maestro.identity.api_keys import ID_PATTERN, as_utc
+from maestro.api.params import ID_PATTERN, OrganizationId
+from maestro.identity.api_keys import as_utc
 from maestro.identity.models import AuditLog
 from maestro.identity.rbac import Principal, Target, authorize
 
@@ -117,8 +118,6 @@ def list_entries(
 
 # --- routes ------------------------------------------------------------------------------
 router = APIRouter(prefix="/api/v1", tags=["audit_logs"])
-
-OrganizationId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The organisation's id.")]
 
 
 @router.get(

@@ -1,20 +1,17 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope
 from maestro.api.errors import NotFound, error_responses
+from maestro.api.params import JobId
 from maestro.identity.rbac import Target, authorize
 from maestro.jobs import service
 from maestro.jobs.schemas import JobRead
 from maestro.projects.models import Project
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-
-JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
 
 
 @router.get("/{job_id}", response_model=Envelope[JobRead], responses=error_responses(401, 403, 404, 422))

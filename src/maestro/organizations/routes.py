@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
+from maestro.api.params import OrganizationId, UserId
 from maestro.identity.rbac import Target, authorize
 from maestro.organizations import service
 from maestro.organizations.models import Membership, Organization, Role
@@ -23,9 +24,6 @@ from maestro.organizations.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["organizations"])
-
-OrganizationId = Annotated[str, Path(max_length=64, description="The organization's id.")]
-UserId = Annotated[str, Path(max_length=64, description="The member's user id.")]
 
 
 @router.get(

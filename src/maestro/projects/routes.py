@@ -2,16 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
+from maestro.api.params import OrganizationId, ProjectId, UserId
 from maestro.projects import service
 from maestro.projects.models import Project, ProjectMember, Visibility
 from maestro.projects.schemas import (
-    ID_PATTERN,
     ProjectCreate,
     ProjectMemberCreate,
     ProjectMemberRead,
@@ -21,10 +21,6 @@ from maestro.projects.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
-
-OrganizationId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The organization's id.")]
-ProjectId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The project's id.")]
-UserId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The member's user id.")]
 
 
 @router.get(

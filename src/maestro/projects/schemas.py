@@ -5,13 +5,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+# Control characters (NUL above all, which PostgreSQL cannot store) have no place in
+# names; descriptions may span lines.
+from maestro.api.params import ID_PATTERN
 from maestro.identity.schemas import StrictModel, UserRef
 from maestro.organizations.models import Role
 from maestro.projects.models import Visibility
 
-# Control characters (NUL above all, which PostgreSQL cannot store) have no place in
-# names; descriptions may span lines.
-ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 ProjectName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),

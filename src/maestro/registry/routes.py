@@ -8,10 +8,10 @@ from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
+from maestro.api.params import ModelId, ProjectId
 from maestro.registry import service
 from maestro.registry.models import ModelType, RegisteredModel
 from maestro.registry.schemas import (
-    ID_PATTERN,
     TAG_KEY_PATTERN,
     ModelCreate,
     ModelRead,
@@ -23,8 +23,6 @@ from maestro.registry.schemas import (
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 
-ProjectId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The project's id.")]
-ModelId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="The model's id.")]
 ModelName = Annotated[
     str,
     Path(

@@ -10,7 +10,6 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_
 from maestro.identity.schemas import StrictModel, UserRef
 from maestro.registry.models import ModelType, Stage
 
-ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 MAX_TAGS = 100  # per model
 
