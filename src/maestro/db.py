@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -182,6 +183,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def flush_unique(session: Session, conflict: Exception) -> None:
+    """Flush, turning a unique-constraint violation (a concurrent request took the
+    name first) into ``conflict``."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise conflict from exc
 
 
 def run_after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from maestro.config import Settings
-from maestro.db import new_id, utcnow
+from maestro.db import flush_unique, new_id, utcnow
 from maestro.identity import audit, security
 from maestro.identity.models import AuthSession, RefreshToken, User
 from maestro.identity.schemas import CurrentOrganization, MeUpdate, RegisterRequest, TokenPair, UserRead
@@ -66,10 +65,7 @@ def create_user(
         last_name=last_name,
     )
     session.add(user)
-    try:
-        session.flush()
-    except IntegrityError as exc:  # a concurrent registration won the race
-        raise Conflict("An account with this email already exists") from exc
+    flush_unique(session, Conflict("An account with this email already exists"))
     return user
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound
-from maestro.db import new_id
+from maestro.db import flush_unique, new_id
 from maestro.identity import audit
 from maestro.identity.models import User
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
@@ -170,13 +170,13 @@ def _ensure_unique(session: Session, organization_id: str, name: str, slug: str,
 
 
 def _flush_unique(session: Session) -> None:
-    try:
-        session.flush()
-    except IntegrityError as exc:  # a concurrent request took the slug first
-        raise Conflict(
+    flush_unique(
+        session,
+        Conflict(
             "A project with this name already exists in the organization",
             details=[("name", "already used in this organization")],
-        ) from exc
+        ),
+    )
 
 
 def create_project(

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound
-from maestro.db import utcnow
+from maestro.db import flush_unique, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.models import User
@@ -191,10 +191,7 @@ def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: st
 
 
 def _flush_unique(session: Session) -> None:
-    try:
-        session.flush()
-    except IntegrityError as exc:  # a concurrent request took the name first
-        raise Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")]) from exc
+    flush_unique(session, Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")]))
 
 
 def create_model(
