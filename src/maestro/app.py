@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from maestro import __version__
 from maestro.api.envelope import ErrorResponse
@@ -62,9 +62,31 @@ def operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}:{route.name}"
 
 
-def _render_validation_errors_in_our_shape(app: FastAPI) -> None:
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An access token from /api/v1/auth/login, or an API key (mk_…).",
+    },
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def _authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
+    from maestro.api.deps import route_requires_principal
+
+    found = set()
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute) and route_requires_principal(route.dependant):
+            found.update((context.path, method.lower()) for method in route.methods)
+    return found
+
+
+def _finish_openapi(app: FastAPI) -> None:
     """FastAPI documents its own 422 body; ours is the platform error shape, so the
-    document must say so or generated clients and fuzzers would be misled."""
+    document must say so or generated clients and fuzzers would be misled. It also
+    declares how to authenticate, on exactly the operations that require it."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -72,13 +94,17 @@ def _render_validation_errors_in_our_shape(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         error_ref = "#/components/schemas/ErrorResponse"
-        for path_item in schema.get("paths", {}).values():
-            for operation in path_item.values():
+        authenticated = _authenticated_operations(app)
+        for path, path_item in schema.get("paths", {}).items():
+            for method, operation in path_item.items():
+                if (path, method) in authenticated:
+                    operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
                 response = operation.get("responses", {}).get("422")
                 if response:
                     response["description"] = "Validation error"
                     response["content"] = {"application/json": {"schema": {"$ref": error_ref}}}
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        components = schema["components"].setdefault("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         if "ErrorResponse" not in components:
@@ -129,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings)
 
     install_error_handlers(app)
-    _render_validation_errors_in_our_shape(app)
+    _finish_openapi(app)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from maestro.api.deps import get_principal
+from maestro.api.deps import route_requires_principal
 
 PUBLIC = {
     ("GET", "/"),
@@ -21,10 +20,6 @@ PUBLIC = {
 DOCUMENTATION = {"/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
-def requires_principal(dependant: Dependant) -> bool:
-    return any(dep.call is get_principal or requires_principal(dep) for dep in dependant.dependencies)
-
-
 def test_every_route_authenticates_unless_allowlisted(app: FastAPI) -> None:
     unauthenticated, seen = set(), set()
     for context in iter_route_contexts(app.routes):
@@ -34,7 +29,7 @@ def test_every_route_authenticates_unless_allowlisted(app: FastAPI) -> None:
             continue
         for method in route.methods:
             seen.add((method, context.path))
-            if not requires_principal(route.dependant):
+            if not route_requires_principal(route.dependant):
                 unauthenticated.add((method, context.path))
     assert unauthenticated == PUBLIC
     assert seen >= PUBLIC, "the allowlist names routes that no longer exist"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import AuthenticationRequired
@@ -78,6 +79,11 @@ def get_principal(
     request.state.rate_limit_headers = {}
     request.state.rate_limit_headers = request.app.state.rate_limiter.for_plan(principal.plan, principal.id)
     return principal
+
+
+def route_requires_principal(dependant: Dependant) -> bool:
+    """Whether a route's dependencies include authentication (at any depth)."""
+    return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
 
 
 def get_store(request: Request) -> ArtifactStore:
