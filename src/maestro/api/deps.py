@@ -25,12 +25,15 @@ logger = logging.getLogger("maestro.api")
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# Dependencies that only read app state are `async def`: FastAPI runs plain `def`
+# dependencies in a worker thread, and each hop costs more than the lookup itself.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
@@ -62,7 +65,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter
 
 
@@ -86,11 +89,11 @@ def route_requires_principal(dependant: Dependant) -> bool:
     return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 

@@ -16,7 +16,7 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/", response_model=ServerInfo)
-def server_info(request: Request) -> ServerInfo:
+async def server_info(request: Request) -> ServerInfo:
     """Name and version of this server, and where its API is described."""
     return ServerInfo(
         name="Maestro", version=__version__, docs_url="/docs", openapi_url=request.app.openapi_url or ""
@@ -24,7 +24,7 @@ def server_info(request: Request) -> ServerInfo:
 
 
 @router.get("/health", response_model=Liveness)
-def liveness() -> Liveness:
+async def liveness() -> Liveness:
     """Liveness: the process is up and serving. Checks no dependency, so a load
     balancer never restarts a healthy server because the database is slow."""
     return Liveness(version=__version__, timestamp=utcnow())
