@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     maintenance_interval_minutes: int = Field(
         60, ge=0, description="How often consumers run the maintenance job; 0 disables the schedule."
     )
+    max_model_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest model file a version upload may carry, in bytes (2 GiB)."
+    )
     stale_upload_hours: float = Field(
         6.0, gt=0, description="Temporary upload files older than this are removed by maintenance."
     )

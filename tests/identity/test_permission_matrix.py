@@ -44,6 +44,8 @@ class World:
     model_id: str = ""  # a model in the project, with one tag
     model_name: str = ""
     tag_key: str = "team"
+    version: str = "1.0.0"  # a version of the model, with a small file
+    alias: str = "champion"  # an alias of the model naming that version
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -55,6 +57,8 @@ class World:
             "model_id": self.model_id,
             "model_name": self.model_name,
             "key": self.tag_key,
+            "version": self.version,
+            "alias": self.alias,
         }
 
 
@@ -104,6 +108,22 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
         session.flush()
         session.add(ModelTag(model_id=model.id, key=world.tag_key, value="growth"))
         world.model_id, world.model_name = model.id, model.name
+        from maestro.registry.models import ModelAlias, ModelVersion, VersionTag
+
+        stored = app.state.store.put_bytes("models/world", b"model bytes")
+        version = ModelVersion(
+            model_id=model.id,
+            organization_id=org,
+            version=world.version,
+            file_key=stored.key,
+            file_size=stored.size,
+            sha256=stored.sha256,
+            format="other",
+        )
+        session.add(version)
+        session.flush()
+        session.add(ModelAlias(model_id=model.id, alias=world.alias, version_id=version.id))
+        session.add(VersionTag(version_id=version.id, key=world.tag_key, value="growth"))
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
@@ -128,6 +148,7 @@ class Rule:
     expect: str  # statuses in PRINCIPALS order
     scope: tuple[str, str] | None = None  # what the "key" principal is granted
     body: Callable[[World], Any] | None = None
+    files: Callable[[World], Any] | None = None  # a multipart/form-data body instead
 
     def statuses(self) -> dict[str, int]:
         codes = [int(code) for code in self.expect.split()]
@@ -341,6 +362,87 @@ RULES = [
         "401 403 204 204 404 204 403",
         scope=("models", "write"),
     ),
+    Rule(
+        "GET", "/api/v1/models/{model_id}/versions", "401 200 200 200 404 200 403", scope=("models", "read")
+    ),
+    Rule(
+        "POST",
+        "/api/v1/models/{model_id}/versions",
+        "401 403 201 201 404 201 403",
+        scope=("models", "write"),
+        files=lambda w: {"model_file": ("model.bin", b"new model bytes")},
+    ),
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/versions/{version}",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/models/{model_id}/versions/{version}",
+        "401 403 204 204 404 204 403",
+        scope=("models", "delete"),
+    ),
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/versions/{version}/file",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/versions/{version}/stage",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"stage": "staging"},
+    ),
+    # trusting a file that may run code on load: organisation admins only, never a key
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/versions/{version}/trusted",
+        "401 403 403 200 404 403 403",
+        scope=("models", "write"),
+        body=lambda w: {"trusted": True},
+    ),
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/aliases/{alias}",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/aliases/{alias}",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"version": w.version},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/models/{model_id}/aliases/{alias}",
+        "401 403 204 204 404 204 403",
+        scope=("models", "write"),
+    ),
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/versions/{version}/tags",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/versions/{version}/tags/{key}",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"value": "changed"},
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/models/{model_id}/versions/{version}/tags/{key}",
+        "401 403 204 204 404 204 403",
+        scope=("models", "write"),
+    ),
 ]
 
 
@@ -361,7 +463,10 @@ def test_permission_matrix(app: FastAPI, rule: Rule) -> None:
             world = shared if principal in refused else build_world(app, rule.scope)
             path = rule.path.format(**world.path_params())
             body = rule.body(world) if rule.body else None
-            response = client.request(rule.method, path, headers=headers_for(world, principal), json=body)
+            files = rule.files(world) if rule.files else None
+            response = client.request(
+                rule.method, path, headers=headers_for(world, principal), json=body, files=files
+            )
             outcomes[principal] = response.status_code
     assert outcomes == expected
 

@@ -4,8 +4,10 @@ registry tests; helpers to create models and to put versions and events in place
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +100,33 @@ def add_version(
 def outbox(factory: Factory) -> list[OutboxEvent]:
     with factory.database.session(write=False) as session:
         return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.created_at, OutboxEvent.id)))
+
+
+def upload(
+    client: TestClient,
+    model_id: str,
+    headers: dict[str, str],
+    content: bytes = b"model bytes",
+    *,
+    filename: str = "model.bin",
+    **fields: Any,
+) -> Response:
+    """POST a version as multipart/form-data; dict fields are sent as JSON strings."""
+    data = {name: json.dumps(value) if isinstance(value, dict) else value for name, value in fields.items()}
+    return client.post(
+        f"/api/v1/models/{model_id}/versions",
+        data=data,
+        files={"model_file": (filename, content, "application/octet-stream")},
+        headers=headers,
+    )
+
+
+def new_version(client: TestClient, model_id: str, headers: dict[str, str], **kwargs: Any) -> dict:
+    response = upload(client, model_id, headers, **kwargs)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def stored_files(root: Path) -> list[Path]:
+    """Every file under the artifact store's root, temporaries included."""
+    return sorted(path for path in root.rglob("*") if path.is_file())

@@ -1,25 +1,43 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from collections.abc import Iterator
+from functools import partial
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+import anyio
+from anyio.to_thread import run_sync
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
-from maestro.api.deps import CurrentPrincipal, SessionDep
+from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.envelope import Envelope, Page
-from maestro.api.errors import error_responses
+from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
 from maestro.registry import service
-from maestro.registry.models import ModelType, RegisteredModel
+from maestro.registry.formats import ModelFormat, detect_format
+from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
+    ALIAS_PATTERN,
+    SEMVER_PATTERN,
     TAG_KEY_PATTERN,
+    AliasRead,
+    AliasSet,
     ModelCreate,
     ModelRead,
     ModelUpdate,
+    StageChange,
     TagKey,
     TagRead,
     TagSet,
+    TrustChange,
+    VersionCreate,
+    VersionRead,
 )
+from maestro.registry.upload import ReceivedUpload, receive_upload
+from maestro.storage import CHUNK_SIZE, ArtifactStore
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 
@@ -183,3 +201,299 @@ def delete_model_tag(
 ) -> None:
     """Remove a tag from a model."""
     service.delete_tag(session, principal, model_id, key)
+
+
+# --- versions ------------------------------------------------------------------------------
+VersionPath = Annotated[
+    str, Path(max_length=50, pattern=SEMVER_PATTERN, description="The version, such as 1.2.0.")
+]
+AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, description="The alias, such as champion.")]
+JSON_FIELDS = ("performance_metrics", "training_metrics", "model_schema")
+DOWNLOAD_SUFFIXES = {
+    ModelFormat.skops: ".skops",
+    ModelFormat.onnx: ".onnx",
+    ModelFormat.joblib: ".joblib",
+    ModelFormat.pickle: ".pkl",
+    ModelFormat.xgboost_json: ".json",
+    ModelFormat.lightgbm_txt: ".txt",
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model_file"],
+                    "properties": {
+                        "model_file": {"type": "string", "format": "binary"},
+                        "version": {"type": "string", "pattern": SEMVER_PATTERN, "maxLength": 50},
+                        "stage": {"type": "string", "enum": [stage.value for stage in Stage]},
+                        "description": {"type": "string", "maxLength": 2000},
+                        "performance_metrics": {"type": "string", "description": "A JSON object."},
+                        "training_metrics": {"type": "string", "description": "A JSON object."},
+                        "model_schema": {"type": "string", "description": "A JSON object."},
+                        "requirements": {"type": "string"},
+                        "format": {"type": "string", "enum": [fmt.value for fmt in ModelFormat]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _version_body(fields: dict[str, str]) -> VersionCreate:
+    values: dict[str, Any] = dict(fields)
+    for name in JSON_FIELDS:
+        if name in values:
+            try:
+                values[name] = json.loads(values[name])
+            except (ValueError, RecursionError) as exc:
+                raise ValidationFailed("Invalid upload", details=[(name, "not valid JSON")]) from exc
+    for name in ("version", "format"):
+        if values.get(name) == "":
+            values.pop(name)
+    try:
+        return VersionCreate.model_validate(values)
+    except ValidationError as exc:
+        raise ValidationFailed("Invalid upload", details=validation_details(exc.errors())) from exc
+
+
+def _detect(store: ArtifactStore, upload: ReceivedUpload) -> ModelFormat:
+    with store.open(upload.stored.key) as file:
+        return detect_format(upload.head, file, upload.stored.size)
+
+
+@router.post(
+    "/models/{model_id}/versions",
+    status_code=201,
+    response_model=Envelope[VersionRead],
+    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429),
+    openapi_extra=UPLOAD_BODY,
+)
+async def create_model_version(
+    model_id: ModelId,
+    request: Request,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> Envelope[VersionRead]:
+    """Upload a model file as a new version (multipart/form-data)."""
+    model = await run_sync(partial(service.get_visible_model, session, principal, model_id, "write"))
+    prefix = service.model_files_prefix(model)
+    # Release the database (SQLite's write lock above all) while the file streams in.
+    await run_sync(session.commit)
+    upload = await receive_upload(request, store, prefix, max_bytes=settings.max_model_bytes)
+    try:
+        body = _version_body(upload.fields)
+        detected = await run_sync(partial(_detect, store, upload))
+        row = await run_sync(
+            partial(service.create_version, session, principal, model_id, body, upload.stored, detected)
+        )
+        service.delete_file_on_rollback(session, store, upload.stored.key)
+        read = await run_sync(partial(service.version_read, session, row))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run_sync(partial(store.delete, upload.stored.key))
+        raise
+    return Envelope(data=read)
+
+
+@router.get(
+    "/models/{model_id}/versions",
+    response_model=Page[VersionRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def list_model_versions(
+    model_id: ModelId, principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+) -> Page[VersionRead]:
+    """A model's versions, newest first."""
+    model = service.get_visible_model(session, principal, model_id, "read")
+    return paginate(
+        session,
+        service.versions_query(model),
+        params,
+        sort_column=ModelVersion.created_at,
+        id_column=ModelVersion.id,
+        order="desc",
+        to_item=lambda rows: service.version_reads(session, rows),
+    )
+
+
+@router.get(
+    "/models/{model_id}/versions/{version}",
+    response_model=Envelope[VersionRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def get_model_version(
+    model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[VersionRead]:
+    """One version of a model."""
+    _, row = service.get_version(session, principal, model_id, version, "read")
+    return Envelope(data=service.version_read(session, row))
+
+
+@router.delete(
+    "/models/{model_id}/versions/{version}",
+    status_code=204,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def delete_model_version(
+    model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
+) -> None:
+    """Delete a version and its file."""
+    service.delete_version(session, principal, model_id, version, store)
+
+
+@router.get(
+    "/models/{model_id}/versions/{version}/file",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(401, 403, 404, 422, 429),
+    },
+)
+def download_model_version(
+    model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
+) -> StreamingResponse:
+    """Download a version's model file, byte for byte as uploaded."""
+    model, row = service.get_version(session, principal, model_id, version, "read")
+    if not row.file_key:
+        raise NotFound("This version has no file")
+    file = store.open(row.file_key)
+
+    def chunks() -> Iterator[bytes]:
+        with file:
+            while chunk := file.read(CHUNK_SIZE):
+                yield chunk
+
+    suffix = DOWNLOAD_SUFFIXES.get(ModelFormat(row.format or "other"), ".bin")
+    filename = f"{model.id}-{row.version}{suffix}"
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(row.file_size or 0),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.put(
+    "/models/{model_id}/versions/{version}/stage",
+    response_model=Envelope[VersionRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def change_model_version_stage(
+    model_id: ModelId,
+    version: VersionPath,
+    body: StageChange,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> Envelope[VersionRead]:
+    """Move a version to another stage, optionally archiving other production versions."""
+    row = service.change_stage(session, principal, model_id, version, body)
+    return Envelope(data=service.version_read(session, row))
+
+
+@router.put(
+    "/models/{model_id}/versions/{version}/trusted",
+    response_model=Envelope[VersionRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def set_model_version_trusted(
+    model_id: ModelId,
+    version: VersionPath,
+    body: TrustChange,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> Envelope[VersionRead]:
+    """Trust (or distrust) a version's file for loading; organisation admins only."""
+    row = service.set_trusted(session, principal, model_id, version, body.trusted)
+    return Envelope(data=service.version_read(session, row))
+
+
+# --- aliases -------------------------------------------------------------------------------
+@router.get(
+    "/models/{model_id}/aliases/{alias}",
+    response_model=Envelope[AliasRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def get_model_alias(
+    model_id: ModelId, alias: AliasPath, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[AliasRead]:
+    """The version an alias names."""
+    row, version = service.resolve_alias(session, principal, model_id, alias)
+    return Envelope(data=AliasRead(alias=row.alias, version=service.version_read(session, version)))
+
+
+@router.put(
+    "/models/{model_id}/aliases/{alias}",
+    response_model=Envelope[AliasRead],
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
+def set_model_alias(
+    model_id: ModelId, alias: AliasPath, body: AliasSet, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[AliasRead]:
+    """Point an alias at a version of the model."""
+    row, version = service.set_alias(session, principal, model_id, alias, body.version)
+    return Envelope(data=AliasRead(alias=row.alias, version=service.version_read(session, version)))
+
+
+@router.delete(
+    "/models/{model_id}/aliases/{alias}",
+    status_code=204,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def delete_model_alias(
+    model_id: ModelId, alias: AliasPath, principal: CurrentPrincipal, session: SessionDep
+) -> None:
+    """Remove an alias from a model."""
+    service.delete_alias(session, principal, model_id, alias)
+
+
+# --- version tags --------------------------------------------------------------------------
+@router.get(
+    "/models/{model_id}/versions/{version}/tags",
+    response_model=Envelope[list[TagRead]],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def list_version_tags(
+    model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[list[TagRead]]:
+    """A version's tags with their values, by key."""
+    tags = service.list_version_tags(session, principal, model_id, version)
+    return Envelope(data=[TagRead(key=tag.key, value=tag.value) for tag in tags])
+
+
+@router.put(
+    "/models/{model_id}/versions/{version}/tags/{key}",
+    response_model=Envelope[TagRead],
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
+def set_version_tag(
+    model_id: ModelId,
+    version: VersionPath,
+    key: TagKeyPath,
+    body: TagSet,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> Envelope[TagRead]:
+    """Set a tag on a version, adding it or replacing its value."""
+    tag = service.set_version_tag(session, principal, model_id, version, key, body.value)
+    return Envelope(data=TagRead(key=tag.key, value=tag.value))
+
+
+@router.delete(
+    "/models/{model_id}/versions/{version}/tags/{key}",
+    status_code=204,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def delete_version_tag(
+    model_id: ModelId, version: VersionPath, key: TagKeyPath, principal: CurrentPrincipal, session: SessionDep
+) -> None:
+    """Remove a tag from a version."""
+    service.delete_version_tag(session, principal, model_id, version, key)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from maestro.identity.schemas import StrictModel, UserRef
+from maestro.registry.formats import ModelFormat
 from maestro.registry.models import ModelType, Stage
 
 TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -111,3 +112,72 @@ class TagSet(StrictModel):
 class TagRead(BaseModel):
     key: str = Field(examples=["team"])
     value: str = Field(examples=["growth"])
+
+
+# --- versions ------------------------------------------------------------------------------
+SEMVER_PATTERN = (
+    r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})"
+    r"(-[0-9A-Za-z-]{1,20}(\.[0-9A-Za-z-]{1,20}){0,4})?$"
+)
+SemVer = Annotated[str, StringConstraints(max_length=50, pattern=SEMVER_PATTERN)]
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,49}$"
+Requirements = Annotated[
+    str, StringConstraints(max_length=20_000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")
+]
+
+
+class VersionCreate(StrictModel):
+    """The form fields of a version upload, beside the file itself."""
+
+    version: SemVer | None = Field(
+        None, description="Semantic version; the next patch of the highest version when omitted."
+    )
+    stage: Stage = Stage.development
+    description: Description | None = None
+    performance_metrics: dict[str, Any] = Field(default_factory=dict)
+    training_metrics: dict[str, Any] = Field(default_factory=dict)
+    model_schema: dict[str, Any] | None = None
+    requirements: Requirements | None = None
+    format: ModelFormat | None = Field(
+        None, description="The format the file claims to be; refused (422) when its bytes say otherwise."
+    )
+
+
+class VersionRead(BaseModel):
+    id: str = Field(examples=["version_01jd8x6q2v0000000000000000"])
+    model_id: str
+    version: str = Field(examples=["1.2.0"])
+    stage: Stage
+    description: str | None = None
+    model_file_path: str | None = Field(description="The file's key in the artifact store.")
+    model_size_bytes: int | None
+    sha256: str | None
+    format: str | None = Field(description="Recognised from the file's bytes: " + ", ".join(ModelFormat))
+    trusted: bool = Field(description="Set by an organisation admin; needed before a pickle or joblib loads.")
+    performance_metrics: dict[str, Any]
+    training_metrics: dict[str, Any]
+    model_schema: dict[str, Any] | None = None
+    requirements: str | None = None
+    created_by: UserRef | None = Field(None, description="Null when uploaded with an API key.")
+    created_at: datetime
+
+
+class StageChange(StrictModel):
+    stage: Stage
+    description: Description | None = None
+    archive_existing_versions: bool = Field(
+        False, description="When promoting to production, archive the model's other production versions."
+    )
+
+
+class TrustChange(StrictModel):
+    trusted: bool
+
+
+class AliasSet(StrictModel):
+    version: SemVer
+
+
+class AliasRead(BaseModel):
+    alias: str = Field(examples=["champion"])
+    version: VersionRead

@@ -9,21 +9,42 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
 
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import Select, event, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
-from maestro.api.errors import Conflict, NotFound
-from maestro.db import flush_unique, utcnow
+from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from maestro.db import flush_unique, run_after_commit, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.models import User
-from maestro.identity.rbac import Action, Principal, Target, authorize
+from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
+from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
-from maestro.registry.models import ModelTag, ModelType, ModelVersion, RegisteredModel, Stage
-from maestro.registry.schemas import MAX_TAGS, LatestVersion, ModelCreate, ModelRead, ModelUpdate
+from maestro.registry.formats import ModelFormat
+from maestro.registry.models import (
+    ModelAlias,
+    ModelTag,
+    ModelType,
+    ModelVersion,
+    RegisteredModel,
+    Stage,
+    StageTransition,
+    VersionTag,
+)
+from maestro.registry.schemas import (
+    MAX_TAGS,
+    LatestVersion,
+    ModelCreate,
+    ModelRead,
+    ModelUpdate,
+    StageChange,
+    VersionCreate,
+    VersionRead,
+)
+from maestro.storage import ArtifactStore, StoredObject
 
 SortKey = Literal["name", "created_at", "updated_at"]
 SORT_COLUMNS = {
@@ -336,5 +357,420 @@ def delete_tag(session: Session, principal: Principal, model_id: str, key: str) 
         resource_type="models",
         resource_id=model.id,
         organization_id=model.organization_id,
+        tag=key,
+    )
+
+
+# --- versions ------------------------------------------------------------------------------
+NO_SUCH_VERSION = "No such version of this model"
+
+
+def _semver_key(version: str) -> tuple[int, int, int]:
+    core = version.split("-", 1)[0].split(".")
+    return int(core[0]), int(core[1]), int(core[2])
+
+
+def next_version(session: Session, model: RegisteredModel) -> str:
+    """The next patch after the model's highest version, or 1.0.0 for its first."""
+    existing = session.scalars(select(ModelVersion.version).where(ModelVersion.model_id == model.id)).all()
+    if not existing:
+        return "1.0.0"
+    major, minor, patch = max(_semver_key(version) for version in existing)
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def model_files_prefix(model: RegisteredModel) -> str:
+    return f"models/{model.project_id.lower()}"
+
+
+def get_version(
+    session: Session, principal: Principal, model_id: str, version: str, action: Action
+) -> tuple[RegisteredModel, ModelVersion]:
+    """A version of a visible model, once ``principal`` may perform ``action`` on it."""
+    model = get_visible_model(session, principal, model_id, action)
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version)
+    )
+    if row is None:
+        raise NotFound(NO_SUCH_VERSION)
+    return model, row
+
+
+def _record_transition(
+    session: Session,
+    principal: Principal,
+    row: ModelVersion,
+    to_stage: str,
+    description: str | None,
+    *,
+    from_stage: str | None,
+) -> StageTransition:
+    transition = StageTransition(
+        version_id=row.id,
+        from_stage=from_stage,
+        to_stage=to_stage,
+        description=description,
+        changed_by_id=principal.user_id,
+    )
+    session.add(transition)
+    return transition
+
+
+def create_version(
+    session: Session,
+    principal: Principal,
+    model_id: str,
+    body: VersionCreate,
+    stored: StoredObject,
+    detected: ModelFormat,
+) -> ModelVersion:
+    """Record an uploaded file as a new version. The caller removes the stored file
+    when this raises."""
+    model = get_visible_model(session, principal, model_id, "write")
+    if body.format is not None and body.format != detected:
+        raise ValidationFailed(
+            "The file's contents do not match its claimed format",
+            details=[("format", f"claimed {body.format}, but the file is {detected}")],
+        )
+    version = body.version or next_version(session, model)
+    duplicate = Conflict("This version already exists", details=[("version", f"{version} already exists")])
+    exists_already = session.scalar(
+        select(ModelVersion.id).where(ModelVersion.model_id == model.id, ModelVersion.version == version)
+    )
+    if exists_already is not None:
+        raise duplicate
+    row = ModelVersion(
+        model_id=model.id,
+        organization_id=model.organization_id,
+        version=version,
+        stage=body.stage,
+        description=body.description or None,
+        file_key=stored.key,
+        file_size=stored.size,
+        sha256=stored.sha256,
+        format=detected,
+        trusted=False,
+        performance_metrics=body.performance_metrics,
+        training_metrics=body.training_metrics,
+        model_schema=body.model_schema,
+        requirements=body.requirements or None,
+        created_by_id=principal.user_id,
+    )
+    session.add(row)
+    flush_unique(session, duplicate)
+    _record_transition(session, principal, row, body.stage, "Uploaded", from_stage=None)
+    model.updated_at = utcnow()
+    session.flush()
+    events.record(
+        session,
+        model.organization_id,
+        "model.version.created",
+        {"model_id": model.id, "version_id": row.id, "version": version, "stage": str(body.stage)},
+    )
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        project_id=model.project_id,
+        model_id=model.id,
+        version=version,
+        stage=str(body.stage),
+        format=str(detected),
+        size=stored.size,
+        sha256=stored.sha256,
+    )
+    return row
+
+
+def versions_query(model: RegisteredModel) -> Select[tuple[ModelVersion]]:
+    return select(ModelVersion).where(ModelVersion.model_id == model.id)
+
+
+def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[VersionRead]:
+    creator_ids = {row.created_by_id for row in rows if row.created_by_id}
+    creators = (
+        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
+        if creator_ids
+        else {}
+    )
+    return [
+        VersionRead(
+            id=row.id,
+            model_id=row.model_id,
+            version=row.version,
+            stage=Stage(row.stage),
+            description=row.description,
+            model_file_path=row.file_key,
+            model_size_bytes=row.file_size,
+            sha256=row.sha256,
+            format=row.format,
+            trusted=row.trusted,
+            performance_metrics=row.performance_metrics or {},
+            training_metrics=row.training_metrics or {},
+            model_schema=row.model_schema,
+            requirements=row.requirements,
+            created_by=user_ref(creators.get(row.created_by_id or "")),
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+
+
+def version_read(session: Session, row: ModelVersion) -> VersionRead:
+    return version_reads(session, [row])[0]
+
+
+def delete_version(
+    session: Session, principal: Principal, model_id: str, version: str, store: ArtifactStore
+) -> None:
+    """Delete a version's row (its tags, aliases and stage history cascade); its file
+    is removed once the deletion has committed."""
+    model, row = get_version(session, principal, model_id, version, "delete")
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        project_id=model.project_id,
+        model_id=model.id,
+        version=row.version,
+    )
+    key = row.file_key
+    session.delete(row)
+    model.updated_at = utcnow()
+    session.flush()
+    if key:
+        run_after_commit(session, lambda: store.delete(key))
+
+
+def change_stage(
+    session: Session, principal: Principal, model_id: str, version: str, body: StageChange
+) -> ModelVersion:
+    """Move a version to another stage, recording the transition; promoting to
+    production may archive the model's other production versions."""
+    model, row = get_version(session, principal, model_id, version, "write")
+    archived: list[str] = []
+    if body.stage is Stage.production and body.archive_existing_versions:
+        others = session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.model_id == model.id,
+                ModelVersion.stage == Stage.production,
+                ModelVersion.id != row.id,
+            )
+        ).all()
+        for other in others:
+            _record_transition(
+                session,
+                principal,
+                other,
+                Stage.archived,
+                f"Archived when {row.version} was promoted to production",
+                from_stage=other.stage,
+            )
+            other.stage = Stage.archived
+            archived.append(other.version)
+    previous = row.stage
+    if previous != body.stage or archived:
+        _record_transition(session, principal, row, body.stage, body.description, from_stage=previous)
+        row.stage = body.stage
+        model.updated_at = utcnow()
+    session.flush()
+    events.record(
+        session,
+        model.organization_id,
+        "model.version.stage_changed",
+        {
+            "model_id": model.id,
+            "version_id": row.id,
+            "version": row.version,
+            "from_stage": previous,
+            "to_stage": str(body.stage),
+            "archived_versions": archived,
+        },
+    )
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        model_id=model.id,
+        version=row.version,
+        from_stage=previous,
+        to_stage=str(body.stage),
+        archived_versions=archived or None,
+    )
+    return row
+
+
+def stage_history(session: Session, row: ModelVersion) -> list[StageTransition]:
+    return list(
+        session.scalars(
+            select(StageTransition)
+            .where(StageTransition.version_id == row.id)
+            .order_by(StageTransition.created_at, StageTransition.id)
+        )
+    )
+
+
+def set_trusted(
+    session: Session, principal: Principal, model_id: str, version: str, trusted: bool
+) -> ModelVersion:
+    """Mark a version's file as trusted (or no longer): organisation admins only."""
+    model, row = get_version(session, principal, model_id, version, "read")
+    if organization_role(session, principal, model.organization_id) is not Role.admin:
+        project = projects_service.get_project(session, model.project_id)
+        target = Target("models", model.organization_id, project)
+        audit.note_denied(session, principal, "write", target)
+        raise PermissionDenied("Only an organisation admin can trust a model file")
+    previous = row.trusted
+    row.trusted = trusted
+    session.flush()
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        model_id=model.id,
+        version=row.version,
+        trusted=trusted,
+        previous_trusted=previous,
+    )
+    return row
+
+
+# --- aliases -------------------------------------------------------------------------------
+def resolve_alias(
+    session: Session, principal: Principal, model_id: str, alias: str
+) -> tuple[ModelAlias, ModelVersion]:
+    model = get_visible_model(session, principal, model_id, "read")
+    row = session.scalar(select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias))
+    if row is None:
+        raise NotFound("The model has no such alias")
+    version = session.get(ModelVersion, row.version_id)
+    if version is None:
+        raise NotFound(NO_SUCH_VERSION)
+    return row, version
+
+
+def set_alias(
+    session: Session, principal: Principal, model_id: str, alias: str, version: str
+) -> tuple[ModelAlias, ModelVersion]:
+    """Point an alias at a version, creating the alias or moving it."""
+    model, row = get_version(session, principal, model_id, version, "write")
+    existing = session.scalar(
+        select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
+    )
+    previous = None
+    if existing is None:
+        existing = ModelAlias(model_id=model.id, alias=alias, version_id=row.id)
+        session.add(existing)
+    else:
+        previous = existing.version_id
+        existing.version_id = row.id
+        existing.updated_at = utcnow()
+    flush_unique(session, Conflict("This alias was changed at the same time; try again"))
+    audit.describe(
+        session,
+        resource_type="models",
+        resource_id=model.id,
+        organization_id=model.organization_id,
+        alias=alias,
+        version=row.version,
+        previous_version_id=previous,
+    )
+    return existing, row
+
+
+def delete_alias(session: Session, principal: Principal, model_id: str, alias: str) -> None:
+    model = get_visible_model(session, principal, model_id, "write")
+    row = session.scalar(select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias))
+    if row is None:
+        raise NotFound("The model has no such alias")
+    session.delete(row)
+    session.flush()
+    audit.describe(
+        session,
+        resource_type="models",
+        resource_id=model.id,
+        organization_id=model.organization_id,
+        alias=alias,
+    )
+
+
+def delete_file_on_rollback(session: Session, store: ArtifactStore, key: str) -> None:
+    """Remove a stored file if the transaction recording it rolls back (a failed
+    commit), so no file outlives the row that should point at it."""
+
+    committed = False
+
+    def on_commit(_session: Session) -> None:
+        nonlocal committed
+        committed = True
+
+    def on_rollback(_session: Session, previous: SessionTransaction) -> None:
+        if previous.parent is None and not committed:
+            store.delete(key)
+
+    event.listen(session, "after_commit", on_commit, once=True)
+    event.listen(session, "after_soft_rollback", on_rollback)
+
+
+# --- version tags --------------------------------------------------------------------------
+def list_version_tags(
+    session: Session, principal: Principal, model_id: str, version: str
+) -> list[VersionTag]:
+    _, row = get_version(session, principal, model_id, version, "read")
+    tags = session.scalars(select(VersionTag).where(VersionTag.version_id == row.id)).all()
+    return sorted(tags, key=lambda tag: tag.key)
+
+
+def set_version_tag(
+    session: Session, principal: Principal, model_id: str, version: str, key: str, value: str
+) -> VersionTag:
+    """Set a tag's value on a version, adding the tag if the version does not have it yet."""
+    model, row = get_version(session, principal, model_id, version, "write")
+    tag = session.scalar(select(VersionTag).where(VersionTag.version_id == row.id, VersionTag.key == key))
+    previous = tag.value if tag is not None else None
+    if tag is None:
+        count = session.scalar(select(func.count(VersionTag.id)).where(VersionTag.version_id == row.id)) or 0
+        if count >= MAX_TAGS:
+            raise Conflict(
+                f"A version can have at most {MAX_TAGS} tags; delete one first",
+                details=[("key", "too many tags on this version")],
+            )
+        tag = VersionTag(version_id=row.id, key=key, value=value)
+        session.add(tag)
+    else:
+        tag.value = value
+    flush_unique(session, Conflict("This tag was changed at the same time; try again"))
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        model_id=model.id,
+        version=row.version,
+        tag=key,
+        value=value,
+        previous_value=previous,
+    )
+    return tag
+
+
+def delete_version_tag(session: Session, principal: Principal, model_id: str, version: str, key: str) -> None:
+    model, row = get_version(session, principal, model_id, version, "write")
+    tag = session.scalar(select(VersionTag).where(VersionTag.version_id == row.id, VersionTag.key == key))
+    if tag is None:
+        raise NotFound("The version has no tag with this key")
+    session.delete(tag)
+    session.flush()
+    audit.describe(
+        session,
+        resource_type="model_versions",
+        resource_id=row.id,
+        organization_id=model.organization_id,
+        model_id=model.id,
+        version=row.version,
         tag=key,
     )
