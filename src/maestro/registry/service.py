@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Select, event, exists, func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -311,27 +310,33 @@ def list_tags(session: Session, principal: Principal, model_id: str) -> list[Mod
     return sorted(tags, key=lambda tag: tag.key)
 
 
+def _upsert_tag(
+    session: Session, owner: Any, owner_id: str, key: str, value: str, label: str
+) -> tuple[Any, str | None]:
+    """Set ``key`` on the model or version that ``owner`` (its tag table's foreign key
+    column) points at; returns the tag and its previous value. At most MAX_TAGS each."""
+    table = owner.class_
+    tag = session.scalar(select(table).where(owner == owner_id, table.key == key))
+    if tag is not None:
+        previous, tag.value = tag.value, value
+        return tag, previous
+    count = session.scalar(select(func.count(table.id)).where(owner == owner_id)) or 0
+    if count >= MAX_TAGS:
+        raise Conflict(
+            f"A {label} can have at most {MAX_TAGS} tags; delete one first",
+            details=[("key", f"too many tags on this {label}")],
+        )
+    tag = table(**{owner.key: owner_id, "key": key, "value": value})
+    session.add(tag)
+    return tag, None
+
+
 def set_tag(session: Session, principal: Principal, model_id: str, key: str, value: str) -> ModelTag:
     """Set a tag's value, adding the tag if the model does not have it yet."""
     model = get_visible_model(session, principal, model_id, "write")
-    tag = session.scalar(select(ModelTag).where(ModelTag.model_id == model.id, ModelTag.key == key))
-    previous = tag.value if tag is not None else None
-    if tag is None:
-        count = session.scalar(select(func.count(ModelTag.id)).where(ModelTag.model_id == model.id)) or 0
-        if count >= MAX_TAGS:
-            raise Conflict(
-                f"A model can have at most {MAX_TAGS} tags; delete one first",
-                details=[("key", "too many tags on this model")],
-            )
-        tag = ModelTag(model_id=model.id, key=key, value=value)
-        session.add(tag)
-    else:
-        tag.value = value
+    tag, previous = _upsert_tag(session, ModelTag.model_id, model.id, key, value, "model")
     model.updated_at = utcnow()
-    try:
-        session.flush()
-    except IntegrityError as exc:  # a concurrent request added the same key
-        raise Conflict("This tag was changed at the same time; try again") from exc
+    flush_unique(session, Conflict("This tag was changed at the same time; try again"))
     audit.describe(
         session,
         resource_type="models",
@@ -730,19 +735,7 @@ def set_version_tag(
 ) -> VersionTag:
     """Set a tag's value on a version, adding the tag if the version does not have it yet."""
     model, row = get_version(session, principal, model_id, version, "write")
-    tag = session.scalar(select(VersionTag).where(VersionTag.version_id == row.id, VersionTag.key == key))
-    previous = tag.value if tag is not None else None
-    if tag is None:
-        count = session.scalar(select(func.count(VersionTag.id)).where(VersionTag.version_id == row.id)) or 0
-        if count >= MAX_TAGS:
-            raise Conflict(
-                f"A version can have at most {MAX_TAGS} tags; delete one first",
-                details=[("key", "too many tags on this version")],
-            )
-        tag = VersionTag(version_id=row.id, key=key, value=value)
-        session.add(tag)
-    else:
-        tag.value = value
+    tag, previous = _upsert_tag(session, VersionTag.version_id, row.id, key, value, "version")
     flush_unique(session, Conflict("This tag was changed at the same time; try again"))
     audit.describe(
         session,
