@@ -314,29 +314,31 @@ def _upsert_tag(
     session: Session, owner: Any, owner_id: str, key: str, value: str, label: str
 ) -> tuple[Any, str | None]:
     """Set ``key`` on the model or version that ``owner`` (its tag table's foreign key
-    column) points at; returns the tag and its previous value. At most MAX_TAGS each."""
+    column) points at, and flush; returns the tag and its previous value. At most
+    MAX_TAGS each."""
     table = owner.class_
     tag = session.scalar(select(table).where(owner == owner_id, table.key == key))
+    previous = None
     if tag is not None:
         previous, tag.value = tag.value, value
-        return tag, previous
-    count = session.scalar(select(func.count(table.id)).where(owner == owner_id)) or 0
-    if count >= MAX_TAGS:
-        raise Conflict(
-            f"A {label} can have at most {MAX_TAGS} tags; delete one first",
-            details=[("key", f"too many tags on this {label}")],
-        )
-    tag = table(**{owner.key: owner_id, "key": key, "value": value})
-    session.add(tag)
-    return tag, None
+    else:
+        count = session.scalar(select(func.count(table.id)).where(owner == owner_id)) or 0
+        if count >= MAX_TAGS:
+            raise Conflict(
+                f"A {label} can have at most {MAX_TAGS} tags; delete one first",
+                details=[("key", f"too many tags on this {label}")],
+            )
+        tag = table(**{owner.key: owner_id, "key": key, "value": value})
+        session.add(tag)
+    flush_unique(session, Conflict("This tag was changed at the same time; try again"))
+    return tag, previous
 
 
 def set_tag(session: Session, principal: Principal, model_id: str, key: str, value: str) -> ModelTag:
     """Set a tag's value, adding the tag if the model does not have it yet."""
     model = get_visible_model(session, principal, model_id, "write")
-    tag, previous = _upsert_tag(session, ModelTag.model_id, model.id, key, value, "model")
     model.updated_at = utcnow()
-    flush_unique(session, Conflict("This tag was changed at the same time; try again"))
+    tag, previous = _upsert_tag(session, ModelTag.model_id, model.id, key, value, "model")
     audit.describe(
         session,
         resource_type="models",
@@ -736,7 +738,6 @@ def set_version_tag(
     """Set a tag's value on a version, adding the tag if the version does not have it yet."""
     model, row = get_version(session, principal, model_id, version, "write")
     tag, previous = _upsert_tag(session, VersionTag.version_id, row.id, key, value, "version")
-    flush_unique(session, Conflict("This tag was changed at the same time; try again"))
     audit.describe(
         session,
         resource_type="model_versions",
