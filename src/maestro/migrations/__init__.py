@@ -19,6 +19,7 @@ MODEL_MODULES = (
     "maestro.projects.models",
     "maestro.registry.models",
     "maestro.events.models",
+    "maestro.files.models",
 )
 
 

@@ -88,6 +88,8 @@ class ModelVersion(IdMixin, Base):
     model_schema: Mapped[dict[str, Any] | None]
     requirements: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(String(40))  # the training run, once tracked
+    # Narrative sections of the model card that people write (intended use, limitations…).
+    card_sections: Mapped[dict[str, Any] | None]
     created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -1,0 +1,1 @@
+"""Uploaded files: model files and datasets that belong to a project."""
