@@ -19,6 +19,7 @@ from maestro.api.middleware import RequestContextMiddleware
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.files.routes import router as files_router
 from maestro.identity.api_keys import router as api_keys_router
 from maestro.identity.audit_log import router as audit_log_router
 from maestro.identity.routes import router as auth_router
@@ -43,6 +44,7 @@ ROUTERS = (
     audit_log_router,
     registry_router,
     jobs_router,
+    files_router,
 )
 
 DESCRIPTION = """\

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest model file a version upload may carry, in bytes (2 GiB)."
     )
+    max_dataset_bytes: int = Field(
+        50 * 1024**2, ge=1, description="Largest dataset an upload may carry, in bytes (50 MiB)."
+    )
     stale_upload_hours: float = Field(
         6.0, gt=0, description="Temporary upload files older than this are removed by maintenance."
     )

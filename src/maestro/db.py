@@ -201,8 +201,16 @@ def run_after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def run_after_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the session's transaction rolls back instead of committing:
+    how a file stored for a row is removed when the row never lands (a failed commit),
+    so no file outlives the row that should point at it."""
+    session.info.setdefault("after_rollback", []).append(callback)
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    session.info.pop("after_rollback", None)
     for callback in session.info.pop("after_commit", []):
         try:
             callback()
@@ -214,3 +222,8 @@ def _after_commit(session: Session) -> None:
 def _after_rollback(session: Session, previous: Any) -> None:
     if previous.parent is None:  # the whole transaction, not a savepoint
         session.info.pop("after_commit", None)
+        for callback in session.info.pop("after_rollback", []):
+            try:
+                callback()
+            except Exception:
+                logger.exception("after-rollback callback failed")

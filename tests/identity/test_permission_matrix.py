@@ -46,6 +46,7 @@ class World:
     tag_key: str = "team"
     version: str = "1.0.0"  # a version of the model, with a small file
     alias: str = "champion"  # an alias of the model naming that version
+    file_id: str = ""  # an uploaded dataset in the project
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -59,6 +60,7 @@ class World:
             "key": self.tag_key,
             "version": self.version,
             "alias": self.alias,
+            "file_id": self.file_id,
         }
 
 
@@ -124,6 +126,24 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
         session.flush()
         session.add(ModelAlias(model_id=model.id, alias=world.alias, version_id=version.id))
         session.add(VersionTag(version_id=version.id, key=world.tag_key, value="growth"))
+    with app.state.database.session() as session:
+        from maestro.files.models import StoredFile
+
+        stored = app.state.store.put_bytes("files/world", b"a,b\n1,2\n")
+        stored_file = StoredFile(
+            organization_id=org,
+            project_id=project,
+            kind="dataset",
+            filename="world.csv",
+            format="csv",
+            content_type="text/csv",
+            storage_key=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
+        session.add(stored_file)
+        session.flush()
+        world.file_id = stored_file.id
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
@@ -149,6 +169,7 @@ class Rule:
     scope: tuple[str, str] | None = None  # what the "key" principal is granted
     body: Callable[[World], Any] | None = None
     files: Callable[[World], Any] | None = None  # a multipart/form-data body instead
+    data: Callable[[World], Any] | None = None  # form fields sent before the files
 
     def statuses(self) -> dict[str, int]:
         codes = [int(code) for code in self.expect.split()]
@@ -443,6 +464,62 @@ RULES = [
         "401 403 204 204 404 204 403",
         scope=("models", "write"),
     ),
+    # --- model cards: reading and rendering are reads, saving the sections a write ---------------
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/versions/{version}/stages",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "GET",
+        "/api/v1/models/{model_id}/versions/{version}/card",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    Rule(
+        "PUT",
+        "/api/v1/models/{model_id}/versions/{version}/card",
+        "401 403 200 200 404 200 403",
+        scope=("models", "write"),
+        body=lambda w: {"limitations": ["Not evaluated outside the EU"]},
+    ),
+    Rule(
+        "POST",
+        "/api/v1/models/{model_id}/versions/{version}/card/generate",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+        body=lambda w: {"overrides": {"limitations": ["Draft"]}},
+    ),
+    Rule(
+        "POST",
+        "/api/v1/models/{model_id}/versions/{version}/card/validate",
+        "401 200 200 200 404 200 403",
+        scope=("models", "read"),
+    ),
+    # --- files (a dataset in the world's project) -----------------------------------------------
+    Rule(
+        "POST",
+        "/api/v1/upload/models",
+        "401 403 201 201 404 201 403",
+        scope=("files", "write"),
+        data=lambda w: {"project_id": w.project},
+        files=lambda w: {"file": ("model.bin", b"model weights")},
+    ),
+    Rule(
+        "POST",
+        "/api/v1/upload/datasets",
+        "401 403 201 201 404 201 403",
+        scope=("files", "write"),
+        data=lambda w: {"project_id": w.project},
+        files=lambda w: {"file": ("data.csv", b"x,y\n1,2\n")},
+    ),
+    Rule(
+        "GET", "/api/v1/projects/{project_id}/files", "401 200 200 200 404 200 403", scope=("files", "read")
+    ),
+    Rule("GET", "/api/v1/files/{file_id}", "401 200 200 200 404 200 403", scope=("files", "read")),
+    Rule("GET", "/api/v1/files/{file_id}/download", "401 200 200 200 404 200 403", scope=("files", "read")),
+    Rule("DELETE", "/api/v1/files/{file_id}", "401 403 204 204 404 204 403", scope=("files", "delete")),
 ]
 
 
@@ -464,8 +541,9 @@ def test_permission_matrix(app: FastAPI, rule: Rule) -> None:
             path = rule.path.format(**world.path_params())
             body = rule.body(world) if rule.body else None
             files = rule.files(world) if rule.files else None
+            data = rule.data(world) if rule.data else None
             response = client.request(
-                rule.method, path, headers=headers_for(world, principal), json=body, files=files
+                rule.method, path, headers=headers_for(world, principal), json=body, files=files, data=data
             )
             outcomes[principal] = response.status_code
     assert outcomes == expected

@@ -11,6 +11,7 @@ import random
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,19 @@ class TestCreateVersion:
         new_version(client, model["id"], world.developer.headers, version="2.4.0-rc.1")
         assert new_version(client, model["id"], world.developer.headers, version="")["version"] == "2.4.1"
 
+    def test_concurrent_uploads_each_get_their_own_version(self, client: TestClient, world: World) -> None:
+        model = new_model(client, world.project, world.developer.headers)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(
+                pool.map(
+                    lambda n: upload(client, model["id"], world.developer.headers, content=b"m%d" % n),
+                    range(6),
+                )
+            )
+        assert [response.status_code for response in responses] == [201] * 6
+        versions = sorted(response.json()["data"]["version"] for response in responses)
+        assert versions == [f"1.0.{n}" for n in range(6)]
+
     def test_duplicate_version_is_a_conflict_and_leaves_no_file(
         self, client: TestClient, world: World, app
     ) -> None:
@@ -265,6 +279,9 @@ class TestCreateVersion:
             ({"performance_metrics": "{not json"}, "performance_metrics"),
             ({"training_metrics": "[1, 2]"}, "training_metrics"),
             ({"model_schema": "nan-sense"}, "model_schema"),
+            ({"performance_metrics": '{"accuracy": NaN}'}, "performance_metrics"),
+            ({"training_metrics": '{"loss": [1.0, Infinity]}'}, "training_metrics"),
+            ({"model_schema": '{"inputs": [{"max": -Infinity}]}'}, "model_schema"),
             ({"performance_metrics": "[" * 100_000 + "]" * 100_000}, "performance_metrics"),
             ({"description": "d" * 2001}, "description"),
             ({"organization_id": "org_x"}, "organization_id"),

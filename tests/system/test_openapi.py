@@ -43,10 +43,13 @@ class TestDocument:
                 assert "content" not in op["responses"]["204"], f"{method} {path}: 204 with a body"
                 continue
             content = op["responses"][success[0]].get("content", {})
-            # JSON everywhere, except downloads, which are documented as binary.
-            schema = (content.get("application/json") or content.get("application/octet-stream") or {}).get(
-                "schema", {}
-            )
+            # JSON everywhere, except downloads (files, PDF documents), which are documented as binary.
+            schema = (
+                content.get("application/json")
+                or content.get("application/octet-stream")
+                or content.get("application/pdf")
+                or {}
+            ).get("schema", {})
             assert schema.get("$ref") or schema.get("type"), f"{method} {path} has an untyped response"
 
     def test_documented_errors_use_the_error_shape(self, client: TestClient) -> None:

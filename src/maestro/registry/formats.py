@@ -30,8 +30,6 @@ import zlib
 from enum import StrEnum
 from typing import IO
 
-HEAD_BYTES = 4096  # what the upload keeps of a file's start for recognition
-
 
 class ModelFormat(StrEnum):
     skops = "skops"

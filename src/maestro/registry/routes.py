@@ -7,16 +7,18 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from anyio.to_thread import run_sync
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
+from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
-from maestro.registry import service
+from maestro.db import run_after_rollback
+from maestro.registry import cards, schemas, service
 from maestro.registry.formats import ModelFormat, detect_format
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
@@ -36,7 +38,6 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
-from maestro.registry.upload import ReceivedUpload, receive_upload
 from maestro.storage import CHUNK_SIZE, ArtifactStore
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
@@ -209,6 +210,10 @@ VersionPath = Annotated[
 ]
 AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, description="The alias, such as champion.")]
 JSON_FIELDS = ("performance_metrics", "training_metrics", "model_schema")
+VERSION_FORM = UploadForm(
+    file_field="model_file",
+    text_fields=frozenset({"version", "stage", "description", *JSON_FIELDS, "requirements", "format"}),
+)
 DOWNLOAD_SUFFIXES = {
     ModelFormat.skops: ".skops",
     ModelFormat.onnx: ".onnx",
@@ -285,14 +290,21 @@ async def create_model_version(
     prefix = service.model_files_prefix(model)
     # Release the database (SQLite's write lock above all) while the file streams in.
     await run_sync(session.commit)
-    upload = await receive_upload(request, store, prefix, max_bytes=settings.max_model_bytes)
+
+    async def before_file(_fields: dict[str, str]) -> str:
+        return prefix
+
+    upload = await receive_upload(
+        request, store, VERSION_FORM, before_file, max_bytes=settings.max_model_bytes
+    )
     try:
         body = _version_body(upload.fields)
         detected = await run_sync(partial(_detect, store, upload))
         row = await run_sync(
             partial(service.create_version, session, principal, model_id, body, upload.stored, detected)
         )
-        service.delete_file_on_rollback(session, store, upload.stored.key)
+        key = upload.stored.key
+        run_after_rollback(session, lambda: store.delete(key))
         read = await run_sync(partial(service.version_read, session, row))
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -497,3 +509,119 @@ def delete_version_tag(
 ) -> None:
     """Remove a tag from a version."""
     service.delete_version_tag(session, principal, model_id, version, key)
+
+
+# --- model cards ---------------------------------------------------------------------------
+CARD_ERRORS = error_responses(401, 403, 404, 422, 429)
+
+
+def _download(content: bytes | str, media_type: str, filename: str) -> Response:
+    return Response(
+        content,
+        media_type=media_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.get(
+    "/models/{model_id}/versions/{version}/stages",
+    response_model=Envelope[list[schemas.StageTransitionRead]],
+    responses=CARD_ERRORS,
+)
+def list_model_version_stages(
+    model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[list[schemas.StageTransitionRead]]:
+    """A version's stage history, oldest first: from, to, note, who and when."""
+    return Envelope(data=cards.version_stage_history(session, principal, model_id, version))
+
+
+@router.get(
+    "/models/{model_id}/versions/{version}/card",
+    response_model=Envelope[schemas.ModelCard],
+    responses={
+        200: {
+            "description": "The card as JSON (the default), or a Markdown document with `format=markdown`.",
+            "content": {"text/markdown": {"schema": {"type": "string"}}},
+        },
+        **CARD_ERRORS,
+    },
+)
+def get_model_card(
+    model_id: ModelId,
+    version: VersionPath,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    format_: Annotated[
+        Literal["json", "markdown"],
+        Query(alias="format", description="`markdown` answers a downloadable text/markdown document."),
+    ] = "json",
+) -> Envelope[schemas.ModelCard] | Response:
+    """A version's model card: what the registry knows about it and the sections people wrote."""
+    card = cards.get_card(session, principal, model_id, version)
+    if format_ == "markdown":
+        markdown = cards.render_markdown(card)
+        return _download(markdown, "text/markdown; charset=utf-8", cards.document_filename(card, ".md"))
+    return Envelope(data=card)
+
+
+@router.put(
+    "/models/{model_id}/versions/{version}/card",
+    response_model=Envelope[schemas.ModelCard],
+    responses=CARD_ERRORS,
+)
+def update_model_card(
+    model_id: ModelId,
+    version: VersionPath,
+    body: schemas.ModelCardSections,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> Envelope[schemas.ModelCard]:
+    """Replace the narrative sections of a version's card (intended use, limitations…)."""
+    card = cards.save_sections(session, principal, model_id, version, body)
+    return Envelope(data=card)
+
+
+@router.post(
+    "/models/{model_id}/versions/{version}/card/generate",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The card as a PDF document.",
+            "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **CARD_ERRORS,
+    },
+)
+def generate_model_card(
+    model_id: ModelId,
+    version: VersionPath,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    body: schemas.ModelCardRender | None = None,
+) -> Response:
+    """Render a version's card as a PDF; overrides apply to this document only."""
+    overrides = body.overrides if body else None
+    card = cards.get_card(session, principal, model_id, version, overrides, rendering="pdf")
+    # Release the database (SQLite's write lock above all) while the document renders.
+    session.commit()
+    return _download(cards.render_pdf(card), "application/pdf", cards.document_filename(card, ".pdf"))
+
+
+@router.post(
+    "/models/{model_id}/versions/{version}/card/validate",
+    response_model=Envelope[schemas.ModelCardValidation],
+    responses=CARD_ERRORS,
+)
+def validate_model_card(
+    model_id: ModelId,
+    version: VersionPath,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    body: schemas.ModelCardRender | None = None,
+) -> Envelope[schemas.ModelCardValidation]:
+    """Check a version's card (with any overrides) for missing and invalid sections."""
+    overrides = body.overrides if body else None
+    return Envelope(data=cards.validate_card(session, principal, model_id, version, overrides))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from maestro.identity.schemas import StrictModel, UserRef
 from maestro.registry.formats import ModelFormat
@@ -142,6 +143,26 @@ class VersionCreate(StrictModel):
         None, description="The format the file claims to be; refused (422) when its bytes say otherwise."
     )
 
+    @field_validator("performance_metrics", "training_metrics", "model_schema")
+    @classmethod
+    def _finite_numbers(cls, value: Any) -> Any:
+        """JSON documents are stored as sent; NaN and infinities are not JSON, and
+        PostgreSQL refuses them, so both databases refuse them here alike."""
+        _check_finite(value)
+        return value
+
+
+def _check_finite(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("must not contain NaN or infinite numbers")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
 
 class VersionRead(BaseModel):
     id: str = Field(examples=["version_01jd8x6q2v0000000000000000"])
@@ -181,3 +202,187 @@ class AliasSet(StrictModel):
 class AliasRead(BaseModel):
     alias: str = Field(examples=["champion"])
     version: VersionRead
+
+
+# --- model cards ---------------------------------------------------------------------------
+# The sections of a card that people write. Every text is bounded, so a card always
+# renders (Markdown and PDF) in bounded time, and free of control characters other
+# than line breaks and tabs in longer texts.
+MAX_CARD_ITEMS = 50  # entries per list
+MAX_CARD_CHARS = 20_000  # all the text of a card's sections together (about eight PDF pages)
+CardLine = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
+CardText = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=5000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$"
+    ),
+]
+CardList = Annotated[list[CardLine], Field(max_length=MAX_CARD_ITEMS)]
+
+
+class IntendedUse(StrictModel):
+    primary_uses: CardList = Field(default_factory=list, examples=[["Fraud detection in payment processing"]])
+    primary_users: CardList = Field(default_factory=list, examples=[["Risk analysts"]])
+    out_of_scope: CardList = Field(
+        default_factory=list, examples=[["Credit scoring", "Employment decisions"]]
+    )
+
+
+class EthicalConsiderations(StrictModel):
+    risks_and_harms: CardList = Field(default_factory=list, examples=[["Potential demographic bias"]])
+    mitigations: CardList = Field(
+        default_factory=list, examples=[["Regular bias audits", "Human review process"]]
+    )
+
+
+class DatasetReference(StrictModel):
+    """The data a version was trained or evaluated on, as a reference: the data itself
+    stays where it is."""
+
+    name: CardLine | None = Field(None, examples=["Transactions 2023"])
+    source: CardLine | None = Field(
+        None, description="Where the data lives: a URL, a dataset id or a path.", examples=["ds_01jd8x6q2v"]
+    )
+    description: CardText | None = None
+    size: int | None = Field(None, ge=0, le=10**15, description="Number of rows or examples.")
+    preprocessing: CardList = Field(default_factory=list, examples=[["Amounts log-scaled"]])
+
+
+class ModelCardSections(StrictModel):
+    """The narrative sections of a version's model card; a section left out is empty."""
+
+    intended_use: IntendedUse | None = None
+    limitations: CardList | None = Field(None, examples=[["Not evaluated on transactions outside the EU"]])
+    ethical_considerations: EthicalConsiderations | None = None
+    training_data: DatasetReference | None = None
+    evaluation_data: DatasetReference | None = None
+    caveats_and_recommendations: CardList | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ModelCardSections:
+        total = sum(len(text) for text in _texts(self.model_dump()))
+        if total > MAX_CARD_CHARS:
+            raise ValueError(f"the sections hold {total} characters together; at most {MAX_CARD_CHARS}")
+        return self
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+class ModelCardRender(StrictModel):
+    overrides: ModelCardSections | None = Field(
+        None,
+        description=(
+            "Sections to use instead of the saved ones for this request only (nothing is saved). "
+            "Within `intended_use`, `ethical_considerations`, `training_data` and `evaluation_data`, "
+            "only the fields given replace the saved ones; null clears a section."
+        ),
+    )
+
+
+class StageTransitionRead(BaseModel):
+    from_stage: Stage | None = Field(description="Null for the stage a version was uploaded in.")
+    to_stage: Stage
+    description: str | None = None
+    changed_by: UserRef | None = Field(None, description="Null when changed with an API key.")
+    changed_at: datetime
+
+
+JsonValue = float | int | bool | str | list[Any] | dict[str, Any] | None
+
+
+class CardMetric(BaseModel):
+    name: str = Field(examples=["accuracy"], description="Nested metrics are named with dots: test.accuracy.")
+    value: JsonValue = Field(
+        examples=[0.947], description="As recorded; a number that is not finite is given as text (NaN)."
+    )
+
+
+class CardSchemaField(BaseModel):
+    name: str | None = Field(examples=["amount"])
+    type: str | None = Field(None, examples=["float"])
+    description: str | None = None
+
+
+class CardSchema(BaseModel):
+    """The version's input/output schema, read from `model_schema`."""
+
+    inputs: list[CardSchemaField] | None = Field(description="Null when the schema has no list of inputs.")
+    outputs: list[CardSchemaField] | None = Field(description="Null when the schema has no list of outputs.")
+
+
+class CardModelDetails(BaseModel):
+    id: str
+    name: str
+    description: str | None = None
+    model_type: ModelType
+    framework: str | None = None
+    task_type: str | None = None
+    tags: list[TagRead]
+
+
+class CardVersionDetails(BaseModel):
+    id: str
+    version: str
+    stage: Stage
+    description: str | None = None
+    format: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    trusted: bool
+    requirements: list[str] = Field(description="The version's requirements, one per line.")
+    tags: list[TagRead]
+    aliases: list[str] = Field(description="Aliases of the model that name this version.")
+    created_by: UserRef | None = None
+    created_at: datetime
+
+
+class CardLineageRef(BaseModel):
+    id: str
+    name: str | None = None
+
+
+class CardLineage(BaseModel):
+    run_id: str | None = Field(description="The training run recorded with the version, if any.")
+    experiment: CardLineageRef | None = Field(
+        None, description="Filled from experiment tracking once the run is tracked there; null until then."
+    )
+    run: CardLineageRef | None = Field(
+        None, description="Filled from experiment tracking once the run is tracked there; null until then."
+    )
+
+
+class ModelCard(BaseModel):
+    """Everything the registry knows about a version, and the sections people wrote."""
+
+    model: CardModelDetails
+    version: CardVersionDetails
+    performance_metrics: list[CardMetric]
+    training_metrics: list[CardMetric]
+    model_schema: CardSchema | None = Field(description="Null when the version has no schema.")
+    lineage: CardLineage
+    stage_history: list[StageTransitionRead] = Field(description="Oldest first.")
+    sections: ModelCardSections = Field(description="The narrative sections, as saved (or overridden).")
+    generated_at: datetime
+
+
+class CardIssue(BaseModel):
+    section: str = Field(examples=["performance_metrics"])
+    message: str = Field(examples=["accuracy is a probability or rate and must lie in [0, 1], not 94.7"])
+
+
+class ModelCardValidation(BaseModel):
+    valid: bool = Field(description="True when nothing is missing or invalid; warnings do not count.")
+    missing_sections: list[str] = Field(examples=[["limitations", "model_schema.inputs"]])
+    invalid_sections: list[CardIssue]
+    warnings: list[str]

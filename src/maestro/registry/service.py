@@ -9,8 +9,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Select, event, exists, func, or_, select
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.db import flush_unique, run_after_commit, utcnow
@@ -434,6 +434,10 @@ def create_version(
     """Record an uploaded file as a new version. The caller removes the stored file
     when this raises."""
     model = get_visible_model(session, principal, model_id, "write")
+    # Versions of one model are numbered one at a time: concurrent uploads wait here
+    # (PostgreSQL row lock; SQLite's writers already take turns) instead of picking
+    # the same next version and failing.
+    session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
     if body.format is not None and body.format != detected:
         raise ValidationFailed(
             "The file's contents do not match its claimed format",
@@ -703,24 +707,6 @@ def delete_alias(session: Session, principal: Principal, model_id: str, alias: s
         organization_id=model.organization_id,
         alias=alias,
     )
-
-
-def delete_file_on_rollback(session: Session, store: ArtifactStore, key: str) -> None:
-    """Remove a stored file if the transaction recording it rolls back (a failed
-    commit), so no file outlives the row that should point at it."""
-
-    committed = False
-
-    def on_commit(_session: Session) -> None:
-        nonlocal committed
-        committed = True
-
-    def on_rollback(_session: Session, previous: SessionTransaction) -> None:
-        if previous.parent is None and not committed:
-            store.delete(key)
-
-    event.listen(session, "after_commit", on_commit, once=True)
-    event.listen(session, "after_soft_rollback", on_rollback)
 
 
 # --- version tags --------------------------------------------------------------------------

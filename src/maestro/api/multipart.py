@@ -1,47 +1,53 @@
-"""Receiving a model version upload: a multipart/form-data body parsed as it arrives.
+"""Receiving an upload: a multipart/form-data body with one file part, parsed as it
+arrives.
 
 The file part goes chunk by chunk into the artifact store under a generated key,
 with the byte limit enforced as bytes arrive, so an oversized upload is refused
 without being held in memory or kept on disk. The other parts are small form
 fields, each with its own limit. The file name a client sent is kept as metadata
 only; it never becomes part of a key or a path.
+
+Before the first byte of the file is stored, the caller's ``before_file`` hook sees
+the fields sent ahead of the file and answers with the key prefix to store under,
+so it can authorise the upload (and refuse it) before the body is read.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from maestro.api.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from maestro.registry.formats import HEAD_BYTES
 from maestro.storage import ArtifactStore, ArtifactWriter, StoredObject
 
-FILE_FIELD = "model_file"
-TEXT_FIELDS = frozenset(
-    {
-        "version",
-        "stage",
-        "description",
-        "performance_metrics",
-        "training_metrics",
-        "model_schema",
-        "requirements",
-        "format",
-    }
-)
+HEAD_BYTES = 4096  # what is kept of a file's start for recognising its format
 MAX_FIELD_BYTES = 1024 * 1024  # per form field
 MAX_PARTS = 16
-# Room for the form fields, part headers and boundaries beside the file itself.
-BODY_OVERHEAD = len(TEXT_FIELDS) * MAX_FIELD_BYTES + 64 * 1024
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """The shape of an upload form: the file part's name and the text fields allowed."""
+
+    file_field: str
+    text_fields: frozenset[str]
+    max_field_bytes: int = MAX_FIELD_BYTES
+
+    @property
+    def body_overhead(self) -> int:
+        """Room for the form fields, part headers and boundaries beside the file."""
+        return len(self.text_fields) * self.max_field_bytes + 64 * 1024
 
 
 @dataclass
 class ReceivedUpload:
-    fields: dict[str, str]
+    fields: dict[str, str]  # every text field sent, before or after the file
     stored: StoredObject
     head: bytes  # the file's first bytes, for format recognition
     filename: str | None = None
@@ -50,6 +56,7 @@ class ReceivedUpload:
 
 @dataclass
 class _State:
+    form: UploadForm
     parts: int = 0
     header_field: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
@@ -58,6 +65,7 @@ class _State:
     is_file: bool = False
     value: bytearray = field(default_factory=bytearray)
     fields: dict[str, str] = field(default_factory=dict)
+    fields_before_file: dict[str, str] = field(default_factory=dict)
     file_seen: bool = False
     filename: str | None = None
     content_type: str | None = None
@@ -95,15 +103,16 @@ def _parser(boundary: bytes, state: _State) -> MultipartParser:
             raise _invalid(None, "every part needs a form-data Content-Disposition with a name")
         name = options[b"name"].decode("utf-8", "replace")
         state.name = name
-        if name == FILE_FIELD:
+        if name == state.form.file_field:
             if state.file_seen:
-                raise _invalid(FILE_FIELD, "only one file may be sent")
+                raise _invalid(name, "only one file may be sent")
             state.file_seen = state.is_file = True
+            state.fields_before_file = dict(state.fields)
             filename = options.get(b"filename")
             state.filename = filename.decode("utf-8", "replace")[:255] if filename is not None else None
             content_type = state.headers.get("content-type")
             state.content_type = content_type.decode("latin-1")[:100] if content_type else None
-        elif name not in TEXT_FIELDS:
+        elif name not in state.form.text_fields:
             raise _invalid(name[:100], "unknown form field")
         elif name in state.fields:
             raise _invalid(name, "sent more than once")
@@ -116,10 +125,10 @@ def _parser(boundary: bytes, state: _State) -> MultipartParser:
             state.pending.append(chunk)
         else:
             state.value += chunk
-            if len(state.value) > MAX_FIELD_BYTES:
+            if len(state.value) > state.form.max_field_bytes:
                 raise PayloadTooLarge(
                     "A form field is too large",
-                    details=[(state.name, f"larger than {MAX_FIELD_BYTES} bytes")],
+                    details=[(state.name, f"larger than {state.form.max_field_bytes} bytes")],
                 )
 
     def on_part_end() -> None:
@@ -152,55 +161,68 @@ def _boundary(request: Request) -> bytes:
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise UnsupportedMediaType(
-            "Send the model version as multipart/form-data",
+            "Send the upload as multipart/form-data",
             details=[("content-type", "expected multipart/form-data with a boundary")],
         )
     return boundary
 
 
+BeforeFile = Callable[[dict[str, str]], Awaitable[str]]
+
+
 async def receive_upload(
-    request: Request, store: ArtifactStore, prefix: str, *, max_bytes: int
+    request: Request,
+    store: ArtifactStore,
+    form: UploadForm,
+    before_file: BeforeFile,
+    *,
+    max_bytes: int,
 ) -> ReceivedUpload:
-    """Parse the request body, storing the file part as it arrives. On any error the
-    partly written file is removed; on success the file is committed and the caller
-    owns it (and must delete it if it cannot record it)."""
+    """Parse the request body, storing the file part as it arrives under the prefix
+    ``before_file`` returns. On any error the partly written file is removed; on
+    success the file is committed and the caller owns it (and must delete it if it
+    cannot record it)."""
     boundary = _boundary(request)
+    file_field = form.file_field
+    too_large = PayloadTooLarge(
+        f"The upload exceeds the limit of {max_bytes} bytes",
+        details=[(file_field, f"larger than {max_bytes} bytes")],
+    )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + BODY_OVERHEAD:
-        raise PayloadTooLarge(
-            f"The upload exceeds the limit of {max_bytes} bytes",
-            details=[(FILE_FIELD, f"larger than {max_bytes} bytes")],
-        )
-    state = _State()
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + form.body_overhead:
+        raise too_large
+    state = _State(form=form)
     parser = _parser(boundary, state)
     writer: ArtifactWriter | None = None
+    prefix: str | None = None
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
-            if received > max_bytes + BODY_OVERHEAD:
-                raise PayloadTooLarge(
-                    f"The upload exceeds the limit of {max_bytes} bytes",
-                    details=[(FILE_FIELD, f"larger than {max_bytes} bytes")],
-                )
+            if received > max_bytes + form.body_overhead:
+                raise too_large
             try:
                 parser.write(chunk)
             except (ValidationFailed, PayloadTooLarge):
                 raise
             except Exception as exc:  # the parser's own errors: a malformed body
                 raise _invalid(None, "malformed multipart body") from exc
+            if state.file_seen and prefix is None:
+                prefix = await before_file(dict(state.fields_before_file))
             if state.pending:
                 data = b"".join(state.pending)
                 state.pending.clear()
                 if writer is None:
-                    writer = await anyio.to_thread.run_sync(lambda: store.writer(prefix, max_bytes=max_bytes))
+                    writer = await anyio.to_thread.run_sync(
+                        partial(store.writer, prefix or "", max_bytes=max_bytes)
+                    )
                 await anyio.to_thread.run_sync(writer.write, data)
         if not state.ended:
             raise _invalid(None, "the multipart body ended early")
         if not state.file_seen:
-            raise _invalid(FILE_FIELD, "a model file is required")
+            raise _invalid(file_field, "a file is required")
         if writer is None or writer.size == 0:
-            raise _invalid(FILE_FIELD, "the model file is empty")
+            raise _invalid(file_field, "the file is empty")
         stored = await anyio.to_thread.run_sync(writer.commit)
     except BaseException:
         if writer is not None:
