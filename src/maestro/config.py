@@ -151,6 +151,17 @@ class Settings(BaseSettings):
         6.0, gt=0, description="Temporary upload files older than this are removed by maintenance."
     )
 
+    # --- model serving -------------------------------------------------------------------
+    serving_cache_max_models: int = Field(
+        16, ge=1, le=10_000, description="Most loaded models a serving process keeps in memory."
+    )
+    serving_cache_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024**2,
+        description="Estimated memory the loaded models of a serving process may take, in bytes (2 GiB). "
+        "Models a live deployment serves are never dropped, even past this limit.",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
