@@ -1,0 +1,118 @@
+"""A short memory of checked credentials and access decisions, so a busy client (an
+inference caller above all) does not cost database lookups on every request.
+
+What is remembered, and for how long: an API key or an access token, as the principal
+it authenticated to, for ``MAESTRO_AUTH_CACHE_SECONDS`` (1 s by default), never past
+the key's or the token's own expiry.
+
+How it stays correct: every memory in this process is emptied the moment a transaction
+commits that touched the rows a principal or a decision is built from (API keys,
+sessions, users, organisations, memberships, projects, project members), whoever made
+the change: revoking a key, logging out, a reused refresh token, a password reset, a
+role change. The trade-off is for changes made by *another* process (another worker
+or replica): there a revoked key or an ended session keeps working for at most the TTL.
+``MAESTRO_AUTH_CACHE_SECONDS=0`` turns the memory off and checks every request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Hashable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
+
+# Tables whose rows principals and access decisions are built from.
+WATCHED_TABLES = frozenset(
+    {"api_keys", "auth_sessions", "users", "organizations", "memberships", "projects", "project_members"}
+)
+MAX_ENTRIES = 10_000
+_CHANGED = "credentials_changed"
+_MEMORIES: weakref.WeakSet[ShortMemory] = weakref.WeakSet()
+_MEMORIES_LOCK = threading.Lock()
+
+
+class ShortMemory:
+    """A bounded map whose entries expire after ``seconds`` (or earlier, at the
+    monotonic deadline given with them); emptied whenever credentials change."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[Hashable, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+        with _MEMORIES_LOCK:
+            _MEMORIES.add(self)
+
+    def get(self, key: Hashable) -> Any:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        value, until = found
+        if until <= time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return value
+
+    def put(self, key: Hashable, value: Any, *, at_most: float | None = None) -> None:
+        """Remember ``value``; ``at_most``: seconds after which it must be forgotten anyway."""
+        lifetime = self.seconds if at_most is None else min(self.seconds, at_most)
+        if lifetime <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= MAX_ENTRIES:
+                expired = [k for k, (_, until) in self._entries.items() if until <= now]
+                for stale in expired or list(self._entries)[: MAX_ENTRIES // 10]:
+                    self._entries.pop(stale, None)
+            self._entries[key] = (value, now + lifetime)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def forget_everything() -> None:
+    """Empty every memory in this process."""
+    with _MEMORIES_LOCK:
+        memories = list(_MEMORIES)
+    for memory in memories:
+        memory.clear()
+
+
+def _watched(obj: Any) -> bool:
+    return getattr(obj, "__tablename__", None) in WATCHED_TABLES
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flushed_changes(session: Session, _context: Any) -> None:
+    if any(_watched(obj) for objects in (session.new, session.dirty, session.deleted) for obj in objects):
+        session.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_bulk_changes(state: ORMExecuteState) -> None:
+    mapper = state.bind_mapper
+    if (
+        (state.is_update or state.is_delete)
+        and mapper is not None
+        and mapper.local_table.name in WATCHED_TABLES
+    ):
+        state.session.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_after_commit(session: Session) -> None:
+    if session.info.pop(_CHANGED, False):
+        forget_everything()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _nothing_changed(session: Session, previous: Any) -> None:
+    if previous.parent is None:
+        session.info.pop(_CHANGED, None)

@@ -1,0 +1,137 @@
+"""Prometheus metrics of the platform API, in a registry of each app's own.
+
+Conventions: base units (``_seconds``, ``_bytes``), counters ending in ``_total``, and
+labels with few values: the route template (never the raw path), method and status;
+deployments by name and model version by its label, never by id. Latency buckets start
+at 0.5 ms: the default ones (from 5 ms) cannot resolve a 2 ms prediction.
+
+Each process answers for itself: with several uvicorn workers, a scrape reaches one of
+them, so run one worker per container (or scrape each) when the numbers must add up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Upper bounds in seconds; the per-minute aggregates behind …/metrics use the same
+# buckets (in milliseconds) plus an unbounded last one.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS_MS = tuple(bound * 1000 for bound in LATENCY_BUCKETS)
+UNMATCHED_ROUTE = "unmatched"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _CacheCollector(Collector):
+    """Loaded models and their estimated memory, read at scrape time."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Any:
+        count, size = self._stats()
+        yield GaugeMetricFamily("maestro_models_loaded", "Models loaded in this process.", value=count)
+        yield GaugeMetricFamily(
+            "maestro_model_cache_bytes", "Estimated memory of the loaded models.", value=size
+        )
+
+
+class PlatformMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
+        self.requests = Counter(
+            "maestro_http_requests_total",
+            "HTTP requests answered, by route template, method and status.",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "maestro_http_request_duration_seconds",
+            "Time from receiving a request to sending its response headers.",
+            ("method", "route", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "maestro_predictions_total",
+            "Inference requests answered, by deployment name, model version and outcome.",
+            ("deployment", "version", "outcome"),
+            registry=self.registry,
+        )
+        self.predicted_rows = Counter(
+            "maestro_predicted_rows_total",
+            "Rows predicted, by deployment name and model version.",
+            ("deployment", "version"),
+            registry=self.registry,
+        )
+        self.prediction_seconds = Histogram(
+            "maestro_prediction_duration_seconds",
+            "Time to answer an inference request, parsing and predicting included.",
+            ("deployment", "version"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_loads = Counter(
+            "maestro_model_loads_total",
+            "Model loads in this process, by outcome.",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.prediction_logs_dropped = Counter(
+            "maestro_prediction_logs_dropped_total",
+            "Prediction logs dropped because the buffer was full or could not be written.",
+            registry=self.registry,
+        )
+        self.prediction_logs_pending = Gauge(
+            "maestro_prediction_logs_pending",
+            "Prediction logs waiting in memory to be written.",
+            registry=self.registry,
+        )
+
+    def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
+        self.registry.register(_CacheCollector(stats))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: PlatformMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500, "seconds": None}
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["seconds"] = time.perf_counter() - started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            labels = (method, template, str(status["code"]))
+            self.metrics.requests.labels(*labels).inc()
+            seconds = status["seconds"]
+            self.metrics.request_seconds.labels(*labels).observe(
+                seconds if seconds is not None else time.perf_counter() - started
+            )
