@@ -1,0 +1,516 @@
+"""The standalone model server (``maestro model-server``): a separate app, on its own
+port, that loads models into memory and answers predictions over three protocols:
+
+- Maestro's own routes under ``/api/v1`` (``server_routes.py``), the serving spec's;
+- the Open Inference Protocol under ``/v2`` (KServe, Triton and MLServer clients);
+- MLflow's scoring protocol (``/invocations``, ``/ping``, ``/health``, ``/version``),
+  so callers of ``mlflow models serve`` switch by changing the URL (and sending a key).
+
+``ModelServer`` holds what every request shares: the served models by name (each a
+``Runtime`` from the model cache), the authenticator, rate limits, metrics, the thread
+pool that runs model calls and the asynchronous jobs. Nothing on the prediction path
+touches the database: credentials and decisions are remembered (``server_auth.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI
+from limits import parse
+
+from maestro import __version__
+from maestro.api.errors import NotFound, PermissionDenied, ServiceUnavailable, ValidationFailed
+from maestro.api.middleware import RequestContextMiddleware
+from maestro.api.ratelimit import RateLimiter
+from maestro.config import Settings
+from maestro.serving.cache import ModelCache
+from maestro.serving.errors import ModelLoadError, ServingError
+from maestro.serving.model_sources import (
+    PreloadEntry,
+    Source,
+    check_served_name,
+    file_source,
+    parse_preload,
+    read_model_file,
+    registry_source,
+    resolve_model_file,
+    untrusted_file,
+    version_snapshot,
+)
+from maestro.serving.runtimes import Runtime, load_runtime, load_version
+from maestro.serving.server_auth import Authenticator, Caller
+from maestro.serving.server_jobs import AsyncJobs
+from maestro.serving.server_metrics import MetricsMiddleware, ServerMetrics
+
+if TYPE_CHECKING:
+    from maestro.db import Database
+    from maestro.storage import ArtifactStore
+
+logger = logging.getLogger("maestro.serving")
+T = TypeVar("T")
+
+RATE_GROUPS = ("predict", "batch", "management")
+
+
+def utc_timestamp() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _label_names(runtime: Runtime, schema: Any) -> dict[Any, str] | None:
+    """Display names of a classifier's classes: the version's ``model_schema``
+    ``class_labels`` (one per class, in the classes' order) when declared, else the
+    classes themselves as text; None for a regressor."""
+    if runtime.classes is None:
+        return None
+    declared = (schema or {}).get("class_labels") if isinstance(schema, dict) else None
+    if isinstance(declared, list) and len(declared) == len(runtime.classes):
+        return {cls: str(name) for cls, name in zip(runtime.classes, declared, strict=True)}
+    return {cls: str(cls) for cls in runtime.classes}
+
+
+@dataclass
+class ServedModel:
+    """A loaded model under the name clients address it by."""
+
+    name: str
+    source: Source
+    runtime: Runtime
+    metrics: ServerMetrics
+    loaded_at: str = field(default_factory=utc_timestamp)
+    label_names: dict[Any, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.label_names = _label_names(self.runtime, self.source.model_schema)
+        labels = (self.name, self.version)
+        self._rows_ok = self.metrics.predictions.labels(*labels, "success")
+        self._rows_failed = self.metrics.predictions.labels(*labels, "error")
+        self._seconds = self.metrics.prediction_seconds.labels(*labels)
+        self._requests: dict[str, Any] = {}
+
+    @property
+    def version(self) -> str:
+        return self.source.version
+
+    @property
+    def key(self) -> str:
+        return self.source.key
+
+    def predict(self, matrix: np.ndarray, *, probabilities: bool, protocol: str) -> Prediction:
+        """Labels (and probabilities when asked), timed and counted."""
+        runtime = self.runtime
+        started = time.perf_counter()
+        try:
+            if probabilities:
+                if not runtime.supports_proba:
+                    runtime.predict_proba(matrix)  # raises the runtime's own clear error
+                labels, proba = runtime.predict_with_proba(matrix)
+            else:
+                labels, proba = runtime.predict(matrix), None
+        except ServingError:
+            self._rows_failed.inc(len(matrix))
+            raise
+        seconds = time.perf_counter() - started
+        self._seconds.observe(seconds)
+        self._rows_ok.inc(len(matrix))
+        counter = self._requests.get(protocol)
+        if counter is None:
+            counter = self._requests[protocol] = self.metrics.prediction_requests.labels(
+                self.name, self.version, protocol
+            )
+        counter.inc()
+        return Prediction(np.asarray(labels), proba, seconds)
+
+    def label_texts(self, values: list[Any]) -> list[str | None]:
+        names = self.label_names
+        if names is None:
+            return [None] * len(values)
+        return [names.get(value, str(value)) for value in values]
+
+    def describe(self) -> dict[str, Any]:
+        runtime = self.runtime
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source": {"type": self.source.kind, **self.source.details},
+            "organization_id": self.source.organization_id,
+            "project_id": self.source.project_id,
+            "loaded_at": self.loaded_at,
+            "format": str(runtime.format),
+            "serving": runtime.serving,
+            "task": "classification" if runtime.classes is not None else "regression",
+            "classes": runtime.classes,
+            "class_labels": list(self.label_names.values()) if self.label_names else None,
+            "supports_probabilities": runtime.supports_proba,
+            "n_features": runtime.n_features,
+            "input_schema": runtime.input_schema.to_dict(),
+            "conversion": runtime.conversion,
+            "memory_bytes": runtime.memory_bytes,
+            "load_seconds": round(runtime.load_seconds, 4),
+        }
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    seconds: float
+
+
+@dataclass
+class LoadRequest:
+    """What ``POST /api/v1/models/load`` (or a preload entry) asks for."""
+
+    served_name: str | None = None
+    model_path: str | None = None
+    model_ref: str | None = None
+    project_id: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+
+@dataclass
+class PreloadStatus:
+    status: str = "pending"  # pending, loading, ready, failed
+    total: int = 0
+    loaded: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+class ModelServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.monotonic()
+        self.metrics = ServerMetrics()
+        self._database: Database | None = None
+        self._store: ArtifactStore | None = None
+        self._resources_lock = threading.Lock()
+        self.auth = Authenticator(settings, self.database)
+        self.limiter = RateLimiter(settings)
+        self.limits = {
+            "predict": parse(settings.model_server_rate_limit_predict),
+            "batch": parse(settings.model_server_rate_limit_batch),
+            "management": parse(settings.model_server_rate_limit_management),
+        }
+        self.cache = ModelCache(
+            self._load_key,
+            max_models=settings.serving_cache_max_models,
+            max_bytes=settings.serving_cache_max_bytes,
+            failure_ttl=0,  # every load request tries again: a fixed file or a new trust must count
+        )
+        self.models: dict[str, ServedModel] = {}
+        self._manage = threading.Lock()
+        self._pending_files: dict[str, bytes] = {}
+        self.executor = ThreadPoolExecutor(settings.model_server_threads, thread_name_prefix="predict")
+        self.jobs = AsyncJobs(
+            queue_size=settings.model_server_async_queue_size,
+            keep_seconds=settings.model_server_async_result_seconds,
+        )
+        self.preload = PreloadStatus(total=len(settings.model_server_preload))
+        self.preload_entries = [parse_preload(text) for text in settings.model_server_preload]
+
+    # --- shared resources, created on first use (a server may run without the platform) -----
+    def database(self) -> Database:
+        with self._resources_lock:
+            if self._database is None:
+                from maestro.db import Database
+
+                self._database = Database(self.settings)
+            return self._database
+
+    def store(self) -> ArtifactStore:
+        with self._resources_lock:
+            if self._store is None:
+                from maestro.storage import ArtifactStore
+
+                self._store = ArtifactStore(self.settings.resolved_storage_url)
+            return self._store
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._resources_lock:
+            if self._database is not None:
+                self._database.dispose()
+
+    # --- running work off the event loop -----------------------------------------------------
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """Run ``call`` on the prediction threads: model calls never block the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(call, *args))
+
+    def rate_limit(self, group: str, caller: Caller) -> dict[str, str]:
+        if not self.limiter.enabled:
+            return {}
+        return self.limiter.hit(self.limits[group], "model-server", group, caller.id)
+
+    # --- which model answers ------------------------------------------------------------------
+    @property
+    def default_name(self) -> str | None:
+        configured = self.settings.model_server_default_model
+        if configured and configured in self.models:
+            return configured
+        return next(iter(self.models), None)
+
+    def served(self, caller: Caller, name: str | None) -> ServedModel:
+        """The model ``name`` addresses (None or "default": the default model), once the
+        caller may predict with it; an invisible model answers like a missing one."""
+        model = self.models.get(name) if name is not None else None
+        if model is None and name in (None, "default"):
+            default = self.default_name
+            model = self.models.get(default) if default else None
+            if model is None:
+                raise NotFound("No model is loaded on this server")
+        if model is None or not self.may_read(caller, model):
+            raise NotFound(f"No model named {name!r} is loaded on this server")
+        return model
+
+    def may_read(self, caller: Caller, model: ServedModel) -> bool:
+        return self.auth.may(
+            caller,
+            "read",
+            kind="inference",
+            organization_id=model.source.organization_id,
+            project_id=model.source.project_id,
+        )
+
+    def visible_models(self, caller: Caller) -> list[ServedModel]:
+        return [model for model in list(self.models.values()) if self.may_read(caller, model)]
+
+    # --- loading and unloading (blocking: run on a worker thread) -----------------------------
+    def _load_key(self, key: str) -> Runtime:
+        threads = self.settings.model_server_model_threads
+        if key.startswith("file:"):
+            data = self._pending_files.pop(key, None)
+            if data is None:
+                raise ModelLoadError("file_missing", "The model file must be loaded again by name")
+            try:
+                return load_runtime(
+                    data,
+                    format=None,
+                    trusted=self.settings.model_server_trust_models_dir,
+                    threads=threads,
+                    max_bytes=self.settings.max_model_bytes,
+                )
+            except ModelLoadError as exc:
+                raise untrusted_file(exc) from None
+        with self.database().session(write=False) as session:
+            version = version_snapshot(session, key)
+        return load_version(version, self.store(), self.settings, threads=threads)
+
+    def _source(self, caller: Caller, request: LoadRequest) -> Source:
+        if request.model_path is not None:
+            if not caller.is_operator:
+                raise PermissionDenied(
+                    "Files of the models directory are loaded with an operator key of this model server"
+                )
+            path, relative = resolve_model_file(self.settings.model_server_models_dir, request.model_path)
+            data = read_model_file(path, self.settings.max_model_bytes)
+            source = file_source(relative, data)
+            self._pending_files[source.key] = data
+            return source
+        if not request.model_ref:
+            raise ValidationFailed(
+                "Name the model to load: model_path (a file of the models directory), or a registry "
+                "model by model_id or model_name, with version or alias",
+                details=[("model_path", "or model_id / model_name")],
+            )
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.database().session(write=False) as session:
+                return registry_source(
+                    session,
+                    caller,
+                    model_ref=request.model_ref,
+                    project_id=request.project_id,
+                    version=request.version,
+                    alias=request.alias,
+                )
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable("The platform database cannot be reached to find the model") from exc
+
+    def load(self, caller: Caller, request: LoadRequest) -> tuple[ServedModel, ServedModel | None]:
+        """Load (and warm) a model and serve it under its name; a model already served
+        under that name keeps answering until the new one is ready, then is replaced."""
+        started = time.perf_counter()
+        kind = "file" if request.model_path is not None else "registry"
+        try:
+            source = self._source(caller, request)
+            name = check_served_name(request.served_name or source.suggested_name)
+            try:
+                runtime = self.cache.prepare(source.key)
+            finally:
+                self._pending_files.pop(source.key, None)
+            with self._manage:
+                previous = self.models.get(name)
+                if previous is not None and not caller.is_operator and not self._may_manage(caller, previous):
+                    self.cache.discard(source.key)
+                    raise PermissionDenied(f"You may not replace the model served as {name!r}")
+                self.cache.swap(name, source.key)
+                served = ServedModel(name, source, runtime, self.metrics)
+                self.models[name] = served
+                if previous is not None and previous.key != source.key:
+                    self._evict_unused(previous.key)
+                self._gauge()
+        except Exception:
+            self.metrics.loads.labels(kind, "error").inc()
+            raise
+        self.metrics.loads.labels(kind, "success").inc()
+        self.metrics.load_seconds.observe(time.perf_counter() - started)
+        logger.info("serving %s version %s as %s (%s)", source.key, source.version, name, runtime.serving)
+        return served, previous
+
+    def _may_manage(self, caller: Caller, model: ServedModel, action: str = "write") -> bool:
+        if model.source.kind == "file":
+            return caller.is_operator
+        return self.auth.may(
+            caller,
+            action,  # type: ignore[arg-type]
+            kind="deployments",
+            organization_id=model.source.organization_id,
+            project_id=model.source.project_id,
+        )
+
+    def unload(self, caller: Caller, name: str) -> ServedModel:
+        with self._manage:
+            model = self.models.get(name)
+            if model is None or not self.may_read(caller, model):
+                raise NotFound(f"No model named {name!r} is loaded on this server")
+            if not self._may_manage(caller, model, "delete"):
+                raise PermissionDenied(
+                    "Files of the models directory are unloaded with an operator key of this model server"
+                    if model.source.kind == "file"
+                    else "You may not unload this model (it needs permission to delete deployments)"
+                )
+            del self.models[name]
+            self.cache.release(name)
+            self._evict_unused(model.key)
+            self._gauge()
+        logger.info("stopped serving %s", name)
+        return model
+
+    def _evict_unused(self, key: str) -> None:
+        if all(model.key != key for model in self.models.values()):
+            self.cache.evict(key)
+
+    def _gauge(self) -> None:
+        self.metrics.models_loaded.set(len(self.models))
+        self.metrics.model_memory.set(sum(model.runtime.memory_bytes for model in self.models.values()))
+
+    # --- preloading ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.preload.status == "ready"
+
+    def run_preload(self) -> None:
+        """Load every ``MAESTRO_MODEL_SERVER_PRELOAD`` entry, as the operator, in order."""
+        self.preload.status = "loading"
+        operator = Caller("operator", "operator_preload")
+        for entry in self.preload_entries:
+            try:
+                self.load(operator, _preload_request(entry))
+                self.preload.loaded += 1
+            except Exception as exc:
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                logger.error("could not preload %s: %s", entry.text, message)
+                self.preload.errors.append({"entry": entry.text, "message": message})
+        self.preload.status = "failed" if self.preload.errors else "ready"
+
+
+def _preload_request(entry: PreloadEntry) -> LoadRequest:
+    return LoadRequest(
+        served_name=entry.served_name,
+        model_path=entry.model_path,
+        model_ref=entry.model_ref,
+        version=entry.version,
+        alias=entry.alias,
+    )
+
+
+# --- the app -------------------------------------------------------------------------------------
+DESCRIPTION = """\
+Maestro's model server: loaded models answer predictions over Maestro's routes
+(`/api/v1/predict`, `/api/v1/batch-predict`, `/api/v1/predict-async`), the Open
+Inference Protocol (`/v2/models/{name}/infer`) and MLflow's scoring protocol
+(`/invocations`). Authenticate with an operator key of this server, or a Maestro API key
+or access token (`Authorization: Bearer …` or `X-API-Key`).
+"""
+
+
+def create_model_server(settings: Settings | None = None) -> FastAPI:
+    from maestro.logs import configure_logging
+    from maestro.serving.fast_path import FastPredictions
+    from maestro.serving.protocols import mlflow_router, oip_router
+    from maestro.serving.server_routes import document_bodies, install_error_handlers, router
+
+    settings = settings or Settings()
+    configure_logging(settings)
+    server = ModelServer(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        server.jobs.start()
+        preload = threading.Thread(target=server.run_preload, name="model-server-preload", daemon=True)
+        preload.start()
+        logger.info(
+            "Maestro model server %s starting; preloading %d model(s)", __version__, server.preload.total
+        )
+        try:
+            yield
+        finally:
+            server.close()
+
+    app = FastAPI(
+        title="Maestro model server",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+        generate_unique_id_function=lambda route: f"{route.tags[0]}:{route.name}",
+    )
+    app.state.settings = settings
+    app.state.model_server = server
+    install_error_handlers(app)
+    document_bodies(app)
+    app.include_router(router)
+    app.include_router(oip_router)
+    app.include_router(mlflow_router)
+    app.add_middleware(FastPredictions, fastapi_app=app)  # innermost: inside ids, timing and metrics
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.add_middleware(MetricsMiddleware, metrics=server.metrics)
+    return app
+
+
+def run(settings: Settings, *, host: str, port: int, loop: str = "auto") -> None:
+    """Serve on one process with the platform server's HTTP protocol (TCP_NODELAY on
+    every accepted connection, httptools when installed) and uvloop when installed."""
+    import uvicorn
+
+    from maestro.server import HTTP_PROTOCOL
+
+    uvicorn.run(
+        create_model_server(settings),
+        host=host,
+        port=port,
+        loop=loop,
+        http=HTTP_PROTOCOL,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=20,
+        server_header=False,
+    )

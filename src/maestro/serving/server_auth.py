@@ -1,0 +1,175 @@
+"""Who may call the model server, and what they may do there.
+
+Two kinds of caller:
+
+- **operators**, holding a key from ``MAESTRO_MODEL_SERVER_API_KEYS``: everything on
+  this server (load from the registry or the models directory, unload, predict). The
+  keys are kept only as SHA-256 digests, so a lookup reveals nothing about them.
+- **platform principals** (``MAESTRO_MODEL_SERVER_PLATFORM_AUTH``), a Maestro API key or
+  access token checked against the platform database exactly as the platform checks it
+  (``identity.authn``). They predict with the models of projects whose inference they
+  may read; they load and unload registry models where they may write deployments;
+  files of the models directory are the operator's, so they may predict with them but
+  not load or unload them.
+
+Nothing on the prediction path touches the database: a checked credential, and each
+decision about it, is remembered for ``MAESTRO_MODEL_SERVER_AUTH_CACHE_SECONDS``, so a
+revoked key or an ended session stops working within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+
+from maestro.api.errors import AuthenticationRequired, ServiceUnavailable
+from maestro.identity.authn import ORGANIZATION_HEADER, authenticate, credentials
+from maestro.identity.credential_cache import ShortMemory
+from maestro.identity.rbac import Action, Principal, Target, can
+
+if TYPE_CHECKING:
+    from maestro.config import Settings
+    from maestro.db import Database
+
+PLATFORM_UNAVAILABLE = "The platform database cannot be reached to check this credential; try again later"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _credentials(request: Request) -> tuple[str, str] | None:
+    """``identity.authn.credentials``, with its query-string check skipped when there
+    is no query string (the common case on the prediction path)."""
+    if request.scope.get("query_string"):
+        return credentials(request)
+    headers = request.headers
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return "api_key", api_key.strip()
+    if headers.get("authorization") is None:
+        return None
+    return credentials(request)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller of the model server."""
+
+    kind: Literal["operator", "platform"]
+    id: str  # what rate limits and job ownership are keyed by
+    platform: Principal | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+    @property
+    def organization_id(self) -> str | None:
+        return self.platform.organization_id if self.platform else None
+
+
+class Authenticator:
+    """Turns request headers into a ``Caller`` and answers what a caller may do with
+    a served model. ``database`` is called only when the platform must be asked."""
+
+    def __init__(self, settings: Settings, database: Callable[[], Database]) -> None:
+        self.settings = settings
+        self._database = database
+        self._operators = {
+            _digest(key): f"operator_{_digest(key)[:12]}" for key in settings.model_server_api_keys
+        }
+        self._callers = ShortMemory(settings.model_server_auth_cache_seconds)
+        self._decisions = ShortMemory(settings.model_server_auth_cache_seconds)
+
+    @property
+    def modes(self) -> list[str]:
+        modes = ["operator keys"] if self._operators else []
+        if self.settings.model_server_platform_auth:
+            modes.append("platform credentials")
+        return modes
+
+    def cached(self, request: Request) -> Caller | None:
+        """The caller when the credential is an operator key or was checked recently;
+        None when the platform must be asked (``check_platform``). Raises 401 for a
+        request without credentials."""
+        found = _credentials(request)
+        if found is None:
+            raise AuthenticationRequired(
+                "Send a Maestro API key or access token (Authorization: Bearer … or X-API-Key)"
+            )
+        value = found[1]
+        operator = self._operators.get(_digest(value))
+        if operator is not None:
+            return Caller("operator", operator)
+        if not self.settings.model_server_platform_auth:
+            raise AuthenticationRequired("Unknown key")
+        return self._callers.get(self._credential_key(request, value))
+
+    def check_platform(self, request: Request) -> Caller:
+        """Ask the platform database (blocking: run it in a worker thread)."""
+        found = credentials(request)
+        assert found is not None
+        try:
+            with self._database().session(write=False) as session:
+                principal = authenticate(request, session, self.settings)
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
+        if principal is None:  # pragma: no cover - credentials() said there were some
+            raise AuthenticationRequired()
+        caller = Caller("platform", principal.id, principal)
+        self._callers.put(self._credential_key(request, found[1]), caller)
+        return caller
+
+    @staticmethod
+    def _credential_key(request: Request, value: str) -> str:
+        return _digest(f"{value}\x00{request.headers.get(ORGANIZATION_HEADER, '')}")
+
+    def may(
+        self,
+        caller: Caller,
+        action: Action,
+        *,
+        kind: str,
+        organization_id: str | None,
+        project_id: str | None,
+    ) -> bool:
+        """Whether ``caller`` may ``action`` ``kind`` ("inference" or "deployments") in a
+        registry model's project; ``organization_id`` None means a models-directory file."""
+        if caller.is_operator:
+            return True
+        if organization_id is None or project_id is None:
+            return action == "read"
+        principal = caller.platform
+        assert principal is not None
+        if principal.organization_id != organization_id and principal.kind == "api_key":
+            return False
+        key = (caller.id, principal.organization_id, action, kind, project_id)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(principal, action, kind, organization_id, project_id)
+            self._decisions.put(key, decision)
+        return decision
+
+    def _decide(
+        self, principal: Principal, action: Action, kind: str, organization_id: str, project_id: str
+    ) -> bool:
+        from maestro.projects.models import Project
+
+        try:
+            with self._database().session(write=False) as session:
+                project = session.get(Project, project_id)
+                if project is None:
+                    return False
+                return can(session, principal, action, Target(kind, organization_id, project))
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
+
+    def forget(self) -> None:
+        self._callers.clear()
+        self._decisions.clear()
