@@ -22,20 +22,30 @@ from maestro.db import Database
 from maestro.files.routes import router as files_router
 from maestro.identity.api_keys import router as api_keys_router
 from maestro.identity.audit_log import router as audit_log_router
+from maestro.identity.authn import CredentialCache
 from maestro.identity.routes import router as auth_router
 from maestro.jobs.queue import EmbeddedWorker, JobQueue
 from maestro.jobs.routes import router as jobs_router
 from maestro.logs import configure_logging
+from maestro.mlflow_compat.routes import hot_router as mlflow_hot_router
+from maestro.mlflow_compat.routes import router as mlflow_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
+from maestro.serving.metrics import HttpMetricsMiddleware, PlatformMetrics
+from maestro.serving.routes import inference_router, metrics_router
+from maestro.serving.routes import router as deployments_router
+from maestro.serving.state import ServingState
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
+from maestro.tracking.routes import router as tracking_router
 
 logger = logging.getLogger("maestro")
 
 OPENAPI_URL = "/api/v1/openapi.json"
 ROUTERS = (
+    mlflow_hot_router,  # first: MLflow's logging and search routes (see mlflow_compat.routes)
+    inference_router,  # early: routes are matched in order, and predictions are the hot path
     system_router,
     auth_router,
     organizations_router,
@@ -43,8 +53,12 @@ ROUTERS = (
     api_keys_router,
     audit_log_router,
     registry_router,
-    jobs_router,
     files_router,
+    jobs_router,
+    tracking_router,
+    deployments_router,
+    metrics_router,
+    mlflow_router,
 )
 
 DESCRIPTION = """\
@@ -125,16 +139,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = Database(settings)
     store = ArtifactStore(settings.resolved_storage_url)
     queue = JobQueue(settings, database, store)
+    metrics = PlatformMetrics()
+    serving = ServingState(settings, database, store, metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = EmbeddedWorker(queue) if settings.run_worker_in_process else None
         if worker:
             worker.start()
+        serving.start()
         logger.info("Maestro %s ready (%s database)", __version__, database.engine.dialect.name)
         try:
             yield
         finally:
+            serving.stop()  # writes the prediction logs and request counts still in memory
             if worker:
                 worker.stop()
             queue.close()
@@ -155,6 +173,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.queue = queue
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.credential_cache = CredentialCache(settings.auth_cache_seconds)
+    app.state.metrics = metrics
+    app.state.serving = serving
 
     install_error_handlers(app)
     _finish_openapi(app)
@@ -177,5 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Retry-After",
             ],
         )
+    if settings.metrics_enabled:
+        app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

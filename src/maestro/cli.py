@@ -99,6 +99,31 @@ def worker(
     run_worker(queue)
 
 
+@app.command("model-server")
+def model_server(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [default: MAESTRO_MODEL_SERVER_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind [default: MAESTRO_MODEL_SERVER_PORT or 8001].")
+    ] = None,
+    loop: Annotated[EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")] = "auto",  # type: ignore[assignment]
+) -> None:
+    """Run the standalone model server: loaded models answer Maestro's prediction
+    routes, the Open Inference Protocol (/v2) and MLflow's scoring protocol."""
+    from maestro.logs import configure_logging
+    from maestro.serving import server
+
+    settings = _settings()
+    configure_logging(settings)
+    server.run(
+        settings,
+        host=host or settings.model_server_host,
+        port=port or settings.model_server_port,
+        loop=str(loop),
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply migrations up to REVISION."""

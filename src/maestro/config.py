@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         50 * 1024**2, ge=1, description="Largest dataset an upload may carry, in bytes (50 MiB)."
     )
+    max_artifact_bytes: int = Field(
+        512 * 1024**2, ge=1, description="Largest run artifact an upload may carry, in bytes (512 MiB)."
+    )
+    max_metric_batch: int = Field(
+        10_000, ge=1, le=100_000, description="Most metric points one logging request may carry."
+    )
     stale_upload_hours: float = Field(
         6.0, gt=0, description="Temporary upload files older than this are removed by maintenance."
     )
@@ -161,12 +167,130 @@ class Settings(BaseSettings):
         description="Estimated memory the loaded models of a serving process may take, in bytes (2 GiB). "
         "Models a live deployment serves are never dropped, even past this limit.",
     )
+    inference_max_rows: int = Field(
+        100, ge=1, le=100_000, description="Most rows one POST /api/v1/inference/{name} request may carry."
+    )
+    inference_batch_max_rows: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most rows one POST /api/v1/inference/{name}/batch may carry."
+    )
+    inference_max_body_bytes: int = Field(
+        32 * 1024**2, ge=1024, description="Largest inference request body, in bytes (32 MiB)."
+    )
+    prediction_log_sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Fraction of served requests written to the prediction log."
+    )
+    prediction_log_flush_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often buffered prediction logs and request counts are written."
+    )
+    prediction_log_batch_rows: int = Field(
+        500, ge=1, le=100_000, description="Waiting prediction logs that trigger an early write."
+    )
+    prediction_log_max_pending: int = Field(
+        20_000, ge=1, description="Prediction logs held in memory at most; beyond this they are dropped."
+    )
+    deployment_check_seconds: float = Field(
+        1.0, gt=0, le=300, description="How often a serving process checks for deployment changes by others."
+    )
+    auth_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="How long a process reuses a checked API key or session; 0 checks every request.",
+    )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at GET /metrics.")
+    mlflow_default_project: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Project id the MLflow API at /api/2.0/mlflow uses when a request names none "
+        "(with the X-Maestro-Project header or a /mlflow/{project_id} tracking URI).",
+    )
 
-    @field_validator("cors_origins", mode="before")
+    # --- the standalone model server (`maestro model-server`) ---------------------------------
+    model_server_host: str = Field("127.0.0.1", description="Address `maestro model-server` binds.")
+    model_server_port: int = Field(8001, ge=1, le=65535, description="Port `maestro model-server` binds.")
+    model_server_models_dir: Path | None = Field(
+        None, description="Directory the model server may load model files from by name; unset: none."
+    )
+    model_server_trust_models_dir: bool = Field(
+        False,
+        description="Trust files in the models directory: pickles and joblib files load (they run code) "
+        "and skops files may hold types outside the allow-list.",
+    )
+    model_server_preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models loaded at start, comma-separated: `model:version`, `model@alias`, `model` "
+        "(latest version) or `file:NAME` (models directory); `serve_as=` before any of them names it.",
+    )
+    model_server_default_model: str | None = Field(
+        None,
+        description="Name of the model `/api/v1/predict` and `/invocations` use; default: the first loaded.",
+    )
+    model_server_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Operator keys of the model server, comma-separated (at least 16 characters each).",
+    )
+    model_server_platform_auth: bool = Field(
+        True, description="Accept Maestro API keys and access tokens, checked against the platform database."
+    )
+    model_server_auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long the model server trusts a checked platform credential or access decision: "
+        "a key revoked on the platform stops working here within this many seconds.",
+    )
+    model_server_rate_limit_predict: str = Field(
+        "100/minute", description="Prediction requests per caller (predict, infer, invocations)."
+    )
+    model_server_rate_limit_batch: str = Field(
+        "10/minute", description="Batch and asynchronous prediction requests per caller."
+    )
+    model_server_rate_limit_management: str = Field(
+        "20/minute", description="Model loads and unloads per caller."
+    )
+    model_server_max_batch_rows: int = Field(
+        1000, ge=1, le=100_000, description="Most rows one synchronous prediction request may carry."
+    )
+    model_server_async_max_rows: int = Field(
+        100_000, ge=1, le=10_000_000, description="Most rows one asynchronous prediction job may carry."
+    )
+    model_server_async_queue_size: int = Field(
+        64, ge=1, le=10_000, description="Asynchronous jobs waiting at most; more answer 503."
+    )
+    model_server_async_result_seconds: float = Field(
+        3600.0, gt=0, description="How long a finished asynchronous job's result is kept."
+    )
+    model_server_threads: int = Field(
+        2, ge=1, le=64, description="Threads running model calls (each model call runs on one)."
+    )
+    model_server_model_threads: int = Field(
+        1, ge=1, le=64, description="Threads inside one model call (onnxruntime intra-op, XGBoost, LightGBM)."
+    )
+    model_server_max_body_bytes: int = Field(
+        64 * 1024**2, ge=1024, description="Largest request body the model server reads, in bytes (64 MiB)."
+    )
+
+    @field_validator("cors_origins", "model_server_preload", "model_server_api_keys", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator(
+        "model_server_rate_limit_predict",
+        "model_server_rate_limit_batch",
+        "model_server_rate_limit_management",
+    )
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as 100/minute") from None
         return value
 
     @field_validator("log_level")
@@ -186,6 +310,8 @@ class Settings(BaseSettings):
                 )
             if len(self.secret_key) < 32:
                 raise ValueError("MAESTRO_SECRET_KEY must be at least 32 characters in production")
+        if any(len(key) < 16 for key in self.model_server_api_keys):
+            raise ValueError("every MAESTRO_MODEL_SERVER_API_KEYS entry needs at least 16 characters")
         if self.job_heartbeat_timeout <= self.job_heartbeat_interval:
             raise ValueError("MAESTRO_JOB_HEARTBEAT_TIMEOUT must exceed MAESTRO_JOB_HEARTBEAT_INTERVAL")
         return self

@@ -9,12 +9,14 @@ caller that succeeds in changing state against a fresh one.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -47,6 +49,14 @@ class World:
     version: str = "1.0.0"  # a version of the model, with a small file
     alias: str = "champion"  # an alias of the model naming that version
     file_id: str = ""  # an uploaded dataset in the project
+    experiment_id: str = ""  # an experiment in the project, with a running run
+    run_id: str = ""  # that run, with a parameter, a metric and an artifact
+    artifact_id: str = ""
+    metric: str = "accuracy"
+    deployment_id: str = ""  # a deployment of a small ONNX model in the project, serving version 2 of 2
+    deployment_name: str = ""
+    serving_version_ids: tuple[str, str] = ("", "")
+    batch_job_id: str = ""  # a finished batch prediction of that deployment, with its result file
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -61,6 +71,13 @@ class World:
             "version": self.version,
             "alias": self.alias,
             "file_id": self.file_id,
+            "experiment_id": self.experiment_id,
+            "run_id": self.run_id,
+            "artifact_id": self.artifact_id,
+            "name": self.metric,
+            "deployment_id": self.deployment_id,
+            "deployment_name": self.deployment_name,
+            "batch_job_id": self.batch_job_id,
         }
 
 
@@ -144,9 +161,145 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
         session.add(stored_file)
         session.flush()
         world.file_id = stored_file.id
+    with app.state.database.session() as session:
+        from maestro.tracking.models import Experiment, LatestMetric, MetricPoint, Run, RunArtifact, RunParam
+
+        experiment = Experiment(
+            organization_id=org, project_id=project, name=f"World experiment {next(_unique)}", config={}
+        )
+        session.add(experiment)
+        session.flush()
+        run = Run(experiment_id=experiment.id, organization_id=org, name="world run", start_time=1)
+        session.add(run)
+        session.flush()
+        session.add(RunParam(run_id=run.id, key="lr", value="0.1"))
+        session.add(MetricPoint(run_id=run.id, key=world.metric, value=0.9, timestamp=1, step=0))
+        session.add(
+            LatestMetric(
+                run_id=run.id, key=world.metric, experiment_id=experiment.id, value=0.9, timestamp=1, step=0
+            )
+        )
+        stored = app.state.store.put_bytes("runs/world", b"plot bytes")
+        artifact = RunArtifact(
+            run_id=run.id,
+            organization_id=org,
+            path="plots/roc.png",
+            storage_key=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
+        session.add(artifact)
+        session.flush()
+        world.experiment_id, world.run_id, world.artifact_id = experiment.id, run.id, artifact.id
+    add_deployment(app, world)
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
+
+
+@functools.cache
+def linear_onnx(weight: float) -> bytes:
+    """A two-feature ONNX model answering ``weight * (x0 + x1)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((2, 1), weight, dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "linear",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        initializer=[weights],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+SERVING_SCHEMA = {"inputs": [{"name": "x0", "type": "float"}, {"name": "x1", "type": "float"}]}
+
+
+def add_deployment(app: FastAPI, world: World) -> None:
+    """Its own model with two ONNX versions, a deployment that served the first and now
+    serves the second, and a finished batch job of it."""
+    from maestro.files.models import StoredFile
+    from maestro.jobs.models import Job
+    from maestro.registry.models import ModelVersion, RegisteredModel
+    from maestro.serving.batch_jobs import KIND
+    from maestro.serving.models import Deployment, DeploymentRevision
+
+    with app.state.database.session() as session:
+        model = RegisteredModel(
+            organization_id=world.org,
+            project_id=world.project,
+            name=f"Serving model {next(_unique)}",
+            model_type="regression",
+        )
+        session.add(model)
+        session.flush()
+        versions = []
+        for number, weight in ((0, 1.0), (1, 2.0)):
+            stored = app.state.store.put_bytes("models/world", linear_onnx(weight))
+            version = ModelVersion(
+                model_id=model.id,
+                organization_id=world.org,
+                version=f"2.0.{number}",
+                file_key=stored.key,
+                file_size=stored.size,
+                sha256=stored.sha256,
+                format="onnx",
+                model_schema=SERVING_SCHEMA,
+            )
+            session.add(version)
+            session.flush()
+            versions.append(version.id)
+        deployment = Deployment(
+            organization_id=world.org,
+            project_id=world.project,
+            name=f"world-{next(_unique)}",
+            model_id=model.id,
+            model_version_id=versions[1],
+        )
+        session.add(deployment)
+        session.flush()
+        for action, version_id, version_label in (
+            ("created", versions[0], "2.0.0"),
+            ("deployed", versions[1], "2.0.1"),
+        ):
+            session.add(
+                DeploymentRevision(
+                    deployment_id=deployment.id,
+                    action=action,
+                    model_version_id=version_id,
+                    version=version_label,
+                    actor_type="user",
+                    actor_id=world.actors["admin"].user_id,
+                )
+            )
+        stored = app.state.store.put_bytes("files/world", b"x0,x1,prediction\n1,2,6\n")
+        result = StoredFile(
+            organization_id=world.org,
+            project_id=world.project,
+            kind="dataset",
+            filename="predictions.csv",
+            format="csv",
+            content_type="text/csv",
+            storage_key=stored.key,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
+        session.add(result)
+        session.flush()
+        job = Job(
+            kind=KIND,
+            organization_id=world.org,
+            project_id=world.project,
+            status="succeeded",
+            params={"deployment_id": deployment.id},
+            result={"file_id": result.id},
+        )
+        session.add(job)
+        session.flush()
+        world.deployment_id, world.deployment_name = deployment.id, deployment.name
+        world.serving_version_ids = (versions[0], versions[1])
+        world.batch_job_id = job.id
 
 
 def headers_for(world: World, principal: str) -> dict[str, str]:
@@ -175,6 +328,49 @@ class Rule:
         codes = [int(code) for code in self.expect.split()]
         assert len(codes) == len(PRINCIPALS), f"{self.method} {self.path}: one status per principal"
         return dict(zip(PRINCIPALS, codes, strict=True))
+
+
+# The experiment-tracking rows: what reading, creating and changing answer, and their paths.
+READ = "401 200 200 200 404 200 403"
+CREATE = "401 403 201 201 404 201 403"
+CHANGE = "401 403 200 200 404 200 403"
+EXPERIMENT = "/experiments/{experiment_id}"
+RUN = "/experiments/{experiment_id}/runs/{run_id}"
+
+
+def new_experiment(_: World) -> dict[str, Any]:
+    return {"name": f"Experiment {next(_unique)}"}
+
+
+def new_tracked_experiment(world: World) -> dict[str, Any]:
+    return {"project_id": world.project, "name": f"experiment-{next(_unique)}"}
+
+
+def metric_batch(_: World) -> dict[str, Any]:
+    return {"metrics": [{"name": "loss", "value": 0.5, "step": 1}]}
+
+
+def artifact_file(_: World) -> dict[str, Any]:
+    return {"file": ("roc.png", b"png bytes")}
+
+
+# The deployment rows: reading (deployments or inference), creating and changing.
+DEPLOY_READ = "401 200 200 200 404 200 403"
+DEPLOY_CREATE = "401 403 201 201 404 201 403"
+DEPLOY_CHANGE = "401 403 200 200 404 200 403"
+DEPLOY_SUBMIT = "401 202 202 202 404 202 403"
+DEPLOYMENTS = "/projects/{project_id}/deployments"
+DEPLOYMENT = "/deployments/{deployment_id}"
+INFERENCE = "/inference/{deployment_name}"
+BATCH_RESULT = f"{INFERENCE}/batch-jobs/{{batch_job_id}}/result"
+
+
+def new_deployment(world: World) -> dict[str, Any]:
+    return {"name": f"matrix-{next(_unique)}", "model_version_id": world.serving_version_ids[0]}
+
+
+def instances(_: World) -> dict[str, Any]:
+    return {"instances": [{"x0": 1.0, "x1": 2.0}]}
 
 
 RULES = [
@@ -520,6 +716,56 @@ RULES = [
     Rule("GET", "/api/v1/files/{file_id}", "401 200 200 200 404 200 403", scope=("files", "read")),
     Rule("GET", "/api/v1/files/{file_id}/download", "401 200 200 200 404 200 403", scope=("files", "read")),
     Rule("DELETE", "/api/v1/files/{file_id}", "401 403 204 204 404 204 403", scope=("files", "delete")),
+    # --- experiment tracking (an experiment with a run in the world's project) ------------------
+    *[
+        Rule(method, f"/api/v1{path}", expect, scope=("experiments", action), body=body, files=files)
+        for method, path, expect, action, body, files in (
+            ("GET", "/projects/{project_id}/experiments", READ, "read", None, None),
+            ("POST", "/projects/{project_id}/experiments", CREATE, "write", new_experiment, None),
+            ("GET", "/experiments", "401 200 200 200 200 200 403", "read", None, None),
+            ("POST", "/experiments", CREATE, "write", new_tracked_experiment, None),
+            ("GET", EXPERIMENT, READ, "read", None, None),
+            ("PUT", EXPERIMENT, CHANGE, "write", lambda w: {"description": "changed"}, None),
+            ("PATCH", EXPERIMENT, CHANGE, "write", lambda w: {"description": "changed"}, None),
+            ("DELETE", EXPERIMENT, "401 403 204 204 404 204 403", "delete", None, None),
+            ("GET", f"{EXPERIMENT}/runs", READ, "read", None, None),
+            ("POST", f"{EXPERIMENT}/runs", CREATE, "write", lambda w: {}, None),
+            ("POST", f"{EXPERIMENT}/runs/search", READ, "read", lambda w: {}, None),
+            ("POST", "/projects/{project_id}/runs/search", READ, "read", lambda w: {}, None),
+            ("GET", f"{EXPERIMENT}/runs/compare", READ, "read", None, None),
+            ("GET", f"{EXPERIMENT}/best-run", READ, "read", None, None),
+            ("GET", RUN, READ, "read", None, None),
+            ("PUT", f"{RUN}/status", CHANGE, "write", lambda w: {"status": "completed"}, None),
+            ("POST", f"{RUN}/params", CHANGE, "write", lambda w: {"params": {"depth": 3}}, None),
+            ("POST", f"{RUN}/tags", CHANGE, "write", lambda w: {"tags": {"team": "growth"}}, None),
+            ("POST", f"{RUN}/metrics", CHANGE, "write", metric_batch, None),
+            ("GET", f"{RUN}/metrics", READ, "read", None, None),
+            ("GET", f"{RUN}/metrics/{{name}}", READ, "read", None, None),
+            ("POST", f"{RUN}/artifacts", CREATE, "write", None, artifact_file),
+            ("GET", f"{RUN}/artifacts", READ, "read", None, None),
+            ("GET", f"{RUN}/artifacts/{{artifact_id}}/download", READ, "read", None, None),
+        )
+    ],
+    # --- deployments and inference (the world's deployment, found by name for inference) --------
+    *[
+        Rule(method, f"/api/v1{path}", expect, scope=(kind, action), body=body)
+        for method, path, expect, kind, action, body in (
+            ("GET", DEPLOYMENTS, DEPLOY_READ, "deployments", "read", None),
+            ("POST", DEPLOYMENTS, DEPLOY_CREATE, "deployments", "write", new_deployment),
+            ("GET", DEPLOYMENT, DEPLOY_READ, "deployments", "read", None),
+            ("PUT", DEPLOYMENT, DEPLOY_CHANGE, "deployments", "write", lambda w: {"min_instances": 0}),
+            ("DELETE", DEPLOYMENT, "401 403 204 204 404 204 403", "deployments", "delete", None),
+            ("POST", f"{DEPLOYMENT}/rollback", DEPLOY_CHANGE, "deployments", "write", lambda w: {}),
+            ("GET", f"{DEPLOYMENT}/logs", DEPLOY_READ, "deployments", "read", None),
+            ("GET", f"{DEPLOYMENT}/metrics", DEPLOY_READ, "deployments", "read", None),
+            ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
+            ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
+            ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),
+            ("GET", f"{INFERENCE}/schema", DEPLOY_READ, "inference", "read", None),
+            ("POST", f"{INFERENCE}/batch-jobs", DEPLOY_SUBMIT, "inference", "read", instances),
+            ("GET", BATCH_RESULT, DEPLOY_READ, "inference", "read", None),
+        )
+    ],
 ]
 
 

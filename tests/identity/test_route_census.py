@@ -15,6 +15,7 @@ PUBLIC = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/metrics"),  # Prometheus scrapes unauthenticated; MAESTRO_METRICS_ENABLED=false turns it off
 }
 # FastAPI's own documentation routes (plain Starlette routes, not API routes).
 DOCUMENTATION = {"/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
 
 from maestro.db import utcnow
+from maestro.identity.credential_cache import forget_everything
 from maestro.identity.models import AuditLog
 from maestro.registry.models import ModelTag, ModelVersion, RegisteredModel
 from tests.factories import Factory
@@ -260,6 +261,7 @@ class TestListModels:
         self, client: TestClient, factory: Factory, world: World
     ) -> None:
         def queries_for_listing() -> int:
+            forget_everything()  # both listings authenticate from the database
             with counting_queries(factory) as statements:
                 listed(client, world.project, world.viewer.headers, limit=100)
             return len(statements)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Annotated
 
+from anyio.to_thread import run_sync
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
 from maestro.identity import audit
-from maestro.identity.authn import authenticate
+from maestro.identity.authn import authenticate, cached_principal
 from maestro.identity.rbac import Principal
 from maestro.jobs.queue import JobQueue
 from maestro.storage import ArtifactStore
@@ -75,18 +76,51 @@ def get_principal(
     """The authenticated caller, rate limited by their organisation's plan. The
     limit headers are attached to the response by the request middleware, so error
     responses carry them too."""
-    principal = authenticate(request, session, request.app.state.settings)
+    cache = getattr(request.app.state, "credential_cache", None)
+    principal = authenticate(request, session, request.app.state.settings, cache)
     if principal is None:
         raise AuthenticationRequired()
+    return _admitted(request, principal)
+
+
+def _admitted(request: Request, principal: Principal) -> Principal:
     request.state.principal = principal
     request.state.rate_limit_headers = {}
     request.state.rate_limit_headers = request.app.state.rate_limiter.for_plan(principal.plan, principal.id)
     return principal
 
 
+def _authenticate_reading(request: Request) -> Principal | None:
+    database: Database = request.app.state.database
+    session = database.new_session(write=False)
+    try:
+        principal = authenticate(
+            request, session, request.app.state.settings, getattr(request.app.state, "credential_cache", None)
+        )
+        session.commit()  # runs what waits for the commit (an API key's last use)
+        return principal
+    finally:
+        session.close()
+
+
+async def get_reading_principal(request: Request) -> Principal:
+    """The authenticated caller of a route that changes nothing even though it is a POST
+    (inference): no write transaction and no audit row, and the database is asked only
+    when the credential cache does not know the credential (then in a worker thread)."""
+    principal = cached_principal(request, getattr(request.app.state, "credential_cache", None))
+    if principal is None:
+        principal = await run_sync(_authenticate_reading, request)
+    if principal is None:
+        raise AuthenticationRequired()
+    return _admitted(request, principal)
+
+
 def route_requires_principal(dependant: Dependant) -> bool:
     """Whether a route's dependencies include authentication (at any depth)."""
-    return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
+    return any(
+        dep.call in (get_principal, get_reading_principal) or route_requires_principal(dep)
+        for dep in dependant.dependencies
+    )
 
 
 async def get_store(request: Request) -> ArtifactStore:
@@ -106,3 +140,4 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+ReadingPrincipal = Annotated[Principal, Depends(get_reading_principal)]

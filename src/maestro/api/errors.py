@@ -204,6 +204,12 @@ async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
             "The request body is not valid UTF-8 JSON",
             details=[ErrorDetail(field="body", message="not UTF-8")],
         )
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        return error_response(
+            422,
+            "The request body is nested too deeply",
+            details=[ErrorDetail(field="body", message="nested too deeply")],
+        )
     if exc.status_code == 404:
         message = "No such resource or route"
     elif exc.status_code == 405:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from maestro.api.context import current_request_id
+from maestro.db import new_id, utcnow
 from maestro.identity.models import AuditLog
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
     from maestro.identity.rbac import Action, Principal, Target
 
+_INSERT = insert(AuditLog.__table__)
 _DESCRIPTION = "audit_description"
 _DENIALS = "audit_denials"
 
@@ -106,19 +109,25 @@ def record_success(session: Session, request: Request | None, status_code: int |
     principal: Principal | None = getattr(request.state, "principal", None) if request is not None else None
     description: Description = session.info.pop(_DESCRIPTION, None) or Description()
     path_params = dict(request.path_params) if request is not None else {}
-    session.add(
-        AuditLog(
-            organization_id=description.organization_id or (principal.organization_id if principal else None),
-            actor_type=description.actor_type or (principal.kind if principal else "anonymous"),
-            actor_id=description.actor_id or (principal.id if principal else None),
-            action=_operation(request),
-            resource_type=description.resource_type,
-            resource_id=description.resource_id or next(iter(path_params.values()), None),
-            outcome=description.outcome or "success",
-            status_code=description.status_code or status_code,
-            details=description.details,
+    organization_id = description.organization_id or (principal.organization_id if principal else None)
+    # A Core insert, not an ORM object: the row is written once and never read back in
+    # the request, and a flush of one object costs several times the insert itself.
+    session.execute(
+        _INSERT,
+        {
+            "id": new_id(AuditLog.id_prefix),
+            "created_at": utcnow(),
+            "organization_id": organization_id,
+            "actor_type": description.actor_type or (principal.kind if principal else "anonymous"),
+            "actor_id": description.actor_id or (principal.id if principal else None),
+            "action": _operation(request),
+            "resource_type": description.resource_type,
+            "resource_id": description.resource_id or next(iter(path_params.values()), None),
+            "outcome": description.outcome or "success",
+            "status_code": description.status_code or status_code,
+            "details": description.details,
             **_request_facts(request),
-        )
+        },
     )
 
 

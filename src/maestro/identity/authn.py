@@ -2,11 +2,14 @@
 
 Accepted: ``Authorization: Bearer <access token>``, ``Authorization: Bearer mk_…``
 and ``X-API-Key: mk_…``. Credentials in a query string are refused outright, since
-URLs end up in logs and browser histories."""
+URLs end up in logs and browser histories.
+
+With a ``CredentialCache`` a credential checked in the last moment (see
+``credential_cache``) authenticates without a database lookup."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,6 +20,7 @@ from maestro.api.errors import AuthenticationRequired, NotFound
 from maestro.config import Settings
 from maestro.db import run_after_commit, utcnow
 from maestro.identity import security
+from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.models import ApiKey, AuthSession, User
 from maestro.identity.rbac import Principal
 from maestro.organizations.models import Membership, Organization, Role
@@ -49,14 +53,30 @@ def credentials(request: Request) -> tuple[str, str] | None:
     return "jwt", value
 
 
+class CredentialCache(ShortMemory):
+    """Principals by the credential that authenticated them (as a SHA-256 digest, with
+    the organisation header), each kept until the TTL or the credential's own expiry."""
+
+    @staticmethod
+    def key(value: str, requested_org: str | None) -> str:
+        return security.sha256_hex(f"{value}\x00{requested_org or ''}")
+
+    def remember(
+        self, value: str, requested_org: str | None, principal: Principal, expires: datetime | None
+    ) -> None:
+        at_most = None if expires is None else (expires - utcnow()).total_seconds()
+        self.put(self.key(value, requested_org), principal, at_most=at_most)
+
+
 def _record_use(bind: Any, key_id: str, when: datetime) -> None:
     """In its own short transaction, after the request's: a read-only request never
-    turns into a writer half-way (which SQLite may refuse under concurrency)."""
-    with Session(bind) as session, session.begin():
-        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
+    turns into a writer half-way (which SQLite may refuse under concurrency). Core, not
+    a session: a key's last use changes nothing any cached principal depends on."""
+    with bind.connect() as connection, connection.begin():
+        connection.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
 
 
-def _api_key_principal(session: Session, key: str) -> Principal:
+def _api_key_principal(session: Session, key: str) -> tuple[Principal, datetime | None]:
     if not security.api_key_is_well_formed(key):
         raise AuthenticationRequired("Malformed API key")
     row = session.execute(
@@ -72,16 +92,23 @@ def _api_key_principal(session: Session, key: str) -> Principal:
         raise AuthenticationRequired("This API key has expired")
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         run_after_commit(session, lambda: _record_use(session.get_bind(), api_key.id, now))
-    return Principal(
+    # Remembered no longer than the key lives, nor than the minute after which its last
+    # use must be written again.
+    recheck = now + LAST_USED_RESOLUTION
+    until = recheck if api_key.expires_at is None else min(api_key.expires_at, recheck)
+    principal = Principal(
         kind="api_key",
         id=api_key.id,
         organization_id=api_key.organization_id,
         permissions={kind: list(actions) for kind, actions in (api_key.permissions or {}).items()},
         plan=row.subscription_plan,
     )
+    return principal, until
 
 
-def _user_principal(session: Session, settings: Settings, token: str, requested_org: str | None) -> Principal:
+def _user_principal(
+    session: Session, settings: Settings, token: str, requested_org: str | None
+) -> tuple[Principal, datetime | None]:
     try:
         claims = security.decode_access_token(settings, token)
     except security.InvalidToken as exc:
@@ -108,7 +135,7 @@ def _user_principal(session: Session, settings: Settings, token: str, requested_
             organization_id = None
         else:
             role, plan = Role(membership.role), membership.subscription_plan
-    return Principal(
+    principal = Principal(
         kind="user",
         id=user.id,
         user_id=user.id,
@@ -117,13 +144,36 @@ def _user_principal(session: Session, settings: Settings, token: str, requested_
         org_role=role,
         plan=plan,
     )
+    return principal, datetime.fromtimestamp(claims["exp"], tz=UTC)
 
 
-def authenticate(request: Request, session: Session, settings: Settings) -> Principal | None:
+def cached_principal(request: Request, cache: CredentialCache | None) -> Principal | None:
+    """The principal the request's credential authenticated to a moment ago, without
+    touching the database; None when it must be checked (or carries none)."""
+    if cache is None:
+        return None
+    found = credentials(request)
+    if found is None:
+        return None
+    return cache.get(cache.key(found[1], request.headers.get(ORGANIZATION_HEADER)))
+
+
+def authenticate(
+    request: Request, session: Session, settings: Settings, cache: CredentialCache | None = None
+) -> Principal | None:
     found = credentials(request)
     if found is None:
         return None
     kind, value = found
+    requested_org = request.headers.get(ORGANIZATION_HEADER)
+    if cache is not None:
+        remembered = cache.get(cache.key(value, requested_org))
+        if remembered is not None:
+            return remembered
     if kind == "api_key":
-        return _api_key_principal(session, value)
-    return _user_principal(session, settings, value, request.headers.get(ORGANIZATION_HEADER))
+        principal, until = _api_key_principal(session, value)
+    else:
+        principal, until = _user_principal(session, settings, value, requested_org)
+    if cache is not None:
+        cache.remember(value, requested_org, principal, until)
+    return principal

@@ -20,6 +20,9 @@ MODEL_MODULES = (
     "maestro.registry.models",
     "maestro.events.models",
     "maestro.files.models",
+    "maestro.tracking.models",
+    "maestro.serving.models",
+    "maestro.mlflow_compat.models",
 )
 
 

@@ -7,7 +7,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    func,
+    select,
+    table,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from maestro.db import Base, IdMixin, TimestampMixin, utcnow
@@ -65,6 +77,17 @@ class ModelTag(IdMixin, Base):
     __table_args__ = (UniqueConstraint("model_id", "key"),)
 
 
+def _next_number(context: Any) -> int:
+    """The next number for a version of the model being inserted."""
+    model_id = context.get_current_parameters()["model_id"]
+    highest = context.connection.scalar(
+        select(func.max(column("number")))
+        .select_from(table("model_versions"))
+        .where(column("model_id") == model_id)
+    )
+    return (highest or 0) + 1
+
+
 class ModelVersion(IdMixin, Base):
     """One version of a model: its file, metrics, schema and lifecycle stage."""
 
@@ -88,6 +111,12 @@ class ModelVersion(IdMixin, Base):
     model_schema: Mapped[dict[str, Any] | None]
     requirements: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(String(40))  # the training run, once tracked
+    # The version's number among the model's versions (1, 2, 3…, in creation order): what the
+    # MLflow API calls the version. Assigned by the registry, or by ``_next_number`` for rows
+    # inserted one at a time elsewhere.
+    number: Mapped[int] = mapped_column(Integer, default=_next_number)
+    source: Mapped[str | None] = mapped_column(String(1000))  # where MLflow registered it from
+    logged_model_id: Mapped[str | None] = mapped_column(String(40))  # MLflow's logged model, if any
     # Narrative sections of the model card that people write (intended use, limitations…).
     card_sections: Mapped[dict[str, Any] | None]
     created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
@@ -95,6 +124,7 @@ class ModelVersion(IdMixin, Base):
 
     __table_args__ = (
         UniqueConstraint("model_id", "version"),
+        UniqueConstraint("model_id", "number"),
         Index("ix_model_versions_model_id_created_at", "model_id", "created_at"),
     )
 

@@ -423,22 +423,33 @@ def _record_transition(
     return transition
 
 
+def next_number(session: Session, model: RegisteredModel) -> int:
+    """The number the model's next version gets (1 for its first)."""
+    highest = session.scalar(select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id))
+    return (highest or 0) + 1
+
+
 def create_version(
     session: Session,
     principal: Principal,
     model_id: str,
     body: VersionCreate,
-    stored: StoredObject,
-    detected: ModelFormat,
+    stored: StoredObject | None,
+    detected: ModelFormat | None,
+    *,
+    number: int | None = None,
+    lineage: dict[str, str | None] | None = None,
 ) -> ModelVersion:
     """Record an uploaded file as a new version. The caller removes the stored file
-    when this raises."""
+    when this raises. ``number`` (default: the next) and ``lineage`` (``source``,
+    ``run_id``, ``logged_model_id``) come from the MLflow API; a version registered
+    there from a source Maestro cannot read has no file."""
     model = get_visible_model(session, principal, model_id, "write")
     # Versions of one model are numbered one at a time: concurrent uploads wait here
     # (PostgreSQL row lock; SQLite's writers already take turns) instead of picking
     # the same next version and failing.
     session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
-    if body.format is not None and body.format != detected:
+    if body.format is not None and detected is not None and body.format != detected:
         raise ValidationFailed(
             "The file's contents do not match its claimed format",
             details=[("format", f"claimed {body.format}, but the file is {detected}")],
@@ -454,11 +465,13 @@ def create_version(
         model_id=model.id,
         organization_id=model.organization_id,
         version=version,
+        number=number or next_number(session, model),
+        **(lineage or {}),
         stage=body.stage,
         description=body.description or None,
-        file_key=stored.key,
-        file_size=stored.size,
-        sha256=stored.sha256,
+        file_key=stored.key if stored else None,
+        file_size=stored.size if stored else None,
+        sha256=stored.sha256 if stored else None,
         format=detected,
         trusted=False,
         performance_metrics=body.performance_metrics,
@@ -487,9 +500,10 @@ def create_version(
         model_id=model.id,
         version=version,
         stage=str(body.stage),
-        format=str(detected),
-        size=stored.size,
-        sha256=stored.sha256,
+        format=str(detected) if detected else None,
+        size=stored.size if stored else None,
+        sha256=stored.sha256 if stored else None,
+        source=(lineage or {}).get("source"),
     )
     return row
 
