@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from functools import partial
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from maestro.api.downloads import BINARY_RESPONSE, stored_file_response
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import ValidationFailed, error_responses
 from maestro.api.multipart import UploadForm, receive_upload
@@ -23,7 +23,6 @@ from maestro.files.models import FileKind, StoredFile
 from maestro.files.schemas import FileRead
 from maestro.projects.models import Project
 from maestro.registry.formats import ModelFormat
-from maestro.storage import CHUNK_SIZE
 
 router = APIRouter(prefix="/api/v1", tags=["files"])
 
@@ -224,32 +223,20 @@ def get_file(file_id: FileId, principal: CurrentPrincipal, session: SessionDep) 
 @router.get(
     "/files/{file_id}/download",
     response_class=StreamingResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(401, 403, 404, 422, 429),
-    },
+    responses={**BINARY_RESPONSE, **error_responses(401, 403, 404, 422, 429)},
 )
 def download_file(
     file_id: FileId, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
 ) -> StreamingResponse:
     """Download a file, byte for byte as uploaded."""
     row = service.get_visible_file(session, principal, file_id, "read")
-    file = store.open(row.storage_key)
-
-    def chunks() -> Iterator[bytes]:
-        with file:
-            while chunk := file.read(CHUNK_SIZE):
-                yield chunk
-
     suffix = SUFFIXES.get(DatasetFormat(row.format), "") if row.kind == FileKind.dataset else ".bin"
-    return StreamingResponse(
-        chunks(),
+    return stored_file_response(
+        store,
+        row.storage_key,
+        size=row.size,
+        disposition=service.content_disposition(row, suffix),
         media_type=row.content_type,
-        headers={
-            "Content-Disposition": service.content_disposition(row, suffix),
-            "Content-Length": str(row.size),
-            "X-Content-Type-Options": "nosniff",
-        },
     )
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import quote
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from maestro.api.downloads import attachment
 from maestro.api.errors import NotFound, ValidationFailed
 from maestro.api.multipart import ReceivedUpload
 from maestro.db import run_after_commit
@@ -26,9 +26,9 @@ from maestro.files.formats import (
 from maestro.files.models import FileKind, StoredFile
 from maestro.files.schemas import FileRead
 from maestro.identity import audit
-from maestro.identity.models import User
 from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.identity.schemas import user_ref
+from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.formats import ModelFormat, detect_format
@@ -208,12 +208,7 @@ def project_for_listing(session: Session, principal: Principal, project_id: str)
 
 
 def file_reads(session: Session, rows: Sequence[StoredFile]) -> list[FileRead]:
-    creator_ids = {row.created_by_id for row in rows if row.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
-    )
+    creators = users_by_id(session, (row.created_by_id for row in rows))
     return [
         FileRead(
             id=row.id,
@@ -255,12 +250,6 @@ def delete_file(session: Session, principal: Principal, file_id: str, store: Art
 
 
 def content_disposition(row: StoredFile, suffix: str) -> str:
-    """An attachment header naming the last component of the name the file was
-    uploaded with: reduced to plain characters in ``filename`` (or built from the id),
-    and percent-encoded in full in ``filename*`` when it held anything else."""
-    base = (row.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip(" .")[:200]
-    plain = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .") or f"{row.id}{suffix}"
-    header = f'attachment; filename="{plain}"'
-    if base and base != plain:
-        header += f"; filename*=UTF-8''{quote(base, safe='')}"
-    return header
+    """An attachment header naming the file as it was uploaded (its last path
+    component), or after its id when that name has nothing plain in it."""
+    return attachment(row.filename, f"{row.id}{suffix}")

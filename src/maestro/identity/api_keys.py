@@ -27,6 +27,7 @@ from maestro.identity import audit, security
 from maestro.identity.models import ApiKey, User
 from maestro.identity.rbac import ACTIONS, API_KEY_RESOURCES, Principal, Target, authorize
 from maestro.identity.schemas import StrictModel, UserRef, user_ref
+from maestro.identity.service import users_by_id
 
 
 # --- schemas -----------------------------------------------------------------------------
@@ -128,12 +129,7 @@ def _read(api_key: ApiKey, creator: User | None) -> ApiKeyRead:
 
 
 def _reads(session: Session, api_keys: Sequence[ApiKey]) -> list[ApiKeyRead]:
-    creator_ids = {key.created_by_id for key in api_keys if key.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
-    )
+    creators = users_by_id(session, (key.created_by_id for key in api_keys))
     return [_read(key, creators.get(key.created_by_id or "")) for key in api_keys]
 
 

@@ -22,6 +22,7 @@ from maestro.identity import audit, security
 from maestro.identity import service as identity_service
 from maestro.identity.models import User
 from maestro.identity.rbac import Principal, Target
+from maestro.identity.service import users_by_id
 from maestro.organizations.models import Invitation, Membership, Organization, Plan, Role
 from maestro.organizations.schemas import (
     InvitationCreate,
@@ -194,12 +195,7 @@ def members_query(organization_id: str, role: Role | None) -> Select[tuple[Membe
 
 
 def member_reads(session: Session, memberships: Sequence[Membership]) -> list[MemberRead]:
-    user_ids = [membership.user_id for membership in memberships]
-    users = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(user_ids)))}
-        if user_ids
-        else {}
-    )
+    users = users_by_id(session, (membership.user_id for membership in memberships))
     return [_member_read(users[membership.user_id], membership) for membership in memberships]
 
 

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from maestro.api.errors import Conflict, NotFound
 from maestro.db import flush_unique, new_id
 from maestro.identity import audit
-from maestro.identity.models import User
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
+from maestro.identity.service import users_by_id
 from maestro.organizations.models import Membership, Organization, Role
 from maestro.projects.models import Project, ProjectMember, Visibility
 from maestro.projects.schemas import (
@@ -77,12 +77,7 @@ def _counts(session: Session, project_ids: Sequence[str]) -> dict[str, tuple[int
 
 def project_reads(session: Session, projects: Sequence[Project]) -> list[ProjectRead]:
     """Read models for a page of projects: creators and counts in one query each."""
-    creator_ids = {p.created_by_id for p in projects if p.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
-    )
+    creators = users_by_id(session, (p.created_by_id for p in projects))
     counts = _counts(session, [p.id for p in projects])
     reads = []
     for project in projects:
@@ -254,12 +249,7 @@ def members_query(project: Project) -> Select[tuple[ProjectMember]]:
 
 
 def member_reads(session: Session, members: Sequence[ProjectMember]) -> list[ProjectMemberRead]:
-    user_ids = {m.user_id for m in members}
-    users = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(user_ids)))}
-        if user_ids
-        else {}
-    )
+    users = users_by_id(session, (m.user_id for m in members))
     return [
         ProjectMemberRead(
             user_id=member.user_id,

@@ -34,6 +34,7 @@ from maestro.identity import audit
 from maestro.identity.models import User
 from maestro.identity.rbac import Principal
 from maestro.identity.schemas import user_ref
+from maestro.identity.service import users_by_id
 from maestro.registry import service
 from maestro.registry.models import (
     ModelAlias,
@@ -186,13 +187,6 @@ def _tags(rows: Iterable[ModelTag | VersionTag]) -> list[TagRead]:
     return [TagRead(key=tag.key, value=tag.value) for tag in sorted(rows, key=lambda tag: tag.key)]
 
 
-def _users(session: Session, ids: Iterable[str | None]) -> dict[str, User]:
-    wanted = {user_id for user_id in ids if user_id}
-    if not wanted:
-        return {}
-    return {user.id: user for user in session.scalars(select(User).where(User.id.in_(wanted)))}
-
-
 def _transition_reads(
     transitions: Sequence[StageTransition], users: dict[str, User]
 ) -> list[StageTransitionRead]:
@@ -212,7 +206,7 @@ def build_card(
     session: Session, model: RegisteredModel, row: ModelVersion, sections: ModelCardSections
 ) -> ModelCard:
     transitions = service.stage_history(session, row)
-    users = _users(session, [row.created_by_id, *(t.changed_by_id for t in transitions)])
+    users = users_by_id(session, [row.created_by_id, *(t.changed_by_id for t in transitions)])
     model_tags = session.scalars(select(ModelTag).where(ModelTag.model_id == model.id))
     version_tags = session.scalars(select(VersionTag).where(VersionTag.version_id == row.id))
     aliases = session.scalars(
@@ -273,7 +267,7 @@ def version_stage_history(
     """A version's stage changes, oldest first."""
     _, row = service.get_version(session, principal, model_id, version, "read")
     transitions = service.stage_history(session, row)
-    return _transition_reads(transitions, _users(session, (t.changed_by_id for t in transitions)))
+    return _transition_reads(transitions, users_by_id(session, (t.changed_by_id for t in transitions)))
 
 
 def get_card(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -12,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
 from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload
@@ -38,7 +38,7 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
-from maestro.storage import CHUNK_SIZE, ArtifactStore
+from maestro.storage import ArtifactStore
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 
@@ -362,10 +362,7 @@ def delete_model_version(
 @router.get(
     "/models/{model_id}/versions/{version}/file",
     response_class=StreamingResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(401, 403, 404, 422, 429),
-    },
+    responses={**BINARY_RESPONSE, **error_responses(401, 403, 404, 422, 429)},
 )
 def download_model_version(
     model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
@@ -374,23 +371,10 @@ def download_model_version(
     model, row = service.get_version(session, principal, model_id, version, "read")
     if not row.file_key:
         raise NotFound("This version has no file")
-    file = store.open(row.file_key)
-
-    def chunks() -> Iterator[bytes]:
-        with file:
-            while chunk := file.read(CHUNK_SIZE):
-                yield chunk
-
     suffix = DOWNLOAD_SUFFIXES.get(ModelFormat(row.format or "other"), ".bin")
     filename = f"{model.id}-{row.version}{suffix}"
-    return StreamingResponse(
-        chunks(),
-        media_type="application/octet-stream",
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "Content-Length": str(row.file_size or 0),
-            "X-Content-Type-Options": "nosniff",
-        },
+    return stored_file_response(
+        store, row.file_key, size=row.file_size or 0, disposition=attachment(filename, filename)
     )
 
 

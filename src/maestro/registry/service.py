@@ -16,9 +16,9 @@ from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationF
 from maestro.db import flush_unique, run_after_commit, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
-from maestro.identity.models import User
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
+from maestro.identity.service import users_by_id
 from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
@@ -166,12 +166,7 @@ def model_reads(session: Session, models: Sequence[RegisteredModel]) -> list[Mod
             ),
         )
 
-    creator_ids = {model.created_by_id for model in models if model.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
-    )
+    creators = users_by_id(session, (model.created_by_id for model in models))
 
     reads = []
     for model in models:
@@ -513,12 +508,7 @@ def versions_query(model: RegisteredModel) -> Select[tuple[ModelVersion]]:
 
 
 def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[VersionRead]:
-    creator_ids = {row.created_by_id for row in rows if row.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
-    )
+    creators = users_by_id(session, (row.created_by_id for row in rows))
     return [
         VersionRead(
             id=row.id,

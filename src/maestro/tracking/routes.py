@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from functools import partial
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import anyio
 from anyio.to_thread import run_sync
@@ -13,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
 from maestro.api.errors import (
     PayloadTooLarge,
@@ -24,7 +23,6 @@ from maestro.api.errors import (
 from maestro.api.multipart import UploadForm, receive_upload
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, ArtifactId, ExperimentId, ProjectId, RunId
-from maestro.storage import CHUNK_SIZE
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import service
 from maestro.tracking.models import ArtifactType, Experiment, ExperimentStatus, Run, RunArtifact, RunStatus
@@ -768,19 +766,10 @@ def list_run_artifacts(
     )
 
 
-def _content_disposition(path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    fallback = "".join(char if 32 <= ord(char) < 127 and char not in '"\\;' else "_" for char in name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
 @router.get(
     f"{RUN}/artifacts/{{artifact_id}}/download",
     response_class=StreamingResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(401, 403, 404, 422, 429),
-    },
+    responses={**BINARY_RESPONSE, **error_responses(401, 403, 404, 422, 429)},
 )
 def download_run_artifact(
     experiment_id: ExperimentId,
@@ -792,19 +781,6 @@ def download_run_artifact(
 ) -> StreamingResponse:
     """Download an artifact, byte for byte as uploaded."""
     artifact = service.get_artifact(session, principal, experiment_id, run_id, artifact_id)
-    file = store.open(artifact.storage_key)
-
-    def chunks() -> Iterator[bytes]:
-        with file:
-            while chunk := file.read(CHUNK_SIZE):
-                yield chunk
-
-    return StreamingResponse(
-        chunks(),
-        media_type="application/octet-stream",
-        headers={
-            "Content-Disposition": _content_disposition(artifact.path),
-            "Content-Length": str(artifact.size),
-            "X-Content-Type-Options": "nosniff",
-        },
+    return stored_file_response(
+        store, artifact.storage_key, size=artifact.size, disposition=attachment(artifact.path, artifact.id)
     )

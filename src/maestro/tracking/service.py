@@ -18,7 +18,7 @@ import binascii
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from maestro.identity import audit
 from maestro.identity.models import User
 from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.identity.schemas import user_ref
+from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
@@ -183,13 +184,6 @@ def _check_model(session: Session, project: Project, model_id: str | None) -> No
             "The model must belong to the experiment's project",
             details=[("model_id", "no such model in this project")],
         )
-
-
-def _users(session: Session, ids: Iterable[str | None]) -> dict[str, User]:
-    wanted = {user_id for user_id in ids if user_id}
-    if not wanted:
-        return {}
-    return {user.id: user for user in session.scalars(select(User).where(User.id.in_(wanted)))}
 
 
 def _caller_name(session: Session, principal: Principal) -> str | None:
@@ -406,7 +400,7 @@ def experiment_reads(session: Session, experiments: Sequence[Experiment]) -> lis
     best_names = {
         run_id: name for run_id, name in session.execute(select(Run.id, Run.name).where(Run.id.in_(best_ids)))
     }
-    creators = _users(session, (experiment.created_by_id for experiment in experiments))
+    creators = users_by_id(session, (experiment.created_by_id for experiment in experiments))
 
     reads = []
     for experiment in experiments:
@@ -657,7 +651,7 @@ def run_reads(session: Session, runs: Sequence[Run]) -> list[RunRead]:
     ):
         tags[run_id][key] = value
     latest = metric_store.latest_by_run(session, ids)
-    creators = _users(session, (run.created_by_id for run in runs))
+    creators = users_by_id(session, (run.created_by_id for run in runs))
     return [
         RunRead(
             id=run.id,
@@ -956,7 +950,7 @@ def artifacts_query(run: Run, prefix: str | None) -> Select[tuple[RunArtifact]]:
 
 
 def artifact_reads(session: Session, artifacts: Sequence[RunArtifact]) -> list[ArtifactRead]:
-    creators = _users(session, (artifact.created_by_id for artifact in artifacts))
+    creators = users_by_id(session, (artifact.created_by_id for artifact in artifacts))
     return [
         ArtifactRead(
             id=artifact.id,
