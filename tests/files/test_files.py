@@ -172,6 +172,7 @@ class TestUploadDataset:
             (parquet_bytes(), "data.parquet", "parquet"),
             (workbook(), "book.xlsx", "xlsx"),
         ],
+        ids=["csv", "tsv", "semicolon-csv", "json", "jsonl", "json-document", "parquet", "xlsx"],
     )
     def test_recognises_dataset_formats(
         self, client: TestClient, world: World, content: bytes, filename: str, expected: str
@@ -194,6 +195,16 @@ class TestUploadDataset:
             (b"PAR1 truncated parquet", "data.parquet", "application/octet-stream"),
             (b"PK\x03\x04 not really a zip", "book.xlsx", "application/octet-stream"),
             (workbook()[:40], "book.xlsx", "application/octet-stream"),
+        ],
+        ids=[
+            "csv-named-parquet",
+            "parquet-named-csv",
+            "parquet-typed-csv",
+            "csv-typed-png",
+            "elf-binary",
+            "truncated-parquet",
+            "fake-zip-xlsx",
+            "truncated-xlsx",
         ],
     )
     def test_contents_must_match_what_they_claim(
