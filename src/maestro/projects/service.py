@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +27,8 @@ from maestro.projects.schemas import (
     ProjectUpdate,
 )
 from maestro.registry.models import RegisteredModel
+from maestro.serving.models import Deployment
+from maestro.tracking.models import Experiment, Lifecycle
 
 SLUG_MAX_LENGTH = 60
 
@@ -62,17 +65,20 @@ def get_visible_project(session: Session, principal: Principal, project_id: str,
 # --- reading -----------------------------------------------------------------------------
 def _counts(session: Session, project_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """(models, experiments, deployments) per project, for a whole page at once.
-    Experiments and deployments stay zero until tracking and serving keep those rows."""
+    Experiments the MLflow client deleted (kept for restoring) are not counted."""
     if not project_ids:
         return {}
-    models = dict(
-        session.execute(
-            select(RegisteredModel.project_id, func.count())
-            .where(RegisteredModel.project_id.in_(project_ids))
-            .group_by(RegisteredModel.project_id)
-        ).all()
-    )
-    return {project_id: (models.get(project_id, 0), 0, 0) for project_id in project_ids}
+
+    def per_project(column: Any, *conditions: Any) -> dict[str, int]:
+        statement = select(column, func.count()).where(column.in_(project_ids), *conditions).group_by(column)
+        return {project_id: count for project_id, count in session.execute(statement).all()}
+
+    models = per_project(RegisteredModel.project_id)
+    experiments = per_project(Experiment.project_id, Experiment.lifecycle_stage == Lifecycle.active)
+    deployments = per_project(Deployment.project_id)
+    return {
+        id_: (models.get(id_, 0), experiments.get(id_, 0), deployments.get(id_, 0)) for id_ in project_ids
+    }
 
 
 def project_reads(session: Session, projects: Sequence[Project]) -> list[ProjectRead]:
