@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -23,8 +24,12 @@ from typing import IO, Any
 import anyio
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from sqlalchemy.orm import Session
 
 from maestro.api.errors import NotFound, PayloadTooLarge
+from maestro.db import run_after_commit
+
+logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
@@ -247,3 +252,20 @@ class ArtifactStore:
         probe = f"{self.root}/{TEMP_DIR}/check-{secrets.token_hex(8)}"
         self.fs.pipe_file(probe, b"")
         self.fs.rm(probe)
+
+
+def delete_after_commit(session: Session, store: ArtifactStore, keys: Iterable[str]) -> None:
+    """Remove the objects under ``keys`` once the session's transaction has committed
+    (never if it rolls back): how a deletion of rows takes their files with it."""
+    pending = [key for key in keys if key]
+    if not pending:
+        return
+
+    def remove() -> None:
+        for key in pending:
+            try:
+                store.delete(key)
+            except Exception:  # one unreachable object must not keep the others
+                logger.warning("could not remove %s from the artifact store", key, exc_info=True)
+
+    run_after_commit(session, remove)

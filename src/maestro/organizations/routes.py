@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
@@ -90,11 +90,13 @@ def update_organization(
 
 
 @router.delete("/organizations/{org_id}", status_code=204, responses=error_responses(401, 403, 404, 422, 429))
-def delete_organization(org_id: OrganizationId, principal: CurrentPrincipal, session: SessionDep) -> None:
-    """Delete an organization and everything in it (admins only)."""
+def delete_organization(
+    org_id: OrganizationId, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
+) -> None:
+    """Delete an organization and everything in it, files included (admins only)."""
     organization = service.get_organization(session, org_id)
     authorize(session, principal, "delete", Target("organizations", organization.id))
-    service.delete_organization(session, principal, organization)
+    service.delete_organization(session, principal, organization, store)
 
 
 @router.get(

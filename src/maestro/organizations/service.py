@@ -32,8 +32,10 @@ from maestro.organizations.schemas import (
     OrganizationRead,
     OrganizationUpdate,
 )
+from maestro.projects import service as projects_service
 from maestro.projects.models import Project, ProjectMember
 from maestro.registry.models import RegisteredModel
+from maestro.storage import ArtifactStore, delete_after_commit
 
 LAST_ADMIN_MESSAGE = "An organization must keep at least one admin; make another member admin first"
 
@@ -167,11 +169,16 @@ def update_organization(
     return organization
 
 
-def delete_organization(session: Session, principal: Principal, organization: Organization) -> None:
-    """Everything the organisation owns goes with it (the database cascades),
-    including its audit history; the row recording the deletion itself is kept
-    outside the organisation so it survives."""
+def delete_organization(
+    session: Session, principal: Principal, organization: Organization, store: ArtifactStore
+) -> None:
+    """Everything the organisation owns goes with it (the database cascades, files are
+    removed from the store after the commit), including its audit history; the row
+    recording the deletion itself is kept outside the organisation so it survives."""
     organization_id, name = organization.id, organization.name
+    delete_after_commit(
+        session, store, projects_service.stored_keys(session, organization_id=organization_id)
+    )
     session.execute(delete(Organization).where(Organization.id == organization_id))
     if principal.organization_id == organization_id:
         # The caller no longer acts in an organisation that does not exist.

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from maestro.api.deps import CurrentPrincipal, SessionDep
+from maestro.api.deps import CurrentPrincipal, SessionDep, StoreDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
@@ -101,9 +101,11 @@ def update_project(
     status_code=204,
     responses=error_responses(401, 403, 404, 422, 429),
 )
-def delete_project(project_id: ProjectId, principal: CurrentPrincipal, session: SessionDep) -> None:
-    """Delete a project and everything in it (project admins)."""
-    service.delete_project(session, principal, project_id)
+def delete_project(
+    project_id: ProjectId, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
+) -> None:
+    """Delete a project and everything in it, files included (project admins)."""
+    service.delete_project(session, principal, project_id, store)
 
 
 @router.get(

@@ -28,6 +28,7 @@ from maestro.projects.schemas import (
 )
 from maestro.registry.models import RegisteredModel
 from maestro.serving.models import Deployment
+from maestro.storage import ArtifactStore, delete_after_commit
 from maestro.tracking.models import Experiment, Lifecycle
 
 SLUG_MAX_LENGTH = 60
@@ -235,9 +236,62 @@ def update_project(session: Session, principal: Principal, project_id: str, body
     return project
 
 
-def delete_project(session: Session, principal: Principal, project_id: str) -> None:
-    """Delete a project with everything in it (its rows cascade)."""
+def stored_keys(
+    session: Session,
+    *,
+    organization_id: str | None = None,
+    project_id: str | None = None,
+    experiment_id: str | None = None,
+) -> list[str]:
+    """The artifact-store keys of every file held for rows in an organisation, a project
+    or an experiment (model versions, project files, run artifacts, logged models): what
+    to remove from the store once those rows are deleted, so no file outlives its row."""
+    from maestro.files.models import StoredFile
+    from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
+    from maestro.registry.models import ModelVersion
+    from maestro.tracking.models import Run, RunArtifact
+
+    def scoped(statement: Any, organization: Any, project: Any, experiment: Any = None) -> list[str]:
+        for column, value in (
+            (organization, organization_id),
+            (project, project_id),
+            (experiment, experiment_id),
+        ):
+            if value is not None:
+                if column is None:
+                    return []  # these rows never belong to an experiment
+                statement = statement.where(column == value)
+        return [key for key in session.scalars(statement) if key]
+
+    return [
+        *scoped(
+            select(ModelVersion.file_key).join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id),
+            RegisteredModel.organization_id,
+            RegisteredModel.project_id,
+        ),
+        *scoped(select(StoredFile.storage_key), StoredFile.organization_id, StoredFile.project_id),
+        *scoped(
+            select(RunArtifact.storage_key)
+            .join(Run, Run.id == RunArtifact.run_id)
+            .join(Experiment, Experiment.id == Run.experiment_id),
+            Experiment.organization_id,
+            Experiment.project_id,
+            Experiment.id,
+        ),
+        *scoped(
+            select(LoggedModelFile.storage_key).join(LoggedModel, LoggedModel.id == LoggedModelFile.model_id),
+            LoggedModel.organization_id,
+            LoggedModel.project_id,
+            LoggedModel.experiment_id,
+        ),
+    ]
+
+
+def delete_project(session: Session, principal: Principal, project_id: str, store: ArtifactStore) -> None:
+    """Delete a project with everything in it (its rows cascade); its files are removed
+    from the store once the deletion has committed."""
     project = get_visible_project(session, principal, project_id, "delete")
+    keys = stored_keys(session, project_id=project.id)
     audit.describe(
         session,
         resource_type="projects",
@@ -247,6 +301,7 @@ def delete_project(session: Session, principal: Principal, project_id: str) -> N
     )
     session.delete(project)  # members and the project's contents go with it (ON DELETE CASCADE)
     session.flush()
+    delete_after_commit(session, store, keys)
 
 
 # --- members -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
-from maestro.storage import ArtifactStore, StoredObject
+from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import search
 from maestro.tracking.models import (
@@ -559,15 +559,9 @@ def delete_experiment(
     session: Session, principal: Principal, experiment_id: str, store: ArtifactStore
 ) -> None:
     """Delete an experiment with its runs and everything logged to them (the rows
-    cascade); the artifact files are removed once the deletion has committed."""
+    cascade); artifact and logged-model files are removed once the deletion has committed."""
     experiment = get_visible_experiment(session, principal, experiment_id, "delete")
-    keys = list(
-        session.scalars(
-            select(RunArtifact.storage_key)
-            .join(Run, Run.id == RunArtifact.run_id)
-            .where(Run.experiment_id == experiment.id)
-        )
-    )
+    keys = projects_service.stored_keys(session, experiment_id=experiment.id)
     runs = (
         session.scalar(select(func.count()).select_from(Run).where(Run.experiment_id == experiment.id)) or 0
     )
@@ -583,13 +577,7 @@ def delete_experiment(
     )
     session.delete(experiment)
     session.flush()
-    if keys:
-
-        def remove_files() -> None:
-            for key in keys:
-                store.delete(key)
-
-        run_after_commit(session, remove_files)
+    delete_after_commit(session, store, keys)
 
 
 def refresh_status(session: Session, experiment: Experiment) -> None:
