@@ -64,6 +64,7 @@ METRIC_CALLS = 500
 SEARCHES = 30
 SEARCH_FILTER, SEARCH_ORDER = "metrics.accuracy > 0.5", ["metrics.accuracy DESC"]
 TIMESTAMP = 1_800_000_000_000
+PARTS = ("batch", "metric", "search", "native")
 
 
 # --- the MLflow server ---------------------------------------------------------------------
@@ -361,35 +362,42 @@ def workload(
     runs: int,
     search_runs: int,
     native: Callable[[], float] | None,
+    parts: frozenset[str] = frozenset(PARTS),
 ) -> Figures:
     figures = Figures(name)
     client = client_for(uri, token)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    log(f"{name}: log_batch ingestion")
-    figures.values["log_batch points/s"], figures.values["log_batch ms per batch"] = bench_log_batch(
-        client, runs
-    )
-    log(f"{name}: the same batches as raw JSON")
-    figures.values["raw log-batch points/s (server)"] = bench_raw_log_batch(uri, headers, runs)
-    log(f"{name}: log_metric latency")
-    figures.values["log_metric median ms"], figures.values["log_metric p95 ms"] = bench_log_metric(client)
-    experiment = seed_search(client, search_runs)
-    log(f"{name}: search_runs")
-    for page in (100, 1000):
-        median, found = bench_search(client, experiment, page)
-        figures.values[f"search_runs median ms (page {page})"] = median
-        figures.values[f"search_runs runs returned (page {page})"] = found
-    log(f"{name}: raw log-metric and search")
-    raw_metric, raw_search = bench_raw(uri, headers, experiment)
-    figures.values["raw log-metric median ms (server)"] = raw_metric
-    figures.values["raw runs/search median ms (page 100)"] = raw_search
-    if native is not None:
+    if "batch" in parts:
+        log(f"{name}: log_batch ingestion")
+        figures.values["log_batch points/s"], figures.values["log_batch ms per batch"] = bench_log_batch(
+            client, runs
+        )
+        log(f"{name}: the same batches as raw JSON")
+        figures.values["raw log-batch points/s (server)"] = bench_raw_log_batch(uri, headers, runs)
+    if "metric" in parts:
+        log(f"{name}: log_metric latency")
+        figures.values["log_metric median ms"], figures.values["log_metric p95 ms"] = bench_log_metric(client)
+    if "search" in parts:
+        experiment = seed_search(client, search_runs)
+        log(f"{name}: search_runs")
+        for page in (100, 1000):
+            median, found = bench_search(client, experiment, page)
+            figures.values[f"search_runs median ms (page {page})"] = median
+            figures.values[f"search_runs runs returned (page {page})"] = found
+    else:
+        experiment = client.create_experiment(f"raw-{secrets.token_hex(4)}")
+    if "metric" in parts or "search" in parts:
+        log(f"{name}: raw log-metric and search")
+        raw_metric, raw_search = bench_raw(uri, headers, experiment)
+        figures.values["raw log-metric median ms (server)"] = raw_metric
+        figures.values["raw runs/search median ms (page 100)"] = raw_search
+    if native is not None and "native" in parts:
         log(f"{name}: native metrics endpoint")
         figures.values["native metrics points/s"] = native()
     return figures
 
 
-def maestro_figures(backend: Backend, runs: int, search_runs: int) -> Figures:
+def maestro_figures(backend: Backend, runs: int, search_runs: int, parts: frozenset[str]) -> Figures:
     with running_server(backend) as base:
         account = sign_up(base)
         token = account.headers["Authorization"].removeprefix("Bearer ")
@@ -402,6 +410,7 @@ def maestro_figures(backend: Backend, runs: int, search_runs: int) -> Figures:
             runs,
             search_runs,
             lambda: bench_native_ingestion(base, account.headers, account.project, runs),
+            parts,
         )
 
 
@@ -449,24 +458,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="runs of 10,000 points for ingestion")
     parser.add_argument("--search-runs", type=int, default=2000)
     parser.add_argument("--skip-mlflow", action="store_true", help="measure Maestro only")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable): batch ingestion, log_metric latency, search, "
+        "the native endpoint; the raw log-metric and search figures come with metric or search",
+    )
     args = parser.parse_args()
+    parts = frozenset(args.only or PARTS)
     with tempfile.TemporaryDirectory(prefix="maestro-tracking-bench-") as scratch:
         root = Path(scratch)
         (root / "sqlite").mkdir()
-        sqlite = maestro_figures(Backend("SQLite", root / "sqlite", None), args.runs, args.search_runs)
+        sqlite = maestro_figures(Backend("SQLite", root / "sqlite", None), args.runs, args.search_runs, parts)
         others = []
         if args.database_url:
             with scratch_postgres(args.database_url) as url:
                 (root / "postgresql").mkdir()
                 postgres = maestro_figures(
-                    Backend("PostgreSQL", root / "postgresql", url), args.runs, args.search_runs
+                    Backend("PostgreSQL", root / "postgresql", url), args.runs, args.search_runs, parts
                 )
             others.append(postgres)
         mlflow = None
         if not args.skip_mlflow:
             (root / "mlflow").mkdir()
             with mlflow_server(root / "mlflow") as base:
-                mlflow = workload("MLflow (SQLite)", base, base, None, args.runs, args.search_runs, None)
+                mlflow = workload(
+                    "MLflow (SQLite)", base, base, None, args.runs, args.search_runs, None, parts
+                )
         report(sqlite, mlflow, others, client_side_cost())
 
 

@@ -106,13 +106,17 @@ def postgres_url(worker_id: str) -> Iterator[str]:
     admin.dispose()
 
 
-def _truncate_all(url: str) -> None:
-    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+def _empty_all(url: str) -> None:
+    """Delete every row, children before parents. On tables this small DELETE takes a
+    tenth of the time TRUNCATE does (which makes new files for each table); sequences
+    keep counting, which no test relies on."""
+    tables = list(reversed(Base.metadata.sorted_tables))
     if not tables:
         return
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        statements = (f'DELETE FROM "{table.name}"' for table in tables)  # noqa: S608 - names from our metadata
+        connection.execute(text("; ".join(statements)))
     engine.dispose()
 
 
@@ -124,7 +128,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         yield f"sqlite:///{path}"
         return
     url = request.getfixturevalue("postgres_url")
-    _truncate_all(url)
+    _empty_all(url)
     yield url
 
 

@@ -27,6 +27,7 @@ from maestro.identity.routes import router as auth_router
 from maestro.jobs.queue import EmbeddedWorker, JobQueue
 from maestro.jobs.routes import router as jobs_router
 from maestro.logs import configure_logging
+from maestro.mlflow_compat.fast_path import FastMlflow
 from maestro.mlflow_compat.routes import hot_router as mlflow_hot_router
 from maestro.mlflow_compat.routes import router as mlflow_router
 from maestro.organizations.routes import router as organizations_router
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
+    app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -86,3 +86,25 @@ def test_deleting_an_organization_removes_its_files(
 
     assert client.delete(f"/api/v1/organizations/{world.org}", headers=world.admin.headers).status_code == 204
     assert files_in(factory) == others
+
+
+def test_deleting_a_model_removes_its_versions_files(
+    client: TestClient, factory: Factory, world: World
+) -> None:
+    before = files_in(factory)
+    fill(client, world.project, world.admin.headers)
+    model = new_model(client, world.project, world.admin.headers, "second")
+    for _ in range(2):
+        ok(
+            client.post(
+                f"/api/v1/models/{model['id']}/versions",
+                files={"model_file": ("model.bin", b"other bytes " * 10, "application/octet-stream")},
+                headers=world.admin.headers,
+            ),
+            201,
+        )
+    everything = files_in(factory)
+    assert len(everything - before) == 5
+
+    assert client.delete(f"/api/v1/models/{model['id']}", headers=world.admin.headers).status_code == 204
+    assert len(everything - files_in(factory)) == 2  # the first model, the dataset and the artifact stay

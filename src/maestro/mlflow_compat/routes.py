@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -32,7 +32,6 @@ import orjson
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
@@ -40,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.context import current_request_id
 from maestro.api.deps import ReadingPrincipal
+from maestro.api.downloads import stored_file_response
 from maestro.api.errors import (
     AuthenticationRequired,
     Conflict,
@@ -55,7 +55,6 @@ from maestro.identity import audit
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
 from maestro.mlflow_compat.service import MlflowError, Scope
-from maestro.storage import CHUNK_SIZE
 from maestro.tracking.models import Lifecycle
 from maestro.tracking.routes import artifact_path
 
@@ -122,6 +121,36 @@ def error_response(exc: Exception) -> Response:
     )
 
 
+async def in_mlflow_shape(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+    """``handler``'s response, or any error it raises as MLflow's error response (an
+    unexpected one as a 500 that quotes the request id). Shared by ``MlflowRoute`` and
+    the fast path (``mlflow_compat.fast_path``), so both answer failures alike."""
+    try:
+        return await handler(request)
+    except (
+        MaestroError,
+        MlflowError,
+        RequestValidationError,
+        DataError,
+        StarletteHTTPException,
+    ) as exc:
+        return error_response(exc)
+    except Exception:
+        request_id = current_request_id()
+        logger.exception("unhandled error in the MLflow API", extra={"request_id": request_id})
+        return Response(
+            orjson.dumps(
+                {
+                    "error_code": "INTERNAL_ERROR",
+                    "message": f"An unexpected error occurred; quote request id {request_id} "
+                    "when reporting it",
+                }
+            ),
+            status_code=500,
+            media_type="application/json",
+        )
+
+
 class MlflowRoute(APIRoute):
     """Renders every error of its routes, those of authentication and validation
     included, in MLflow's error shape; Maestro's own routes keep theirs."""
@@ -130,30 +159,7 @@ class MlflowRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (
-                MaestroError,
-                MlflowError,
-                RequestValidationError,
-                DataError,
-                StarletteHTTPException,
-            ) as exc:
-                return error_response(exc)
-            except Exception:
-                request_id = current_request_id()
-                logger.exception("unhandled error in the MLflow API", extra={"request_id": request_id})
-                return Response(
-                    orjson.dumps(
-                        {
-                            "error_code": "INTERNAL_ERROR",
-                            "message": f"An unexpected error occurred; quote request id {request_id} "
-                            "when reporting it",
-                        }
-                    ),
-                    status_code=500,
-                    media_type="application/json",
-                )
+            return await in_mlflow_shape(handler, request)
 
         return route
 
@@ -394,18 +400,7 @@ async def download_artifact(artifact_path: str, request: Request, principal: Rea
     key, size = await run_sync(
         partial(transact, request, principal, False, service.artifact_file, scope, place)
     )
-    file = await run_sync(store.open, key)
-
-    def chunks() -> Iterator[bytes]:
-        with file:
-            while chunk := file.read(CHUNK_SIZE):
-                yield chunk
-
-    return StreamingResponse(
-        chunks(),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(size), "X-Content-Type-Options": "nosniff"},
-    )
+    return await run_sync(partial(stored_file_response, store, key, size=size))
 
 
 async def delete_artifacts(artifact_path: str, request: Request, principal: ReadingPrincipal) -> Response:
@@ -456,6 +451,17 @@ async def create_model_version(request: Request, principal: ReadingPrincipal) ->
             with anyio.CancelScope(shield=True):
                 await run_sync(partial(store.delete, prepared.stored.key))
         raise
+
+
+async def delete_registered_model(request: Request, principal: ReadingPrincipal) -> Response:
+    scope = scope_of(request)
+    body = await json_body(request)
+    store = request.app.state.store
+    return answer(
+        await run_sync(
+            partial(transact, request, principal, True, service.delete_registered_model, scope, body, store)
+        )
+    )
 
 
 async def delete_model_version(request: Request, principal: ReadingPrincipal) -> Response:
@@ -576,7 +582,7 @@ def _routes() -> list[tuple[str, str, Any]]:
         ("GET", f"{API}/registered-models/search", query_route(s.search_registered_models)),
         ("PATCH", f"{API}/registered-models/update", json_route(s.update_registered_model)),
         ("POST", f"{API}/registered-models/rename", json_route(s.rename_registered_model)),
-        ("DELETE", f"{API}/registered-models/delete", json_route(s.delete_registered_model)),
+        ("DELETE", f"{API}/registered-models/delete", delete_registered_model),
         ("POST", f"{API}/registered-models/get-latest-versions", json_route(s.latest_versions, write=False)),
         ("GET", f"{API}/registered-models/get-latest-versions", query_route(s.latest_versions)),
         ("POST", f"{API}/registered-models/set-tag", json_route(s.set_registered_model_tag)),

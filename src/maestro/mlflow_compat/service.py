@@ -1830,10 +1830,10 @@ def rename_registered_model(
 
 
 def delete_registered_model(
-    session: Session, principal: Principal, scope: Scope, body: dict[str, Any]
+    session: Session, principal: Principal, scope: Scope, body: dict[str, Any], store: ArtifactStore
 ) -> dict:
     model = registered_model_row(session, principal, scope, _model_name(body))
-    registry.delete_model(session, principal, model.id)
+    registry.delete_model(session, principal, model.id, store)
     return {}
 
 

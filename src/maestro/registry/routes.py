@@ -161,9 +161,11 @@ def update_model(
     status_code=204,
     responses=error_responses(401, 403, 404, 422, 429),
 )
-def delete_model(model_id: ModelId, principal: CurrentPrincipal, session: SessionDep) -> None:
-    """Delete a model and all its versions."""
-    service.delete_model(session, principal, model_id)
+def delete_model(
+    model_id: ModelId, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
+) -> None:
+    """Delete a model and all its versions, files included."""
+    service.delete_model(session, principal, model_id, store)
 
 
 @router.get(

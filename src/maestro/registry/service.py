@@ -43,7 +43,7 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
-from maestro.storage import ArtifactStore, StoredObject
+from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 
 SortKey = Literal["name", "created_at", "updated_at"]
 SORT_COLUMNS = {
@@ -283,9 +283,11 @@ def update_model(session: Session, principal: Principal, model_id: str, body: Mo
     return model
 
 
-def delete_model(session: Session, principal: Principal, model_id: str) -> None:
-    """Delete a model with all its versions, tags and aliases (their rows cascade)."""
+def delete_model(session: Session, principal: Principal, model_id: str, store: ArtifactStore) -> None:
+    """Delete a model with all its versions, tags and aliases (their rows cascade); the
+    versions' files are removed once the deletion has committed."""
     model = get_visible_model(session, principal, model_id, "delete")
+    keys = list(session.scalars(select(ModelVersion.file_key).where(ModelVersion.model_id == model.id)))
     audit.describe(
         session,
         resource_type="models",
@@ -296,6 +298,7 @@ def delete_model(session: Session, principal: Principal, model_id: str) -> None:
     )
     session.delete(model)
     session.flush()
+    delete_after_commit(session, store, keys)
 
 
 # --- tags ----------------------------------------------------------------------------------
