@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/serving.py [--seconds 5] [--client auto|wrk|httpx]
         [--skip-model-server] [--skip-platform] [--skip-mlflow]
+        [--models logreg,forest] [--rows 1,1000] [--concurrency 1,8] [--no-v2]
 
 Trains a LogisticRegression and a 100-tree RandomForest on 20 features, then measures,
 with the same models and payloads, at concurrency 1 and 8, with 1-row and 1,000-row
@@ -428,7 +429,16 @@ def main() -> None:
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--skip-platform", action="store_true")
     parser.add_argument("--skip-model-server", action="store_true")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of logreg,forest")
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="comma-separated subset of 1,1000")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="subset of 1,8")
+    parser.add_argument("--no-v2", action="store_true", help="skip the model server's /v2 protocol runs")
     args = parser.parse_args()
+    models_run = [name for name in args.models.split(",") if name]
+    rows_run = [int(rows) for rows in args.rows.split(",") if rows]
+    concurrency_run = [int(c) for c in args.concurrency.split(",") if c]
+    if not set(models_run) <= set(MODELS) or not set(rows_run) <= set(ROWS):
+        parser.error(f"--models takes {', '.join(MODELS)}; --rows takes {', '.join(map(str, ROWS))}")
     warnings.simplefilter("ignore")
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
     load: Callable[..., tuple[float, float, float, int]] = run_wrk if use_wrk else run_httpx
@@ -461,12 +471,14 @@ def main() -> None:
             return orjson.dumps({"inputs": [tensor]})
         return orjson.dumps({"instances" if kind == "platform" else "inputs": batch.tolist()})
 
-    results = raw_results(workdir, batches, args.seconds)
+    results = [
+        r for r in raw_results(workdir, batches, args.seconds) if r.model in models_run and r.rows in rows_run
+    ]
 
     def measure(
         target: str, model: str, url_for: Callable[[int], str], kind: str, headers: dict[str, str]
     ) -> None:
-        for rows in ROWS:
+        for rows in rows_run:
             body = body_for(kind, rows, model)
             url = url_for(rows)
             check = httpx.post(url, content=body, headers=headers, timeout=60)
@@ -475,7 +487,7 @@ def main() -> None:
                     f"  {target} {model} {rows} rows: HTTP {check.status_code} {check.text[:200]}", flush=True
                 )
                 continue
-            for concurrency in CONCURRENCY:
+            for concurrency in concurrency_run:
                 load(url, body, headers, concurrency, 1.0)  # warm-up
                 rps, p50, p99, errors = load(url, body, headers, concurrency, args.seconds)
                 results.append(Result(target, model, rows, concurrency, rps, p50, p99, errors))
@@ -490,7 +502,7 @@ def main() -> None:
     if not args.skip_model_server:
         server, base = start_model_server(workdir)
         try:
-            for name in MODELS:
+            for name in models_run:
                 measure(
                     "model-server",
                     name,
@@ -500,9 +512,14 @@ def main() -> None:
                     "maestro",
                     keyed,
                 )
-                measure(
-                    "model-server /v2", name, lambda rows, n=name: f"{base}/v2/models/{n}/infer", "v2", keyed
-                )
+                if not args.no_v2:
+                    measure(
+                        "model-server /v2",
+                        name,
+                        lambda rows, n=name: f"{base}/v2/models/{n}/infer",
+                        "v2",
+                        keyed,
+                    )
         finally:
             server.stop()
 
@@ -514,7 +531,7 @@ def main() -> None:
         else:
             process, platform_base, platform_headers, deployments = started
             try:
-                for name in MODELS:
+                for name in models_run:
                     measure(
                         "platform",
                         name,
@@ -532,8 +549,8 @@ def main() -> None:
 
     if not args.skip_mlflow:
         try:
-            save_mlflow_models(workdir, models)
-            for name in MODELS:
+            save_mlflow_models(workdir, {name: models[name] for name in models_run})
+            for name in models_run:
                 process, mlflow_base = start_mlflow(workdir, name)
                 try:
                     measure(

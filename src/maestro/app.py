@@ -34,6 +34,7 @@ from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
 from maestro.serving.metrics import HttpMetricsMiddleware, PlatformMetrics
+from maestro.serving.platform_fast_path import InferenceFastPath
 from maestro.serving.routes import inference_router, metrics_router
 from maestro.serving.routes import router as deployments_router
 from maestro.serving.state import ServingState
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
+    app.add_middleware(InferenceFastPath, fastapi_app=app)  # POST /api/v1/inference/{name}[/batch]
     app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
     if settings.cors_origins:
         app.add_middleware(

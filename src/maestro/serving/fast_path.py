@@ -6,9 +6,11 @@ together. This plain ASGI layer sits inside the request-context and metrics
 middleware and answers the hot routes itself: ``POST /api/v1/predict[/{model_name}]``,
 ``/api/v1/batch-predict``, ``/v2/models/{name}[/versions/{v}]/infer`` and
 ``/invocations``. It runs exactly the code the FastAPI routes run (same
-authentication, rate limits, content-type and size checks, the same work on the
-prediction threads, errors in the same shapes); those routes stay in the app for the
-OpenAPI document and for every method this layer does not take.
+authentication, rate limits, content-type and size checks, the same work, errors in
+the same shapes). The work runs on the prediction threads, except a small body for an
+ONNX model whose access decision is known, which costs less than the hop to a thread
+and runs on the event loop (``ModelServer.runs_inline``). The FastAPI routes stay in
+the app for the OpenAPI document and for every method this layer does not take.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ async def _predict(
     from maestro.serving.server_routes import check_json_content_type, predict_one
 
     check_json_content_type(request)
-    return await server.run(predict_one, server, caller, body, params[0] if params else None)
+    name = params[0] if params else None
+    if name is not None and server.runs_inline(caller, name, len(body)):
+        return predict_one(server, caller, body, name)
+    return await server.run(predict_one, server, caller, body, name)
 
 
 async def _batch(
@@ -55,6 +60,8 @@ async def _infer(
 
     header_length = header_length_of(request, body)
     version = params[1] if len(params) > 1 else None
+    if server.runs_inline(caller, params[0], len(body)):
+        return infer(server, caller, params[0], version, body, header_length)
     return await server.run(infer, server, caller, params[0], version, body, header_length)
 
 
@@ -64,6 +71,8 @@ async def _invocations(
     from maestro.serving.protocols import invocations, mlflow_content_type
 
     mlflow_content_type(request)
+    if server.runs_inline(caller, None, len(body)):
+        return invocations(server, caller, body)
     return await server.run(invocations, server, caller, body)
 
 

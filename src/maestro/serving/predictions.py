@@ -27,7 +27,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import insert, or_, select, update
+import orjson
+from sqlalchemy import Text, bindparam, cast, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from maestro.db import new_id
@@ -223,9 +225,20 @@ class PredictionRecorder:
                 with self.database.session() as session:
                     # A deployment deleted meanwhile takes its rows with it.
                     live = set(session.scalars(select(Deployment.id).where(Deployment.id.in_(ids))))
-                    logs = [_log_row(s) for s in pending if s.deployment_id in live]
-                    if logs:
-                        session.execute(insert(PredictionLog), logs)
+                    serialised, plain = [], []
+                    for served in pending:
+                        if served.deployment_id in live:
+                            row = _serialised_log_row(served)
+                            if row is not None:
+                                serialised.append(row)
+                            else:
+                                plain.append(_log_row(served))
+                    if serialised:
+                        dialect = session.get_bind().dialect.name
+                        session.execute(_serialised_insert(dialect), serialised)
+                    if plain:
+                        session.execute(insert(PredictionLog), plain)
+                    logs = serialised + plain
                     minute_rows = [
                         _minute_row(deployment, minute, aggregate)
                         for (deployment, minute), aggregate in minutes.items()
@@ -277,6 +290,43 @@ def _log_row(served: Served) -> dict[str, Any]:
         "error": served.error[:MAX_ERROR_TEXT] if served.error else None,
         "created_at": _utc(served.at),
     }
+
+
+def _serialisable(served: Served) -> bool:
+    """Whether the log is written as JSON text serialised here (orjson): a successful
+    request with finite inputs. Others (errors, inputs with missing values, which the
+    JSON type writes as NaN) take the ORM's JSON type as before."""
+    return (
+        served.matrix is not None
+        and served.names is not None
+        and served.outputs is not None
+        and bool(np.isfinite(served.matrix[:MAX_LOGGED_ROWS]).all())
+    )
+
+
+def _serialised_log_row(served: Served) -> dict[str, Any] | None:
+    """``_log_row`` with ``inputs`` and ``outputs`` as JSON text. The JSON type's own
+    serialiser (the standard library's) spends far longer on a 1,000-row log than the
+    request that produced it took; orjson writes the same values in a tenth of the time."""
+    if not _serialisable(served):
+        return None
+    row = _log_row(served)
+    try:
+        row["inputs_json"] = orjson.dumps(row.pop("inputs")).decode()
+        row["outputs_json"] = orjson.dumps(row.pop("outputs")).decode()
+    except TypeError:  # a value orjson does not take: leave it to the JSON type
+        return None
+    return row
+
+
+def _serialised_insert(dialect: str) -> Any:
+    """INSERT of prediction logs whose JSON columns are bound as text (cast to JSONB on
+    PostgreSQL; SQLite stores JSON as text)."""
+    inputs: Any = bindparam("inputs_json", type_=Text())
+    outputs: Any = bindparam("outputs_json", type_=Text())
+    if dialect == "postgresql":
+        inputs, outputs = cast(inputs, JSONB), cast(outputs, JSONB)
+    return insert(PredictionLog.__table__).values(inputs=inputs, outputs=outputs)
 
 
 def _minute_row(deployment_id: str, minute: int, aggregate: _Minute) -> dict[str, Any]:

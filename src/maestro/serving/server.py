@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import threading
 import time
@@ -49,10 +50,12 @@ from maestro.serving.model_sources import (
     untrusted_file,
     version_snapshot,
 )
-from maestro.serving.runtimes import Runtime, load_runtime, load_version
+from maestro.serving.parallel import RowSplitter
+from maestro.serving.runtimes import OnnxRuntime, Runtime, load_runtime, load_version
 from maestro.serving.server_auth import Authenticator, Caller
 from maestro.serving.server_jobs import AsyncJobs
 from maestro.serving.server_metrics import MetricsMiddleware, ServerMetrics
+from maestro.serving.state import freeze_startup_objects
 
 if TYPE_CHECKING:
     from maestro.db import Database
@@ -62,6 +65,9 @@ logger = logging.getLogger("maestro.serving")
 T = TypeVar("T")
 
 RATE_GROUPS = ("predict", "batch", "management")
+# A body this small holds a few rows: an ONNX model answers it in microseconds, less
+# than handing it to a prediction thread and back costs, so it runs on the event loop.
+INLINE_MAX_BODY = 4096
 
 
 def utc_timestamp() -> str:
@@ -88,6 +94,7 @@ class ServedModel:
     source: Source
     runtime: Runtime
     metrics: ServerMetrics
+    splitter: RowSplitter | None = None
     loaded_at: str = field(default_factory=utc_timestamp)
     label_names: dict[Any, str] | None = None
 
@@ -98,6 +105,7 @@ class ServedModel:
         self._rows_failed = self.metrics.predictions.labels(*labels, "error")
         self._seconds = self.metrics.prediction_seconds.labels(*labels)
         self._requests: dict[str, Any] = {}
+        self.inline = isinstance(self.runtime, OnnxRuntime)  # small predictions may run on the loop
 
     @property
     def version(self) -> str:
@@ -110,12 +118,18 @@ class ServedModel:
     def predict(self, matrix: np.ndarray, *, probabilities: bool, protocol: str) -> Prediction:
         """Labels (and probabilities when asked), timed and counted."""
         runtime = self.runtime
+        splitter = self.splitter
         started = time.perf_counter()
         try:
             if probabilities:
                 if not runtime.supports_proba:
                     runtime.predict_proba(matrix)  # raises the runtime's own clear error
-                labels, proba = runtime.predict_with_proba(matrix)
+                if splitter is not None:
+                    labels, proba = splitter.run(runtime, runtime.predict_with_proba, matrix)
+                else:
+                    labels, proba = runtime.predict_with_proba(matrix)
+            elif splitter is not None:
+                labels, proba = splitter.run(runtime, runtime.predict, matrix), None
             else:
                 labels, proba = runtime.predict(matrix), None
         except ServingError:
@@ -136,6 +150,9 @@ class ServedModel:
         names = self.label_names
         if names is None:
             return [None] * len(values)
+        if len(values) > 16:  # a batch holds few distinct classes: name each once
+            texts = {value: names[value] if value in names else str(value) for value in set(values)}
+            return list(map(texts.__getitem__, values))
         return [names.get(value, str(value)) for value in values]
 
     def describe(self) -> dict[str, Any]:
@@ -213,6 +230,7 @@ class ModelServer:
         self._manage = threading.Lock()
         self._pending_files: dict[str, bytes] = {}
         self.executor = ThreadPoolExecutor(settings.model_server_threads, thread_name_prefix="predict")
+        self.splitter = RowSplitter()
         self.jobs = AsyncJobs(
             queue_size=settings.model_server_async_queue_size,
             keep_seconds=settings.model_server_async_result_seconds,
@@ -240,6 +258,7 @@ class ModelServer:
     def close(self) -> None:
         self.jobs.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.splitter.close()
         with self._resources_lock:
             if self._database is not None:
                 self._database.dispose()
@@ -249,6 +268,26 @@ class ModelServer:
         """Run ``call`` on the prediction threads: model calls never block the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(call, *args))
+
+    def runs_inline(self, caller: Caller, name: str | None, size: int) -> bool:
+        """Whether a prediction of ``size`` body bytes for the model ``name`` addresses
+        (None: the default model) may run on the event loop: an ONNX model, a small
+        body, and an access decision already known (nothing asks the database)."""
+        if size > INLINE_MAX_BODY:
+            return False
+        model = self.models.get(name) if name is not None else None
+        if model is None and name in (None, "default"):
+            default = self.default_name
+            model = self.models.get(default) if default else None
+        if model is None or not model.inline:
+            return False
+        return self.auth.decided(
+            caller,
+            "read",
+            kind="inference",
+            organization_id=model.source.organization_id,
+            project_id=model.source.project_id,
+        )
 
     def rate_limit(self, group: str, caller: Caller) -> dict[str, str]:
         if not self.limiter.enabled:
@@ -359,7 +398,7 @@ class ModelServer:
                     self.cache.discard(source.key)
                     raise PermissionDenied(f"You may not replace the model served as {name!r}")
                 self.cache.swap(name, source.key)
-                served = ServedModel(name, source, runtime, self.metrics)
+                served = ServedModel(name, source, runtime, self.metrics, self.splitter)
                 self.models[name] = served
                 if previous is not None and previous.key != source.key:
                     self._evict_unused(previous.key)
@@ -427,6 +466,8 @@ class ModelServer:
                 logger.error("could not preload %s: %s", entry.text, message)
                 self.preload.errors.append({"entry": entry.text, "message": message})
         self.preload.status = "failed" if self.preload.errors else "ready"
+        if self.preload_entries:
+            freeze_startup_objects()  # the loaded models live as long as the process
 
 
 def _preload_request(entry: PreloadEntry) -> LoadRequest:
@@ -461,6 +502,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         server.jobs.start()
         preload = threading.Thread(target=server.run_preload, name="model-server-preload", daemon=True)
         preload.start()
@@ -471,6 +513,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             server.close()
+            gc.unfreeze()
 
     app = FastAPI(
         title="Maestro model server",

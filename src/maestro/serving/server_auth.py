@@ -156,6 +156,26 @@ class Authenticator:
             self._decisions.put(key, decision)
         return decision
 
+    def decided(
+        self,
+        caller: Caller,
+        action: Action,
+        *,
+        kind: str,
+        organization_id: str | None,
+        project_id: str | None,
+    ) -> bool:
+        """Whether ``may`` would answer without asking the database."""
+        if caller.is_operator or organization_id is None or project_id is None:
+            return True
+        principal = caller.platform
+        assert principal is not None
+        if principal.organization_id != organization_id and principal.kind == "api_key":
+            return True
+        return (
+            self._decisions.get((caller.id, principal.organization_id, action, kind, project_id)) is not None
+        )
+
     def _decide(
         self, principal: Principal, action: Action, kind: str, organization_id: str, project_id: str
     ) -> bool:
