@@ -33,7 +33,7 @@ from maestro.mlflow_compat.routes import router as mlflow_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
-from maestro.serving.metrics import HttpMetricsMiddleware, PlatformMetrics
+from maestro.serving.metrics import PlatformMetrics, RequestMetricsMiddleware
 from maestro.serving.platform_fast_path import InferenceFastPath
 from maestro.serving.routes import inference_router, metrics_router
 from maestro.serving.routes import router as deployments_router
@@ -203,6 +203,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     if settings.metrics_enabled:
-        app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+        app.add_middleware(RequestMetricsMiddleware, observe=metrics.observe_request)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

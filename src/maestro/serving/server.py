@@ -38,6 +38,7 @@ from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.serving.cache import ModelCache
 from maestro.serving.errors import ModelLoadError, ServingError
+from maestro.serving.metrics import RequestMetricsMiddleware
 from maestro.serving.model_sources import (
     PreloadEntry,
     Source,
@@ -54,7 +55,7 @@ from maestro.serving.parallel import RowSplitter
 from maestro.serving.runtimes import OnnxRuntime, Runtime, load_runtime, load_version
 from maestro.serving.server_auth import Authenticator, Caller
 from maestro.serving.server_jobs import AsyncJobs
-from maestro.serving.server_metrics import MetricsMiddleware, ServerMetrics
+from maestro.serving.server_metrics import ServerMetrics
 from maestro.serving.state import freeze_startup_objects
 
 if TYPE_CHECKING:
@@ -534,7 +535,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     app.include_router(mlflow_router)
     app.add_middleware(FastPredictions, fastapi_app=app)  # innermost: inside ids, timing and metrics
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
-    app.add_middleware(MetricsMiddleware, metrics=server.metrics)
+    app.add_middleware(RequestMetricsMiddleware, observe=server.metrics.observe_request, until_last_byte=True)
     return app
 
 
