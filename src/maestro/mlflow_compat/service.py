@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -59,7 +59,7 @@ from maestro.registry.schemas import (
     TagValue,
     VersionCreate,
 )
-from maestro.storage import ArtifactStore, StoredObject
+from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import search as run_search
 from maestro.tracking import service as tracking
@@ -1436,12 +1436,7 @@ def delete_artifacts(
                 LoggedModelFile.model_id == model.id, LoggedModelFile.path.in_(paths)
             )
         )
-
-    def remove() -> None:
-        for key in keys:
-            store.delete(key)
-
-    run_after_commit(session, remove)
+    delete_after_commit(session, store, keys)
     audit.describe(
         session,
         resource_type="run_artifacts" if run is not None else "mlflow_logged_models",
@@ -1565,12 +1560,19 @@ def finalize_logged_model(
     return {"model": logged_model_dict(model)}
 
 
-def set_logged_model_tags(
-    session: Session, principal: Principal, scope: Scope, model_id: str, body: dict[str, Any]
+def _merge_into_logged_model(
+    session: Session,
+    principal: Principal,
+    scope: Scope,
+    model_id: str,
+    body: dict[str, Any],
+    field: Literal["tags", "params"],
+    limits: TypeAdapter[Any],
 ) -> dict:
+    """Add or replace a logged model's tags or params with the body's entries."""
     model, _ = get_logged_model_row(session, principal, scope, model_id, "write")
-    tags = checked(_TAGS, key_values(entries(body, "tags", limit=1000), "tags"), "tags")
-    model.tags = {**(model.tags or {}), **tags}
+    values = checked(limits, key_values(entries(body, field, limit=1000), field), field)
+    setattr(model, field, {**(getattr(model, field) or {}), **values})
     model.updated_at = utcnow()
     session.flush()
     audit.describe(
@@ -1578,9 +1580,15 @@ def set_logged_model_tags(
         resource_type="mlflow_logged_models",
         resource_id=model.id,
         organization_id=model.organization_id,
-        tags=sorted(tags)[:50],
+        **{field: sorted(values)[:50]},
     )
     return {}
+
+
+def set_logged_model_tags(
+    session: Session, principal: Principal, scope: Scope, model_id: str, body: dict[str, Any]
+) -> dict:
+    return _merge_into_logged_model(session, principal, scope, model_id, body, "tags", _TAGS)
 
 
 def delete_logged_model_tag(
@@ -1605,19 +1613,7 @@ def delete_logged_model_tag(
 def log_logged_model_params(
     session: Session, principal: Principal, scope: Scope, model_id: str, body: dict[str, Any]
 ) -> dict:
-    model, _ = get_logged_model_row(session, principal, scope, model_id, "write")
-    params = checked(_PARAMS, key_values(entries(body, "params", limit=1000), "params"), "params")
-    model.params = {**(model.params or {}), **params}
-    model.updated_at = utcnow()
-    session.flush()
-    audit.describe(
-        session,
-        resource_type="mlflow_logged_models",
-        resource_id=model.id,
-        organization_id=model.organization_id,
-        params=sorted(params)[:50],
-    )
-    return {}
+    return _merge_into_logged_model(session, principal, scope, model_id, body, "params", _PARAMS)
 
 
 def delete_logged_model(
@@ -1636,12 +1632,7 @@ def delete_logged_model(
     )
     session.delete(model)
     session.flush()
-
-    def remove() -> None:
-        for key in keys:
-            store.delete(key)
-
-    run_after_commit(session, remove)
+    delete_after_commit(session, store, keys)
     return {}
 
 
