@@ -28,143 +28,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import resource
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import Backend, expect, log, nearest_rank, running_server, scratch_postgres
 
 API = "/api/v1"
 UPLOAD_ROUTE = f"{API}/upload/models"
 MB = 1_000_000
 SEARCH_TERM = "churn"
 TIMEOUT = httpx.Timeout(120.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def log(message: str) -> None:
-    print(f"  … {message}", file=sys.stderr, flush=True)
-
-
-def nearest_rank(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-# --- the server under test -----------------------------------------------------------------
-@dataclass
-class Backend:
-    name: str
-    data_dir: Path
-    database_url: str | None  # None: the embedded SQLite database under data_dir
-    description: str
-
-
-def server_env(backend: Backend) -> dict[str, str]:
-    """The bench's own configuration only; a developer's MAESTRO_* settings stay out."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MAESTRO_")}
-    env.update(
-        {
-            "MAESTRO_DATA_DIR": str(backend.data_dir),
-            "MAESTRO_ACCESS_LOG": "false",
-            "MAESTRO_RATE_LIMITS_ENABLED": "false",
-            "MAESTRO_ACCESS_TOKEN_TTL_SECONDS": "3600",  # outlives the longest run
-            "MAESTRO_LOG_LEVEL": "WARNING",
-        }
-    )
-    if backend.database_url:
-        env["MAESTRO_DATABASE_URL"] = backend.database_url
-    return env
-
-
-@contextlib.contextmanager
-def running_server(backend: Backend, workers: int) -> Iterator[str]:
-    """`maestro serve` on a free port, migrated first; yields its base URL."""
-    maestro = Path(sys.executable).parent / "maestro"
-    env = server_env(backend)
-    # Run in the data directory, so no stray .env file in the working directory applies.
-    migrated = subprocess.run(
-        [maestro, "db", "upgrade"], env=env, cwd=backend.data_dir, capture_output=True, text=True
-    )
-    if migrated.returncode:
-        raise SystemExit(f"maestro db upgrade failed:\n{migrated.stdout}{migrated.stderr}")
-    port = free_port()
-    log_path = backend.data_dir / "serve.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [maestro, "serve", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            cwd=backend.data_dir,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"maestro serve exited early:\n{log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-@contextlib.contextmanager
-def scratch_postgres(url: str) -> Iterator[tuple[str, str]]:
-    """A new, empty database on the server ``url`` names; dropped afterwards."""
-    admin_url = make_url(url)
-    if admin_url.drivername in ("postgresql", "postgres"):
-        admin_url = admin_url.set(drivername="postgresql+psycopg")
-    if not admin_url.drivername.startswith("postgresql"):
-        raise SystemExit(f"--database-url must be a PostgreSQL URL, not {admin_url.drivername}")
-    name = f"maestro_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-        except SQLAlchemyError as exc:
-            raise SystemExit(f"cannot create a scratch database with --database-url: {exc}") from exc
-        try:
-            yield admin_url.set(database=name).render_as_string(hide_password=False), name
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 @dataclass
@@ -188,15 +75,6 @@ class Session:
     def create_model(self, project_id: str, name: str, **fields: Any) -> str:
         body = {"name": name, "model_type": "classification", **fields}
         return expect(self.client.post(f"{API}/projects/{project_id}/models", json=body), 201)["id"]
-
-
-def expect(response: httpx.Response, status: int) -> Any:
-    if response.status_code != status:
-        raise SystemExit(
-            f"{response.request.method} {response.request.url.path} answered "
-            f"{response.status_code}, not {status}: {response.text[:500]}"
-        )
-    return response.json()["data"]
 
 
 def sign_up(base: str) -> Session:

@@ -49,15 +49,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from bench.tracking_native import (  # noqa: E402
-    Backend,
-    free_port,
-    log,
-    nearest_rank,
-    running_server,
-    scratch_postgres,
-    sign_up,
-)
+from bench.harness import Backend, free_port, log, nearest_rank, running_server, scratch_postgres  # noqa: E402
+from bench.tracking_native import sign_up  # noqa: E402
 
 MLFLOW_VENV = ROOT / "bench" / ".venv-mlflow"
 POINTS_PER_RUN, BATCH = 10_000, 1_000
@@ -498,7 +491,7 @@ def main() -> None:
         sqlite = maestro_figures(Backend("SQLite", root / "sqlite", None), args.runs, args.search_runs, parts)
         others = []
         if args.database_url:
-            with scratch_postgres(args.database_url) as url:
+            with scratch_postgres(args.database_url) as (url, _):
                 (root / "postgresql").mkdir()
                 postgres = maestro_figures(
                     Backend("PostgreSQL", root / "postgresql", url), args.runs, args.search_runs, parts
