@@ -9,6 +9,8 @@ from anyio.to_thread import run_sync
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
 
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
@@ -21,7 +23,7 @@ from maestro.api.errors import (
     validation_details,
 )
 from maestro.api.multipart import UploadForm, receive_upload
-from maestro.api.pagination import PageParamsDep, paginate
+from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, ArtifactId, ExperimentId, ProjectId, RunId
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import service
@@ -105,6 +107,12 @@ def list_experiments(
         created_by=created_by,
         search_text=search,
     )
+    return _newest_experiments_first(session, statement, params)
+
+
+def _newest_experiments_first(
+    session: Session, statement: Select[tuple[Experiment]], params: PageParams
+) -> Page[ExperimentRead]:
     return paginate(
         session,
         statement,
@@ -160,15 +168,7 @@ def list_all_experiments(
     statement = service.readable_experiments(
         session, principal, project_id=project_id, owner=owner, status=status, search_text=search
     )
-    return paginate(
-        session,
-        statement,
-        params,
-        sort_column=Experiment.created_at,
-        id_column=Experiment.id,
-        order="desc",
-        to_item=lambda rows: service.experiment_reads(session, rows),
-    )
+    return _newest_experiments_first(session, statement, params)
 
 
 @router.post(
