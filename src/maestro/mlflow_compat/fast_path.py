@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maestro.api.deps import get_reading_principal
+from maestro.api.middleware import api_route
 from maestro.mlflow_compat.routes import API, SCOPED_PREFIX, in_mlflow_shape
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -71,12 +72,7 @@ class FastMlflow:
         and the ``ReadingPrincipal`` this layer supplies."""
         key = (method, template)
         if key not in self._routes:
-            found = None
-            for context in iter_route_contexts(self.fastapi_app.routes):
-                route = context.original_route
-                if isinstance(route, APIRoute) and context.path == template and method in route.methods:
-                    found = route
-                    break
+            found = api_route(self.fastapi_app, method, template)
             self._routes[key] = (found, _calling(found.endpoint)) if found and _takes_caller(found) else None
         return self._routes[key]
 

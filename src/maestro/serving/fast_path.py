@@ -19,13 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maestro.api.errors import MaestroError, PayloadTooLarge, ValidationFailed
+from maestro.api.middleware import api_route
 from maestro.serving.server import ModelServer
 from maestro.serving.server_auth import Caller
 
@@ -107,16 +108,12 @@ class FastPredictions:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._routes: dict[str, APIRoute] | None = None
+        self._routes: dict[str, APIRoute | None] = {}
 
-    def _route(self, template: str) -> Any:
-        if self._routes is None:
-            self._routes = {
-                context.path: context.original_route
-                for context in iter_route_contexts(self.fastapi_app.routes)
-                if isinstance(context.original_route, APIRoute) and "POST" in context.original_route.methods
-            }
-        return self._routes.get(template)
+    def _route(self, template: str) -> APIRoute | None:
+        if template not in self._routes:
+            self._routes[template] = api_route(self.fastapi_app, "POST", template)
+        return self._routes[template]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":

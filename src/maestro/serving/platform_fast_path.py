@@ -18,11 +18,12 @@ import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maestro.api.deps import get_reading_principal
+from maestro.api.middleware import api_route
 from maestro.serving import inference
 
 PREFIX = "/api/v1/inference/"
@@ -48,16 +49,12 @@ class InferenceFastPath:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._routes: dict[str, APIRoute] | None = None
+        self._routes: dict[str, APIRoute | None] = {}
 
     def _route(self, template: str) -> APIRoute | None:
-        if self._routes is None:
-            self._routes = {
-                context.path: context.original_route
-                for context in iter_route_contexts(self.fastapi_app.routes)
-                if isinstance(context.original_route, APIRoute) and "POST" in context.original_route.methods
-            }
-        return self._routes.get(template)
+        if template not in self._routes:
+            self._routes[template] = api_route(self.fastapi_app, "POST", template)
+        return self._routes[template]
 
     def _handler(self, exc: Exception) -> Any:
         """The app's exception handler for ``exc``, looked up as Starlette does."""
