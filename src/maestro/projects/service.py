@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound
 from maestro.db import flush_unique, new_id
+from maestro.files.models import StoredFile
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
+from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.organizations.models import Membership, Organization, Role
 from maestro.projects.models import Project, ProjectMember, Visibility
 from maestro.projects.schemas import (
@@ -26,10 +28,10 @@ from maestro.projects.schemas import (
     ProjectRead,
     ProjectUpdate,
 )
-from maestro.registry.models import RegisteredModel
+from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.serving.models import Deployment
 from maestro.storage import ArtifactStore, delete_after_commit
-from maestro.tracking.models import Experiment, Lifecycle
+from maestro.tracking.models import Experiment, Lifecycle, Run, RunArtifact
 
 SLUG_MAX_LENGTH = 60
 
@@ -246,10 +248,6 @@ def stored_keys(
     """The artifact-store keys of every file held for rows in an organisation, a project
     or an experiment (model versions, project files, run artifacts, logged models): what
     to remove from the store once those rows are deleted, so no file outlives its row."""
-    from maestro.files.models import StoredFile
-    from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
-    from maestro.registry.models import ModelVersion
-    from maestro.tracking.models import Run, RunArtifact
 
     def scoped(statement: Any, organization: Any, project: Any, experiment: Any = None) -> list[str]:
         for column, value in (
