@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         "enterprise unlimited.",
     )
 
+    # --- request bodies, database locks and query cost --------------------------------------
+
+    # --- heavy requests: response sizes and the shared pool for CPU-heavy work ----------------
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(False, description="Write logs, access log included, as JSON lines.")
@@ -205,6 +209,10 @@ class Settings(BaseSettings):
         description="Project id the MLflow API at /api/2.0/mlflow uses when a request names none "
         "(with the X-Maestro-Project header or a /mlflow/{project_id} tracking URI).",
     )
+
+    # --- isolated processes for untrusted model files -------------------------------------------
+
+    # --- datasets read by jobs, and batch prediction ---------------------------------------------
 
     # --- the standalone model server (`maestro model-server`) ---------------------------------
     model_server_host: str = Field("127.0.0.1", description="Address `maestro model-server` binds.")
