@@ -52,7 +52,10 @@ def test_db_upgrade_on_a_fresh_directory(make_settings: Callable[..., Settings],
 
 
 def test_misconfiguration_is_reported_plainly(tmp_path: Path) -> None:
-    env_settings = {"MAESTRO_ENVIRONMENT": "production"}
+    env_settings = {
+        "MAESTRO_ENVIRONMENT": "production",
+        "MAESTRO_SECRET_KEY": "maestro-insecure-development-key-change-me",  # the published one
+    }
     result = subprocess.run(
         [sys.executable, "-m", "maestro", "db", "current"],
         capture_output=True,
@@ -65,7 +68,7 @@ def test_misconfiguration_is_reported_plainly(tmp_path: Path) -> None:
         },
     )
     assert result.returncode == 2
-    assert "MAESTRO_SECRET_KEY must be set" in result.stderr
+    assert "configuration error: Value error, MAESTRO_SECRET_KEY is the published" in result.stderr
     assert "Traceback" not in result.stderr
 
 

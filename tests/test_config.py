@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import logging
 import re
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from maestro.config import DEFAULT_SECRET_KEY, Settings, generate_secret_key
+from maestro.config import DEFAULT_SECRET_KEY, SecretKeyUnavailable, Settings, generate_secret_key
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -16,24 +20,93 @@ def make(**values: object) -> Settings:
 
 
 class TestProductionSafety:
-    def test_production_refuses_the_builtin_secret_key(self) -> None:
-        with pytest.raises(ValidationError, match="MAESTRO_SECRET_KEY must be set"):
-            make(environment="production")
+    @pytest.mark.parametrize("environment", ["development", "production"])
+    def test_the_published_key_is_refused_outside_the_test_suite(self, environment: str) -> None:
+        with pytest.raises(ValidationError, match="published development key"):
+            make(environment=environment, secret_key=DEFAULT_SECRET_KEY)
+
+    def test_the_test_suite_may_use_the_published_key(self) -> None:
+        assert make(environment="test", secret_key=DEFAULT_SECRET_KEY).signing_key == DEFAULT_SECRET_KEY
 
     def test_production_refuses_a_short_secret_key(self) -> None:
         with pytest.raises(ValidationError, match="at least 32 characters"):
             make(environment="production", secret_key="short-but-not-default")
 
+    def test_a_short_key_is_only_warned_about_elsewhere(self, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.WARNING, logger="maestro.config"):
+            assert make(secret_key="short-but-not-default").signing_key == "short-but-not-default"
+        assert "fewer than 32 characters" in caplog.text
+
     def test_production_accepts_a_generated_key(self) -> None:
         settings = make(environment="production", secret_key=generate_secret_key())
         assert settings.secret_key != DEFAULT_SECRET_KEY
 
-    def test_development_runs_on_the_default_key(self) -> None:
-        assert make().secret_key == DEFAULT_SECRET_KEY
-
     def test_heartbeat_timeout_must_exceed_interval(self) -> None:
         with pytest.raises(ValidationError, match="HEARTBEAT_TIMEOUT"):
             make(job_heartbeat_interval=10, job_heartbeat_timeout=5)
+
+
+class TestSecretKeyFile:
+    def test_without_a_key_one_is_generated_in_the_data_dir(self, tmp_path: Path) -> None:
+        settings = make(data_dir=tmp_path / "data")
+        key = settings.signing_key
+        path = tmp_path / "data" / "secret_key"
+        assert len(key) >= 32 and key != DEFAULT_SECRET_KEY
+        assert path.read_text().strip() == key
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no scratch file left behind
+
+    def test_every_later_start_reads_the_same_key(self, tmp_path: Path) -> None:
+        first = make(data_dir=tmp_path).signing_key
+        assert make(data_dir=tmp_path, environment="production").signing_key == first
+
+    def test_an_empty_key_setting_means_no_key(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("MAESTRO_SECRET_KEY", "  ")
+        settings = make(data_dir=tmp_path)
+        assert settings.secret_key is None
+        assert settings.signing_key == (tmp_path / "secret_key").read_text().strip()
+
+    def test_a_configured_key_is_used_and_no_file_written(self, tmp_path: Path) -> None:
+        key = generate_secret_key()
+        assert make(data_dir=tmp_path, secret_key=key).signing_key == key
+        assert not (tmp_path / "secret_key").exists()
+
+    def test_concurrent_first_starts_end_with_one_key(self, tmp_path: Path) -> None:
+        """Threads released together, each with its own Settings, as processes of one
+        installation starting at once (tests/identity/test_secret_key.py does it with
+        processes)."""
+        barrier = threading.Barrier(8)
+
+        def start() -> str:
+            settings = make(data_dir=tmp_path)
+            barrier.wait()
+            return settings.signing_key
+
+        with ThreadPoolExecutor(8) as pool:
+            keys = set(pool.map(lambda _: start(), range(8)))
+        assert keys == {(tmp_path / "secret_key").read_text().strip()}
+        assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
+
+    def test_a_data_dir_that_cannot_hold_the_key_is_a_clear_error(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        with pytest.raises(SecretKeyUnavailable, match="set MAESTRO_SECRET_KEY"):
+            make(data_dir=blocker / "data").signing_key  # noqa: B018
+
+    def test_a_damaged_key_file_is_refused_not_used(self, tmp_path: Path) -> None:
+        (tmp_path / "secret_key").write_text("short\n")
+        with pytest.raises(SecretKeyUnavailable, match="no usable key"):
+            make(data_dir=tmp_path).signing_key  # noqa: B018
+
+    def test_a_key_file_others_can_read_is_warned_about(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = tmp_path / "secret_key"
+        path.write_text(generate_secret_key())
+        path.chmod(0o644)
+        with caplog.at_level(logging.WARNING, logger="maestro.config"):
+            make(data_dir=tmp_path).signing_key  # noqa: B018
+        assert "chmod 600" in caplog.text
 
 
 class TestEnvironment:

@@ -39,6 +39,18 @@ def _settings(**overrides: Any) -> Any:
         raise typer.Exit(2) from exc
 
 
+def _require_secret_key(settings: Any) -> None:
+    """For processes that sign or check credentials: the secret key is read (or
+    generated, on the installation's first start) before anything is served."""
+    from maestro.config import SecretKeyUnavailable
+
+    try:
+        settings.signing_key  # noqa: B018 - read now, so a missing key stops the start
+    except SecretKeyUnavailable as exc:
+        typer.secho(f"configuration error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def version() -> None:
     """Print Maestro's version."""
@@ -70,6 +82,7 @@ def serve(
 
     settings = _settings()
     configure_logging(settings)
+    _require_secret_key(settings)
     if settings.uses_embedded_database:
         upgrade(settings.resolved_database_url)
     server.run(
@@ -95,6 +108,7 @@ def worker(
 
     settings = _settings(worker_threads=threads)
     configure_logging(settings)
+    _require_secret_key(settings)
     queue = _queue(settings)
     run_worker(queue)
 
@@ -116,6 +130,7 @@ def model_server(
 
     settings = _settings()
     configure_logging(settings)
+    _require_secret_key(settings)
     server.run(
         settings,
         host=host or settings.model_server_host,

@@ -8,16 +8,22 @@ SQLite-backed job queue, all under ``data_dir``.
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_SECRET_KEY = "maestro-insecure-development-key-change-me"  # noqa: S105 - refused in production
+# Published in the source, so accepted only by the test suite (MAESTRO_ENVIRONMENT=test).
+DEFAULT_SECRET_KEY = "maestro-insecure-development-key-change-me"  # noqa: S105 - refused outside tests
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name in the data directory
+
+logger = logging.getLogger("maestro.config")
 
 
 class Environment(StrEnum):
@@ -40,9 +46,10 @@ class Settings(BaseSettings):
         Environment.development,
         description="`production` refuses insecure defaults such as the built-in secret key.",
     )
-    secret_key: str = Field(
-        DEFAULT_SECRET_KEY,
-        description="Signs access tokens and encrypts stored secrets. Set a long random value in production.",
+    secret_key: str | None = Field(
+        None,
+        description="Signs access tokens and encrypts stored secrets. Unset: a random key generated on first "
+        "start in `<data_dir>/secret_key` (one host only; set it when several hosts share one database).",
     )
 
     # --- where state lives ---------------------------------------------------------------
@@ -97,9 +104,22 @@ class Settings(BaseSettings):
     )
     password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes over memory.")
     password_hash_memory_kib: int = Field(65_536, ge=8, description="argon2id memory per hash, in KiB.")
-    rate_limits_enabled: bool = Field(True, description="Apply per-principal plan limits and login limits.")
+    rate_limits_enabled: bool = Field(
+        True, description="Apply per-principal plan limits, and the sign-in, sign-up and refresh limits."
+    )
     login_limit_per_ip: str = Field("20/minute", description="Login attempts allowed from one address.")
     login_limit_per_account: str = Field("10/minute", description="Login attempts allowed for one email.")
+    refresh_limit_per_ip: str = Field(
+        "60/minute",
+        description="Refresh-token exchanges (POST /api/v1/auth/refresh) allowed from one address.",
+    )
+    refresh_reuse_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="A refresh token spent less than this long ago may be presented again and gets a new "
+        "pair of the same session (concurrent refreshes); later reuse ends the session. 0: never.",
+    )
     default_plan: str = Field(
         "free",
         pattern="^(free|professional|enterprise)$",
@@ -108,8 +128,61 @@ class Settings(BaseSettings):
     )
 
     # --- request bodies, database locks and query cost --------------------------------------
+    request_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A client that sends nothing of its request body for this long is answered 408 "
+        "and disconnected; whatever it had sent is discarded.",
+    )
+    statement_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        le=3_600_000,
+        description="Longest a single database statement of an HTTP request may run before it is "
+        "stopped and answered 503 (PostgreSQL statement_timeout; an SQLite progress check). "
+        "Background jobs and maintenance are not bound by it. 0 turns it off.",
+    )
 
     # --- heavy requests: response sizes and the shared pool for CPU-heavy work ----------------
+    heavy_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="CPU-heavy requests (model card PDFs, metric downsampling) running at once in one "
+        "server process. Default: the number of CPU cores minus one, at least 1.",
+    )
+    heavy_per_owner: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="CPU-heavy requests one caller, and one organisation, may have running at once.",
+    )
+    heavy_queue_per_owner: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="CPU-heavy requests of one caller, or one organisation, that may wait for a turn; "
+        "more answer 429.",
+    )
+    heavy_queue: int = Field(
+        8, ge=0, le=1000, description="CPU-heavy requests that may wait for a turn in all; more answer 503."
+    )
+    heavy_wait_seconds: float = Field(
+        10.0, gt=0, le=300, description="How long a CPU-heavy request waits for a turn before answering 503."
+    )
+    heavy_processes: bool = Field(
+        True,
+        description="Run CPU-heavy Python work (PDF rendering) in worker processes, so it never slows the "
+        "server's other requests; false runs it in the request's thread.",
+    )
+    metric_downsample_max_scan: int = Field(
+        1_000_000,
+        ge=1_000,
+        le=100_000_000,
+        description="Most points one downsampled metric history reads; of a longer series it shows the "
+        "latest this many.",
+    )
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Root log level.")
@@ -162,14 +235,21 @@ class Settings(BaseSettings):
     )
 
     # --- model serving -------------------------------------------------------------------
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token Prometheus sends to GET /metrics for every deployment's series; "
+        "unset: /metrics serves only totals without deployment names or versions.",
+    )
     serving_cache_max_models: int = Field(
         16, ge=1, le=10_000, description="Most loaded models a serving process keeps in memory."
     )
     serving_cache_max_bytes: int = Field(
         2 * 1024**3,
         ge=1024**2,
-        description="Estimated memory the loaded models of a serving process may take, in bytes (2 GiB). "
-        "Models a live deployment serves are never dropped, even past this limit.",
+        description="Memory the loaded models of a serving process may take, in bytes (2 GiB), each counted "
+        "at what it was measured to cost. Models a live deployment serves are never dropped; a deploy that "
+        "would take them past this limit is refused (409).",
     )
     inference_max_rows: int = Field(
         100, ge=1, le=100_000, description="Most rows one POST /api/v1/inference/{name} request may carry."
@@ -211,10 +291,94 @@ class Settings(BaseSettings):
     )
 
     # --- isolated processes for untrusted model files -------------------------------------------
+    model_memory_budget_bytes: int = Field(
+        512 * 1024**2,
+        ge=32 * 1024**2,
+        le=1024**4,
+        description="Memory one model may take once loaded and warmed up, in bytes (512 MiB), measured in an "
+        "isolated process when its version is uploaded or first loaded; a model over it is refused. Also the "
+        "memory limit of the processes that check models and serve XGBoost and LightGBM.",
+    )
+    model_check_cpu_seconds: int = Field(
+        60, ge=1, le=3600, description="CPU seconds the isolated process that checks a model file may use."
+    )
+    model_load_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds an isolated process may take to load, warm up and try a model before it is "
+        "stopped.",
+    )
+    model_process_request_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds an XGBoost or LightGBM model's process may take to answer one request; past it "
+        "the process is stopped, the request fails (422) and the next one starts a new process.",
+    )
+    model_process_max_crashes: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Crashes (or time-outs) of a model's process within the crash window after which its "
+        "deployment is marked failed and answers 503 until it is deployed again.",
+    )
+    model_process_crash_window_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="The window in which a model process's crashes are counted."
+    )
+    model_check_trees: bool = Field(
+        True,
+        description="Check the trees of XGBoost and LightGBM files before the native libraries read them. "
+        "Turn off only to test what isolation alone contains.",
+    )
 
     # --- datasets read by jobs, and batch prediction ---------------------------------------------
+    dataset_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Most rows a dataset read by a job (a batch prediction) may have. Parquet is refused "
+        "from its metadata before anything is read; every format is counted again while it is read.",
+    )
+    dataset_max_expanded_bytes: int = Field(
+        1024**3,
+        ge=1024**2,
+        description="Most bytes a dataset may expand to (1 GiB): the real, decompressed size of a workbook's "
+        "parts (checked at upload too) and the decoded columns of any format, counted while it is read.",
+    )
+    batch_job_memory_bytes: int = Field(
+        1024**3,
+        ge=64 * 1024**2,
+        description="Memory budget of the isolated process that runs one batch prediction (dataset, model "
+        "and predictions; 1 GiB), also used by other jobs that read a dataset. Past it the job fails.",
+    )
+    batch_job_cpu_seconds: int = Field(
+        1800,
+        ge=1,
+        le=7 * 86_400,
+        description="CPU seconds the isolated process of one batch prediction may use before it is stopped "
+        "and the job fails.",
+    )
+    batch_job_max_output_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        description="Largest predictions file a batch job may write (1 GiB); a job that would write more "
+        "fails and stores nothing.",
+    )
 
     # --- the standalone model server (`maestro model-server`) ---------------------------------
+    model_server_async_result_max_bytes: int = Field(
+        1024**3,
+        ge=1024**2,
+        description="Bytes the results of asynchronous prediction jobs may take on disk in all (1 GiB); "
+        "past it new jobs answer 503 with Retry-After.",
+    )
+    model_server_async_result_quota_bytes: int = Field(
+        256 * 1024**2,
+        ge=64 * 1024,
+        description="Bytes the asynchronous results of one organisation (or one operator key) may take "
+        "on disk (256 MiB); past it its new jobs answer 429 with Retry-After.",
+    )
     model_server_host: str = Field("127.0.0.1", description="Address `maestro model-server` binds.")
     model_server_port: int = Field(8001, ge=1, le=65535, description="Port `maestro model-server` binds.")
     model_server_models_dir: Path | None = Field(
@@ -232,7 +396,8 @@ class Settings(BaseSettings):
     )
     model_server_default_model: str | None = Field(
         None,
-        description="Name of the model `/api/v1/predict` and `/invocations` use; default: the first loaded.",
+        description="Name of the model `/api/v1/predict` and `/invocations` use, among those the operator "
+        "loaded (preloads, operator keys); default: the first the operator loaded.",
     )
     model_server_api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -242,11 +407,12 @@ class Settings(BaseSettings):
         True, description="Accept Maestro API keys and access tokens, checked against the platform database."
     )
     model_server_auth_cache_seconds: float = Field(
-        5.0,
+        1.0,
         ge=0,
         le=300,
-        description="How long the model server trusts a checked platform credential or access decision: "
-        "a key revoked on the platform stops working here within this many seconds.",
+        description="How long the model server trusts a checked platform credential or access decision "
+        "(never past the credential's expiry): a key revoked on the platform stops working here within "
+        "this many seconds; 0 checks every request.",
     )
     model_server_rate_limit_predict: str = Field(
         "100/minute", description="Prediction requests per caller (predict, infer, invocations)."
@@ -287,6 +453,9 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
+        "login_limit_per_ip",
+        "login_limit_per_account",
+        "refresh_limit_per_ip",
         "model_server_rate_limit_predict",
         "model_server_rate_limit_batch",
         "model_server_rate_limit_management",
@@ -301,6 +470,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a rate limit such as 100/minute") from None
         return value
 
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """``MAESTRO_SECRET_KEY=`` (empty) means no key, never an empty one."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -311,13 +488,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
-        if self.environment is Environment.production:
-            if self.secret_key == DEFAULT_SECRET_KEY:
+        if self.secret_key is not None:
+            if self.secret_key == DEFAULT_SECRET_KEY and self.environment is not Environment.test:
                 raise ValueError(
-                    "MAESTRO_SECRET_KEY must be set in production; the built-in development key is public"
+                    "MAESTRO_SECRET_KEY is the published development key, with which anyone can sign "
+                    "tokens; unset it to have a random key generated in <data_dir>/secret_key, or set "
+                    "a long random value"
                 )
             if len(self.secret_key) < 32:
-                raise ValueError("MAESTRO_SECRET_KEY must be at least 32 characters in production")
+                if self.environment is Environment.production:
+                    raise ValueError("MAESTRO_SECRET_KEY must be at least 32 characters in production")
+                logger.warning(
+                    "MAESTRO_SECRET_KEY has fewer than 32 characters; a short key can be guessed "
+                    "(production refuses it)"
+                )
         if any(len(key) < 16 for key in self.model_server_api_keys):
             raise ValueError("every MAESTRO_MODEL_SERVER_API_KEYS entry needs at least 16 characters")
         if self.job_heartbeat_timeout <= self.job_heartbeat_interval:
@@ -345,7 +529,90 @@ class Settings(BaseSettings):
     def queue_file(self) -> Path:
         return self.data_dir / "queue.db"
 
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / SECRET_KEY_FILE
+
+    @property
+    def signing_key(self) -> str:
+        """The installation's secret, which everything that signs or encrypts uses:
+        ``MAESTRO_SECRET_KEY``, or else the key in ``<data_dir>/secret_key``, generated
+        by whichever process of the installation needs it first (and read once per
+        process). Raises ``SecretKeyUnavailable`` when neither can be had."""
+        if self.secret_key is not None:
+            return self.secret_key
+        return _key_in_file(self.secret_key_file)
+
 
 def generate_secret_key() -> str:
     """A value suitable for MAESTRO_SECRET_KEY."""
     return secrets.token_urlsafe(48)
+
+
+class SecretKeyUnavailable(RuntimeError):
+    """No MAESTRO_SECRET_KEY, and no usable key file in the data directory."""
+
+
+_SET_THE_KEY = (
+    "set MAESTRO_SECRET_KEY to a long random value instead (the same on every host of this installation)"
+)
+
+
+def _read_secret_key(path: Path) -> str:
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < 32:
+        raise SecretKeyUnavailable(
+            f"{path} holds no usable key (fewer than 32 characters); delete it to have a new one "
+            f"generated, or {_SET_THE_KEY}"
+        )
+    if path.stat().st_mode & 0o077:
+        logger.warning("%s can be read by other users of this machine; make it private: chmod 600", path)
+    return key
+
+
+@lru_cache(maxsize=64)
+def _key_in_file(path: Path) -> str:
+    return load_or_create_secret_key(path)
+
+
+def load_or_create_secret_key(path: Path) -> str:
+    """The key stored at ``path``, created on first use: written in full to a private
+    scratch file (mode 0600), then linked into place, which fails if another process
+    got there first. Whoever loses that race reads the winner's key, so every process
+    that uses one data directory ends up with the same key, and no process ever reads
+    a half-written file."""
+    try:
+        return _read_secret_key(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SecretKeyUnavailable(f"cannot read {path} ({exc.strerror}); {_SET_THE_KEY}") from exc
+    created = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(generate_secret_key() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(scratch, path)
+                created = True
+            except FileExistsError:
+                pass
+        finally:
+            scratch.unlink(missing_ok=True)
+    except OSError as exc:
+        raise SecretKeyUnavailable(
+            f"MAESTRO_SECRET_KEY is not set and {path} cannot be created ({exc.strerror or exc}); "
+            f"{_SET_THE_KEY}"
+        ) from exc
+    if created:
+        logger.warning(
+            "generated a secret key in %s; every process and host of this installation must see "
+            "this file, or share one MAESTRO_SECRET_KEY",
+            path,
+        )
+    return _read_secret_key(path)

@@ -163,29 +163,31 @@ class TestHostileTokens:
     def test_expired(self, client: TestClient, actor: Actor, settings: Settings) -> None:
         past = utcnow() - timedelta(hours=2)
         token = forge(
-            self.claims(actor, iat=past, nbf=past, exp=past + timedelta(minutes=15)), settings.secret_key
+            self.claims(actor, iat=past, nbf=past, exp=past + timedelta(minutes=15)), settings.signing_key
         )
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {token}"}))
 
     @pytest.mark.parametrize("claim", ["exp", "sub", "sid", "jti", "iat", "typ"])
     def test_missing_claim(self, client: TestClient, actor: Actor, settings: Settings, claim: str) -> None:
-        token = forge(self.claims(actor, **{claim: None}), settings.secret_key)
+        token = forge(self.claims(actor, **{claim: None}), settings.signing_key)
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {token}"}))
 
     @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
     def test_other_algorithm_with_our_key(self, client: TestClient, actor: Actor, settings: Settings) -> None:
-        token = forge(self.claims(actor), settings.secret_key, algorithm="HS512")
+        token = forge(self.claims(actor), settings.signing_key, algorithm="HS512")
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {token}"}))
 
     def test_key_url_header_tricks(self, client: TestClient, actor: Actor, settings: Settings) -> None:
-        token = forge(self.claims(actor), settings.secret_key, headers={"jku": "http://169.254.169.254/keys"})
+        token = forge(
+            self.claims(actor), settings.signing_key, headers={"jku": "http://169.254.169.254/keys"}
+        )
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {token}"}))
 
     def test_refresh_token_is_not_an_access_token(self, client: TestClient, actor: Actor) -> None:
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {actor.refresh_token}"}))
 
     def test_wrong_token_type(self, client: TestClient, actor: Actor, settings: Settings) -> None:
-        token = forge(self.claims(actor, typ="refresh"), settings.secret_key)
+        token = forge(self.claims(actor, typ="refresh"), settings.signing_key)
         assert_unauthenticated(client.get(ME, headers={"Authorization": f"Bearer {token}"}))
 
     @pytest.mark.parametrize(
@@ -205,6 +207,12 @@ class TestHostileTokens:
 
 
 class TestRefresh:
+    @pytest.fixture
+    def settings(self, make_settings: Callable[..., Settings]) -> Settings:
+        """No grace: presenting a spent token again is reuse at once (the grace has
+        tests of its own in test_refresh_hardening.py)."""
+        return make_settings(refresh_reuse_grace_seconds=0)
+
     def refresh(self, client: TestClient, token: str):  # type: ignore[no-untyped-def]
         return client.post("/api/v1/auth/refresh", json={"refresh_token": token})
 

@@ -2,17 +2,24 @@
 ``MAESTRO_REDIS_URL`` is set (so every replica shares the count).
 
 Each principal gets its organisation's plan: free 100 requests/hour, professional
-10,000/hour, enterprise unlimited. Login is limited per client address and per
-account. Limited responses carry ``X-RateLimit-Limit``, ``-Remaining`` and
-``-Reset``; a 429 adds ``Retry-After``."""
+10,000/hour, enterprise unlimited. Sign-in and sign-up are limited per client address
+and per account, refresh-token exchanges per client address. Limited responses carry
+``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; a 429 adds ``Retry-After``.
+
+Anonymous traffic chooses the keys (its address, any email), so what is kept for a
+key must go once its window has passed: Redis expires the keys itself, and the
+memory storage is swept (``SweptMemoryStorage``)."""
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
+import threading
 import time
 
 from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from maestro.api.errors import RateLimited
@@ -25,18 +32,71 @@ PLAN_LIMITS: dict[str, str | None] = {
 }
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """``limits``' memory storage drops the events of a key once they expire, but
+    keeps the key itself, so every client address or email ever seen would stay in
+    memory. Keys whose events have all expired are dropped every ``SWEEP_EVERY``
+    entries."""
+
+    SWEEP_EVERY = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._entries = 0
+        self._guard = threading.Lock()  # a sweep never runs beside an entry being added
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        with self._guard:
+            self._entries += 1
+            if self._entries % self.SWEEP_EVERY == 0:
+                self._sweep(time.time())
+            return super().acquire_entry(key, limit, expiry, amount)
+
+    def sweep(self, now: float | None = None) -> None:
+        """Forget every key whose newest event expired before ``now``."""
+        with self._guard:
+            self._sweep(time.time() if now is None else now)
+
+    def _sweep(self, now: float) -> None:
+        for key in list(self.events):
+            with self.locks[key]:
+                events = self.events.get(key)
+                if not events or events[0].expiry <= now:  # newest first
+                    self.events.pop(key, None)
+                    self.locks.pop(key, None)
+
+
+def client_key(address: str) -> str:
+    """What a per-address limit counts by: an IPv6 client usually holds a whole /64,
+    so all of its addresses count as one."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:100]
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+def _account_key(email: str) -> str:
+    """Emails are the caller's text: counted by a fixed-length digest."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limits_enabled
-        uri = settings.redis_url or "memory://"
         self.storage = (
-            storage_from_string(uri, key_prefix=f"{settings.queue_name}-limits")
+            storage_from_string(settings.redis_url, key_prefix=f"{settings.queue_name}-limits")
             if settings.redis_url
-            else storage_from_string(uri)
+            else SweptMemoryStorage()
         )
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.login_per_ip = parse(settings.login_limit_per_ip)
         self.login_per_account = parse(settings.login_limit_per_account)
+        self.refresh_per_ip = parse(settings.refresh_limit_per_ip)
         self.plans = {plan: parse(limit) if limit else None for plan, limit in PLAN_LIMITS.items()}
 
     def hit(self, item: RateLimitItem, *identifiers: str) -> dict[str, str]:
@@ -65,10 +125,18 @@ class RateLimiter:
         return self.hit(item, "principal", principal_id)
 
     def login(self, client_ip: str, email: str) -> None:
+        """Sign-in and sign-up attempts: per address first, so one address cannot
+        fill memory with the emails it tries."""
         if not self.enabled:
             return
-        self.hit(self.login_per_ip, "login-ip", client_ip)
-        self.hit(self.login_per_account, "login-account", email.strip().lower())
+        self.hit(self.login_per_ip, "login-ip", client_key(client_ip))
+        self.hit(self.login_per_account, "login-account", _account_key(email))
+
+    def refresh(self, client_ip: str) -> dict[str, str]:
+        """Refresh-token exchanges, which anyone may attempt: per address."""
+        if not self.enabled:
+            return {}
+        return self.hit(self.refresh_per_ip, "refresh-ip", client_key(client_ip))
 
     def reset(self) -> None:
         self.storage.reset()

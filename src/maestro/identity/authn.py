@@ -9,6 +9,8 @@ With a ``CredentialCache`` a credential checked in the last moment (see
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,7 +57,18 @@ def credentials(request: Request) -> tuple[str, str] | None:
 
 class CredentialCache(ShortMemory):
     """Principals by the credential that authenticated them (as a SHA-256 digest, with
-    the organisation header), each kept until the TTL or the credential's own expiry."""
+    the organisation header), each kept until the TTL or the credential's own expiry.
+    ``now`` is the wall clock expiries are compared with (tests give one they move)."""
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        super().__init__(seconds, clock=clock)
+        self.now = now
 
     @staticmethod
     def key(value: str, requested_org: str | None) -> str:
@@ -64,7 +77,7 @@ class CredentialCache(ShortMemory):
     def remember(
         self, value: str, requested_org: str | None, principal: Principal, expires: datetime | None
     ) -> None:
-        at_most = None if expires is None else (expires - utcnow()).total_seconds()
+        at_most = None if expires is None else (expires - self.now()).total_seconds()
         self.put(self.key(value, requested_org), principal, at_most=at_most)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sqlalchemy import event
@@ -37,10 +37,12 @@ _MEMORIES_LOCK = threading.Lock()
 
 class ShortMemory:
     """A bounded map whose entries expire after ``seconds`` (or earlier, at the
-    monotonic deadline given with them); emptied whenever credentials change."""
+    monotonic deadline given with them); emptied whenever credentials change.
+    ``clock`` (monotonic seconds) is the clock it reads; tests give it one they move."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.clock = clock
         self._entries: dict[Hashable, tuple[Any, float]] = {}
         self._lock = threading.Lock()
         with _MEMORIES_LOCK:
@@ -51,7 +53,7 @@ class ShortMemory:
         if found is None:
             return None
         value, until = found
-        if until <= time.monotonic():
+        if until <= self.clock():
             self._entries.pop(key, None)
             return None
         return value
@@ -61,7 +63,7 @@ class ShortMemory:
         lifetime = self.seconds if at_most is None else min(self.seconds, at_most)
         if lifetime <= 0:
             return
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if len(self._entries) >= MAX_ENTRIES:
                 expired = [k for k, (_, until) in self._entries.items() if until <= now]

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from maestro.api.deps import CurrentPrincipal, RateLimiterDep, SessionDep, SettingsDep
+from maestro.api.deps import CurrentPrincipal, DatabaseDep, RateLimiterDep, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope
-from maestro.api.errors import AuthenticationRequired, error_response, error_responses
+from maestro.api.errors import AuthenticationRequired, error_responses
 from maestro.identity import audit, service
 from maestro.identity.schemas import (
     LoginRequest,
@@ -17,6 +16,8 @@ from maestro.identity.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"  # noqa: S105 - a message, not a secret
 
 
 def _client_ip(request: Request) -> str:
@@ -44,39 +45,62 @@ def register(
 
 @router.post("/login", response_model=Envelope[TokenPair], responses=error_responses(401, 422, 429))
 def login(
-    body: LoginRequest, request: Request, session: SessionDep, settings: SettingsDep, limiter: RateLimiterDep
+    body: LoginRequest,
+    request: Request,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
 ) -> Envelope[TokenPair]:
     """Exchange email and password for an access token and a refresh token.
     Attempts are limited per client address and per account."""
     limiter.login(_client_ip(request), body.email)
-    tokens = service.login(
-        session,
-        settings,
-        email=body.email,
-        password=body.password,
-        ip=_client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-    )
+    # The password is checked on a reader: failed attempts write nothing and never
+    # hold the write lock.
+    with database.session(write=False, for_request=True) as reader:
+        user_id = service.check_password(reader, settings, email=body.email, password=body.password)
+    with database.session(for_request=True) as session:
+        tokens = service.login(
+            session,
+            settings,
+            user_id=user_id,
+            password=body.password,
+            ip=_client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+        )
+        audit.record_success(session, request, 200)
     return Envelope(data=tokens)
 
 
-@router.post("/refresh", response_model=Envelope[TokenPair], responses=error_responses(401, 422))
+@router.post("/refresh", response_model=Envelope[TokenPair], responses=error_responses(401, 422, 429))
 def refresh(
-    body: RefreshRequest, session: SessionDep, settings: SettingsDep
-) -> Envelope[TokenPair] | JSONResponse:
+    body: RefreshRequest,
+    request: Request,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+) -> Envelope[TokenPair]:
     """Rotate a refresh token: it is spent, and a new pair is returned. Presenting a
-    spent token again ends the whole session."""
-    outcome = service.refresh(session, settings, body.refresh_token)
-    if outcome.tokens is not None:
-        return Envelope(data=outcome.tokens)
-    audit.describe(session, resource_type="sessions", outcome="failure", status_code=401)
-    failure = AuthenticationRequired(
-        "Refresh token reused: the session has been ended, sign in again"
-        if outcome.reused
-        else "Invalid or expired refresh token"
-    )
-    # Returned, not raised: a revoked session must be committed, not rolled back.
-    return error_response(401, failure.message, code=failure.code, headers=failure.headers)
+    spent token again ends the whole session, unless it was spent a moment ago
+    (MAESTRO_REFRESH_REUSE_GRACE_SECONDS). Attempts are limited per client address."""
+    request.state.rate_limit_headers = limiter.refresh(_client_ip(request))
+    # Unknown and dead tokens are answered from a reader: nothing is written for them,
+    # and they never wait for (or hold) the write lock.
+    with database.session(write=False, for_request=True) as reader:
+        live = service.refresh_token_is_live(reader, body.refresh_token)
+    if not live:
+        raise AuthenticationRequired(INVALID_REFRESH_TOKEN)
+    with database.session(for_request=True) as session:
+        outcome = service.refresh(session, settings, body.refresh_token)
+        if outcome.tokens is not None or outcome.reused:
+            audit.record_success(session, request, 200)  # a reuse says 401 itself
+    if outcome.tokens is None:
+        # The revoked session is committed above; only the answer is an error.
+        raise AuthenticationRequired(
+            "Refresh token reused: the session has been ended, sign in again"
+            if outcome.reused
+            else INVALID_REFRESH_TOKEN
+        )
+    return Envelope(data=outcome.tokens)
 
 
 @router.post("/logout", status_code=204, responses=error_responses(401, 422))

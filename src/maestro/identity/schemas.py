@@ -14,8 +14,9 @@ from pydantic import (
 )
 
 from maestro.organizations.models import Role
+from maestro.schemas import Visible
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), Visible]
 
 
 def _normalise_email(value: str) -> str:
@@ -54,7 +55,7 @@ class RegisterRequest(StrictModel):
     first_name: Name = ""
     last_name: Name = ""
     organization_name: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Visible] | None
     ) = Field(None, description="Name of the organisation created for you; defaults to your name.")
 
 

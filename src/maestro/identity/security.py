@@ -9,6 +9,7 @@ before any database lookup.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import string
 import zlib
@@ -33,6 +34,8 @@ REFRESH_TOKEN_PREFIX = "mr_"  # noqa: S105 - a format marker, not a secret
 _BASE62 = string.digits + string.ascii_letters
 _API_KEY_RANDOM_LENGTH = 32
 _CHECKSUM_LENGTH = 6
+_REFRESH_TOKEN_BYTES = 32
+_REFRESH_TOKEN_FORMAT = re.compile(r"mr_[A-Za-z0-9_-]{43}")  # 32 random bytes, URL-safe base64
 
 
 def sha256_hex(value: str) -> str:
@@ -85,7 +88,7 @@ def issue_access_token(
         "exp": now + timedelta(seconds=settings.access_token_ttl_seconds),
         "jti": new_id("jti"),
     }
-    return jwt.encode(claims, settings.secret_key, algorithm=JWT_ALGORITHM, headers={"typ": "JWT"})
+    return jwt.encode(claims, settings.signing_key, algorithm=JWT_ALGORITHM, headers={"typ": "JWT"})
 
 
 class InvalidToken(Exception):
@@ -101,7 +104,7 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
             raise InvalidToken("unexpected token header")
         claims = jwt.decode(
             token,
-            settings.secret_key,
+            settings.signing_key,
             algorithms=[JWT_ALGORITHM],
             issuer=JWT_ISSUER,
             options={"require": ["exp", "iat", "sub", "jti", "sid", "typ", "iss"]},
@@ -114,9 +117,20 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
     return claims
 
 
+def session_reference(session_id: str) -> str:
+    """How the audit log names a session: a digest that tells one session's entries
+    apart from another's but cannot be turned back into the session id."""
+    return "sessref_" + sha256_hex(session_id)[:24]
+
+
 # --- opaque tokens -----------------------------------------------------------------------
 def new_refresh_token() -> str:
-    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(_REFRESH_TOKEN_BYTES)
+
+
+def refresh_token_is_well_formed(token: str) -> bool:
+    """Format only: garbage is refused without a database lookup."""
+    return _REFRESH_TOKEN_FORMAT.fullmatch(token) is not None
 
 
 def new_invitation_token() -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -57,11 +57,13 @@ def create_user(
     last_name: str = "",
 ) -> User:
     email = email.strip().lower()
+    # Hashed before the first query, which on SQLite takes the write lock.
+    password_hash = security.hash_password(settings, password) if password else None
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict("An account with this email already exists", details=[("email", "already registered")])
     user = User(
         email=email,
-        password_hash=security.hash_password(settings, password) if password else None,
+        password_hash=password_hash,
         first_name=first_name,
         last_name=last_name,
     )
@@ -75,14 +77,20 @@ def register(session: Session, settings: Settings, body: RegisterRequest, *, ip:
         raise PermissionDenied(
             "Registration is closed on this server; ask an administrator for an invitation"
         )
-    user = create_user(
-        session,
-        settings,
-        email=body.email,
-        password=body.password,
-        first_name=body.first_name,
-        last_name=body.last_name,
-    )
+    try:
+        user = create_user(
+            session,
+            settings,
+            email=body.email,
+            password=body.password,
+            first_name=body.first_name,
+            last_name=body.last_name,
+        )
+    except Conflict as exc:
+        raise Conflict(
+            "This email address cannot be registered; sign in instead, or use another address",
+            details=[("email", "cannot be registered")],
+        ) from exc
     organization = create_organization(
         session, settings, name=body.organization_name or f"{user.full_name}'s organization", owner=user
     )
@@ -97,14 +105,30 @@ def register(session: Session, settings: Settings, body: RegisterRequest, *, ip:
     return start_session(session, settings, user, ip=ip, user_agent=None)
 
 
-def login(
-    session: Session, settings: Settings, *, email: str, password: str, ip: str | None, user_agent: str | None
-) -> TokenPair:
+def check_password(session: Session, settings: Settings, *, email: str, password: str) -> str:
+    """The id of the account that ``email`` and ``password`` open, or 401. Meant for a
+    reader: a wrong password, which costs a full hash, never holds the write lock."""
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if not security.verify_password(settings, user.password_hash if user else None, password) or user is None:
         raise AuthenticationRequired("Wrong email or password")
     if not user.is_active:
         raise AuthenticationRequired("This account is disabled")
+    return user.id
+
+
+def login(
+    session: Session,
+    settings: Settings,
+    *,
+    user_id: str,
+    password: str,
+    ip: str | None,
+    user_agent: str | None,
+) -> TokenPair:
+    """Start a session for the account ``check_password`` returned."""
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:  # removed or disabled since the check
+        raise AuthenticationRequired("Wrong email or password")
     if security.needs_rehash(settings, user.password_hash or ""):
         user.password_hash = security.hash_password(settings, password)
     user.last_login_at = utcnow()
@@ -163,49 +187,64 @@ class RefreshOutcome:
     reused: bool = False
 
 
-def refresh(session: Session, settings: Settings, refresh_token: str) -> RefreshOutcome:
-    """Rotate: the presented token is spent and a new pair issued. Presenting a token
-    that was already spent means it leaked; the whole session (its family) is
-    revoked, and the caller commits that revocation before answering 401."""
+def refresh_token_is_live(session: Session, refresh_token: str) -> bool:
+    """Whether the token belongs to an open session of an active user. Asked on a
+    reader first, so that unknown or dead tokens never start a write transaction."""
+    if not security.refresh_token_is_well_formed(refresh_token):
+        return False
+    found = session.execute(
+        select(AuthSession.revoked_at, AuthSession.expires_at, User.is_active)
+        .join(RefreshToken, RefreshToken.session_id == AuthSession.id)
+        .join(User, User.id == AuthSession.user_id)
+        .where(RefreshToken.token_hash == security.sha256_hex(refresh_token))
+    ).first()
+    return found is not None and found.revoked_at is None and found.expires_at > utcnow() and found.is_active
+
+
+def refresh(
+    session: Session, settings: Settings, refresh_token: str, *, now: datetime | None = None
+) -> RefreshOutcome:
+    """Rotate: the presented token is spent and a new pair issued. A token spent less
+    than ``MAESTRO_REFRESH_REUSE_GRACE_SECONDS`` ago gets another pair of the same
+    session (two tabs, or a retry, refreshing at once). Presenting it later means it
+    leaked: the whole session (its family) is revoked, and the caller commits that
+    revocation before answering 401. ``now`` is the clock, for tests."""
+    now = now or utcnow()
     row = session.execute(
-        select(RefreshToken, AuthSession)
+        select(RefreshToken, AuthSession, User)
         .join(AuthSession, AuthSession.id == RefreshToken.session_id)
+        .join(User, User.id == AuthSession.user_id)
         .where(RefreshToken.token_hash == security.sha256_hex(refresh_token))
     ).first()
     if row is None:
         return RefreshOutcome(None)
-    token, auth_session = row.RefreshToken, row.AuthSession
-    now = utcnow()
-    if auth_session.revoked_at is not None or auth_session.expires_at <= now:
+    token, auth_session, user = row.RefreshToken, row.AuthSession, row.User
+    if auth_session.revoked_at is not None or auth_session.expires_at <= now or not user.is_active:
         return RefreshOutcome(None)
     spent = session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == token.id, RefreshToken.rotated_at.is_(None))
         .values(rotated_at=now)
     )
-    if spent.rowcount != 1:
+    if spent.rowcount != 1 and not _within_grace(session, settings, token.id, now):
         revoke_session(session, auth_session.id, "refresh token reused")
-        owner = session.get(User, auth_session.user_id)
         audit.describe(
             session,
             resource_type="sessions",
-            resource_id=auth_session.id,
+            resource_id=security.session_reference(auth_session.id),
             actor_type="user",
-            actor_id=auth_session.user_id,
-            organization_id=owner.current_organization_id if owner else None,
+            actor_id=user.id,
+            organization_id=user.current_organization_id,
             outcome="failure",
             status_code=401,
             reason="refresh token reused: session revoked",
         )
         return RefreshOutcome(None, reused=True)
-    user = session.get(User, auth_session.user_id)
-    if user is None or not user.is_active:
-        return RefreshOutcome(None)
     auth_session.last_used_at = now
     audit.describe(
         session,
         resource_type="sessions",
-        resource_id=auth_session.id,
+        resource_id=security.session_reference(auth_session.id),
         actor_type="user",
         actor_id=user.id,
         organization_id=user.current_organization_id,
@@ -213,9 +252,17 @@ def refresh(session: Session, settings: Settings, refresh_token: str) -> Refresh
     return RefreshOutcome(_issue(session, settings, user, auth_session))
 
 
+def _within_grace(session: Session, settings: Settings, token_id: str, now: datetime) -> bool:
+    """Whether a spent token was spent recently enough to be presented again. Read
+    afresh: a concurrent refresh may have spent it since this transaction began."""
+    grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
+    rotated_at = session.scalar(select(RefreshToken.rotated_at).where(RefreshToken.id == token_id))
+    return grace > timedelta(0) and rotated_at is not None and now < rotated_at + grace
+
+
 def logout(session: Session, session_id: str) -> None:
     revoke_session(session, session_id, "logout")
-    audit.describe(session, resource_type="sessions", resource_id=session_id)
+    audit.describe(session, resource_type="sessions", resource_id=security.session_reference(session_id))
 
 
 def user_read(session: Session, user: User, organization_id: str | None) -> UserRead:
