@@ -15,7 +15,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from maestro import __version__
 from maestro.api.envelope import ErrorResponse
 from maestro.api.errors import install_error_handlers
-from maestro.api.middleware import RequestContextMiddleware
+from maestro.api.heavy import HeavyWork
+from maestro.api.middleware import RequestBodyTimeoutMiddleware, RequestContextMiddleware
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
@@ -97,7 +98,7 @@ def _authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
     for context in iter_route_contexts(app.routes):
         route = context.original_route
         if isinstance(route, APIRoute) and route_requires_principal(route.dependant):
-            found.update((context.path, method.lower()) for method in route.methods)
+            found.update((context.path_format, method.lower()) for method in route.methods)
     return found
 
 
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.queue = queue
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.heavy = HeavyWork.from_settings(settings)  # the shared pool for CPU-heavy requests
     app.state.credential_cache = CredentialCache(settings.auth_cache_seconds)
     app.state.metrics = metrics
     app.state.serving = serving
@@ -186,6 +188,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(InferenceFastPath, fastapi_app=app)  # POST /api/v1/inference/{name}[/batch]
     app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
+    # Outside every route and fast path; inside CORS, metrics and the request context.
+    app.add_middleware(RequestBodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

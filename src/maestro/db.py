@@ -2,7 +2,14 @@
 
 One code path serves SQLite and PostgreSQL. SQLite runs in WAL mode with a busy
 timeout, and write transactions begin with ``BEGIN IMMEDIATE`` so that concurrent
-writers queue for the lock instead of failing half-way with ``SQLITE_BUSY``.
+writers queue for the lock instead of failing half-way with ``SQLITE_BUSY``. A
+session begins its transaction at its first statement, not when it is made, so a
+writer holds SQLite's one write lock only from its first query to its commit.
+
+Sessions that serve HTTP requests hold each statement to a time budget
+(``MAESTRO_STATEMENT_TIMEOUT_MS``): PostgreSQL cancels it (``statement_timeout``), and
+on SQLite a progress handler interrupts it. Jobs, maintenance and migrations use
+sessions without that budget.
 """
 
 from __future__ import annotations
@@ -104,6 +111,12 @@ class TimestampMixin:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+# Execution option carrying a statement's time budget, in milliseconds.
+STATEMENT_BUDGET = "statement_budget_ms"
+# SQLite virtual-machine steps between two looks at the clock: a few thousand a millisecond.
+PROGRESS_STEPS = 10_000
+
+
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -120,6 +133,42 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(connection: Any) -> None:
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start_budget(
+        connection: Any, cursor: Any, _statement: Any, _parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        """Each statement of a budgeted session gets a deadline from the moment it starts
+        (fetching its rows included); SQLite stops it with SQLITE_INTERRUPT once past it."""
+        budget = connection.get_execution_options().get(STATEMENT_BUDGET)
+        if budget:
+            deadline = time.monotonic() + budget / 1000
+            cursor.connection.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+            connection.info[STATEMENT_BUDGET] = True
+        elif connection.info.pop(STATEMENT_BUDGET, False):
+            cursor.connection.set_progress_handler(None, 0)
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _end_budget(connection: Any) -> None:
+        # Before COMMIT or ROLLBACK runs: neither may be interrupted.
+        if connection.info.pop(STATEMENT_BUDGET, False):
+            connection.connection.dbapi_connection.set_progress_handler(None, 0)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop(STATEMENT_BUDGET, False) and dbapi_connection is not None:
+            dbapi_connection.set_progress_handler(None, 0)
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        budget = connection.get_execution_options().get(STATEMENT_BUDGET)
+        if budget:
+            # LOCAL: the budget ends with the transaction, so pooled connections that later
+            # serve a job carry none.
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(budget)}")
 
 
 def ensure_sqlite_directory(url: str) -> None:
@@ -141,18 +190,22 @@ def build_engine(settings: Settings) -> Engine:
         )
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         echo=settings.database_echo,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_pre_ping=True,
     )
+    if engine.dialect.name == "postgresql":
+        _configure_postgresql(engine)
+    return engine
 
 
 class Database:
-    """The engine and two session factories: readers, and writers that take the
-    write lock up front on SQLite (a no-op on PostgreSQL)."""
+    """The engine and its session factories: readers, and writers that take the write
+    lock up front on SQLite (a no-op on PostgreSQL); each also in a variant for HTTP
+    requests, whose statements are held to the request budget."""
 
     def __init__(self, settings: Settings) -> None:
         from maestro.migrations import import_models
@@ -164,14 +217,25 @@ class Database:
         self._writer = sessionmaker(
             self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
         )
+        budget = {STATEMENT_BUDGET: settings.statement_timeout_ms} if settings.statement_timeout_ms else {}
+        self._request_reader = sessionmaker(self.engine.execution_options(**budget), expire_on_commit=False)
+        self._request_writer = sessionmaker(
+            self.engine.execution_options(sqlite_begin="IMMEDIATE", **budget), expire_on_commit=False
+        )
 
     def new_session(self, *, write: bool) -> Session:
         return (self._writer if write else self._reader)()
 
+    def request_session(self, *, write: bool) -> Session:
+        """A session serving an HTTP request: each statement has the request budget, and
+        a statement past it fails with an ``OperationalError`` (answered 503)."""
+        return (self._request_writer if write else self._request_reader)()
+
     @contextmanager
-    def session(self, *, write: bool = True) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on any error."""
-        session = self.new_session(write=write)
+    def session(self, *, write: bool = True, for_request: bool = False) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any error. ``for_request``:
+        it serves an HTTP request, so its statements have the request budget."""
+        session = self.request_session(write=write) if for_request else self.new_session(write=write)
         try:
             yield session
             session.commit()

@@ -282,7 +282,7 @@ class TestLifecycle:
                 )
             ).all()
         assert actions.count("registry:update_model_card") == 1
-        assert actions.count("registry:generate_model_card") == 1
+        assert actions.count("registry:generate_model_card") == 0  # rendering is a read: no audit row
 
     def test_an_archived_version_has_its_own_card(self, client: TestClient, world: World) -> None:
         model = full_model(client, world)

@@ -38,17 +38,12 @@ async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One request, one transaction: commit when the route returns, roll back when it
-    raises. Services flush but never commit, so a change, its audit row and its
-    outbox rows land together or not at all. Denied authorisations are written
-    after the rollback, so the attempt is on record even though nothing changed."""
+def _unit_of_work(request: Request, *, write: bool) -> Iterator[Session]:
     database: Database = request.app.state.database
-    changes_state = request.method not in _READ_ONLY_METHODS
-    session = database.new_session(write=changes_state)
+    session = database.request_session(write=write)
     try:
         yield session
-        if changes_state:
+        if write:
             route = request.scope.get("route")
             audit.record_success(session, request, getattr(route, "status_code", None) or 200)
         session.commit()
@@ -66,18 +61,53 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
+def get_session(request: Request) -> Iterator[Session]:
+    """One request, one transaction: commit when the route returns, roll back when it
+    raises. Services flush but never commit, so a change, its audit row and its
+    outbox rows land together or not at all. Denied authorisations are written
+    after the rollback, so the attempt is on record even though nothing changed.
+
+    A state-changing request gets a writer, whose transaction (and on SQLite the
+    database-wide write lock) begins at the route's first query, never earlier: the
+    caller is authenticated on a session of its own, and a route that streams a body
+    commits before reading it."""
+    yield from _unit_of_work(request, write=request.method not in _READ_ONLY_METHODS)
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """For a POST that only reads (a search, a validation, a rendering): a reader, so
+    however long it takes it holds no write lock, and no audit row, since nothing
+    changes. Denied authorisations are still recorded, as for any read."""
+    yield from _unit_of_work(request, write=False)
+
+
 async def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter
 
 
-def get_principal(
-    request: Request, session: Annotated[Session, Depends(get_session, scope="function")]
-) -> Principal:
+def _authenticate_reading(request: Request) -> Principal | None:
+    database: Database = request.app.state.database
+    session = database.request_session(write=False)
+    try:
+        principal = authenticate(
+            request, session, request.app.state.settings, getattr(request.app.state, "credential_cache", None)
+        )
+        session.commit()  # runs what waits for the commit (an API key's last use)
+        return principal
+    finally:
+        session.close()
+
+
+async def get_principal(request: Request) -> Principal:
     """The authenticated caller, rate limited by their organisation's plan. The
-    limit headers are attached to the response by the request middleware, so error
-    responses carry them too."""
-    cache = getattr(request.app.state, "credential_cache", None)
-    principal = authenticate(request, session, request.app.state.settings, cache)
+    credential is checked on a short reader session of its own (the database is asked
+    only when the credential cache does not know it, then in a worker thread), never
+    inside the request's write transaction: authenticating takes no lock, whatever the
+    request does next. The limit headers are attached to the response by the request
+    middleware, so error responses carry them too."""
+    principal = cached_principal(request, getattr(request.app.state, "credential_cache", None))
+    if principal is None:
+        principal = await run_sync(_authenticate_reading, request)
     if principal is None:
         raise AuthenticationRequired()
     return _admitted(request, principal)
@@ -90,37 +120,14 @@ def _admitted(request: Request, principal: Principal) -> Principal:
     return principal
 
 
-def _authenticate_reading(request: Request) -> Principal | None:
-    database: Database = request.app.state.database
-    session = database.new_session(write=False)
-    try:
-        principal = authenticate(
-            request, session, request.app.state.settings, getattr(request.app.state, "credential_cache", None)
-        )
-        session.commit()  # runs what waits for the commit (an API key's last use)
-        return principal
-    finally:
-        session.close()
-
-
-async def get_reading_principal(request: Request) -> Principal:
-    """The authenticated caller of a route that changes nothing even though it is a POST
-    (inference): no write transaction and no audit row, and the database is asked only
-    when the credential cache does not know the credential (then in a worker thread)."""
-    principal = cached_principal(request, getattr(request.app.state, "credential_cache", None))
-    if principal is None:
-        principal = await run_sync(_authenticate_reading, request)
-    if principal is None:
-        raise AuthenticationRequired()
-    return _admitted(request, principal)
+# The caller of a route that changes nothing even though it is a POST (inference, the
+# MLflow facade's own transactions): the same dependency, named for what it is used for.
+get_reading_principal = get_principal
 
 
 def route_requires_principal(dependant: Dependant) -> bool:
     """Whether a route's dependencies include authentication (at any depth)."""
-    return any(
-        dep.call in (get_principal, get_reading_principal) or route_requires_principal(dep)
-        for dep in dependant.dependencies
-    )
+    return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
 
 
 async def get_store(request: Request) -> ArtifactStore:
@@ -136,6 +143,7 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 # scope="function": the commit happens before the response is sent, so a client that
 # reads right after a write sees it, and a failed commit is reported as an error.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.envelope import ErrorBody, ErrorDetail, ErrorResponse
@@ -73,6 +73,12 @@ class MethodNotAllowed(MaestroError):
     default_message = "This method is not allowed on this resource"
 
 
+class RequestTimeout(MaestroError):
+    status_code = 408
+    code = "REQUEST_TIMEOUT"
+    default_message = "The request body did not arrive in time"
+
+
 class Conflict(MaestroError):
     status_code = 409
     code = "CONFLICT"
@@ -117,6 +123,7 @@ _CODE_FOR_STATUS = {
         PermissionDenied,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
         Conflict,
         PayloadTooLarge,
         UnsupportedMediaType,
@@ -133,6 +140,7 @@ _STATUS_DESCRIPTIONS = {
     403: "Insufficient permissions",
     404: "Resource not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict with the current state",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -228,6 +236,55 @@ async def _on_data_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLite result codes (the primary code is the low byte of an extended one) and
+# PostgreSQL SQLSTATEs that mean "not now" rather than "never".
+_SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_INTERRUPT = 9
+_PG_BUSY = frozenset({"55P03", "40P01", "40001"})  # lock_not_available, deadlock, serialization
+_PG_CANCELLED = "57014"  # query_canceled: statement_timeout
+BUSY_RETRY_AFTER = "1"
+CANCELLED_RETRY_AFTER = "5"
+
+
+def database_pressure(exc: OperationalError) -> str | None:
+    """Why the database refused: ``busy`` when a lock could not be had in time,
+    ``cancelled`` when a statement ran past the request budget, None for any other
+    failure (which is no client's doing and stays a 500)."""
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        primary = sqlite_code & 0xFF
+        if primary in _SQLITE_BUSY:
+            return "busy"
+        return "cancelled" if primary == _SQLITE_INTERRUPT else None
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _PG_BUSY:
+        return "busy"
+    return "cancelled" if sqlstate == _PG_CANCELLED else None
+
+
+async def _on_operational_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A write lock that could not be had in time, or a statement stopped at the request
+    budget, is the server being busy: 503 with Retry-After, never a 500. Anything else
+    is a real failure, left to the request middleware's 500."""
+    assert isinstance(exc, OperationalError)
+    pressure = database_pressure(exc)
+    if pressure == "busy":
+        logger.warning("database busy: %s", exc.orig)
+        return error_response(
+            503,
+            "The database is busy with other writes; retry shortly",
+            headers={"Retry-After": BUSY_RETRY_AFTER},
+        )
+    if pressure == "cancelled":
+        logger.warning("statement stopped at the request budget: %s", exc.orig)
+        return error_response(
+            503,
+            "The request took longer than the server allows for one query; narrow it or retry later",
+            headers={"Retry-After": CANCELLED_RETRY_AFTER},
+        )
+    raise exc
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Unexpected exceptions are rendered by the request-context middleware, which
     runs outside Starlette's exception layer and so can attach the request id."""
@@ -235,3 +292,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(DataError, _on_data_error)
+    app.add_exception_handler(OperationalError, _on_operational_error)

@@ -10,13 +10,14 @@ import logging
 import time
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maestro.api.context import accept_request_id, request_id_var
 from maestro.api.envelope import ErrorDetail
-from maestro.api.errors import error_response
+from maestro.api.errors import RequestTimeout, error_response
 
 access_logger = logging.getLogger("maestro.access")
 error_logger = logging.getLogger("maestro.errors")
@@ -99,6 +100,64 @@ class RequestContextMiddleware:
                         "client": client[0] if client else None,
                     },
                 )
+
+
+class RequestBodyTimeoutMiddleware:
+    """Answers 408 and closes the connection when a client sends nothing of its request
+    body for ``seconds``, so a stalled upload cannot keep a connection, a partial file
+    or a database transaction open for as long as it likes.
+
+    The clock runs while the application waits for the next piece of the body; once the
+    body is complete, receiving (listening for a disconnect) is not timed. The
+    application sees the timeout as an error raised from ``receive`` and cleans up as
+    for any failed request; its own answer is then replaced by the 408."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.message = f"No part of the request body arrived for {seconds:g} seconds"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = {"body_done": False, "timed_out": False, "started": False}
+
+        async def timed_receive() -> Message:
+            if state["timed_out"]:
+                return {"type": "http.disconnect"}
+            if state["body_done"]:
+                return await receive()
+            try:
+                with anyio.fail_after(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                state["timed_out"] = True
+                raise RequestTimeout(self.message) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["body_done"] = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if state["timed_out"] and not state["started"]:
+                return  # the 408 below answers instead
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not state["timed_out"] or state["started"]:
+                raise
+        if state["timed_out"] and not state["started"]:
+            response = error_response(
+                RequestTimeout.status_code,
+                self.message,
+                code=RequestTimeout.code,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
 
 
 def api_route(app: FastAPI, method: str, template: str) -> APIRoute | None:

@@ -29,6 +29,8 @@ from maestro.storage import ArtifactStore, ArtifactWriter, StoredObject
 HEAD_BYTES = 4096  # what is kept of a file's start for recognising its format
 MAX_FIELD_BYTES = 1024 * 1024  # per form field
 MAX_PARTS = 16
+# The longest boundary python-multipart accepts (RFC 2046 asks for at most 70 characters).
+MAX_BOUNDARY_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,11 @@ def _boundary(request: Request) -> bytes:
             "Send the upload as multipart/form-data",
             details=[("content-type", "expected multipart/form-data with a boundary")],
         )
+    if len(boundary) > MAX_BOUNDARY_LENGTH:
+        raise UnsupportedMediaType(
+            "The multipart boundary is too long",
+            details=[("content-type", f"a boundary of at most {MAX_BOUNDARY_LENGTH} characters")],
+        )
     return boundary
 
 
@@ -192,7 +199,12 @@ async def receive_upload(
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + form.body_overhead:
         raise too_large
     state = _State(form=form)
-    parser = _parser(boundary, state)
+    try:
+        parser = _parser(boundary, state)
+    except Exception as exc:  # the parser refusing the boundary itself
+        raise UnsupportedMediaType(
+            "The multipart boundary is not usable", details=[("content-type", "invalid boundary")]
+        ) from exc
     writer: ArtifactWriter | None = None
     prefix: str | None = None
     received = 0

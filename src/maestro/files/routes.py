@@ -23,6 +23,7 @@ from maestro.files.models import FileKind, StoredFile
 from maestro.files.schemas import FileRead
 from maestro.projects.models import Project
 from maestro.registry.formats import ModelFormat
+from maestro.schemas import find_invisible, invisible_message
 
 router = APIRouter(prefix="/api/v1", tags=["files"])
 
@@ -74,6 +75,8 @@ def _description(fields: dict[str, str]) -> str | None:
         raise ValidationFailed(
             "Invalid upload", details=[("description", "must not contain control characters")]
         )
+    if (char := find_invisible(text)) is not None:
+        raise ValidationFailed("Invalid upload", details=[("description", invisible_message(char))])
     return text or None
 
 
@@ -115,7 +118,10 @@ async def _receive(
         assert project is not None  # before_file ran: the file part arrived
         description = _description(upload.fields)
         if kind is FileKind.dataset:
-            fmt: str = await run_sync(partial(service.recognise_dataset, store, upload))
+            expands = request.app.state.settings.dataset_max_expanded_bytes
+            fmt: str = await run_sync(
+                partial(service.recognise_dataset, store, upload, max_expanded_bytes=expands)
+            )
         else:
             claimed = upload.fields.get("format", "").strip() or None
             fmt = await run_sync(partial(service.recognise_model_file, store, upload, claimed))

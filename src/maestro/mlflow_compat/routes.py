@@ -33,7 +33,7 @@ from anyio.to_thread import run_sync
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,6 +41,8 @@ from maestro.api.context import current_request_id
 from maestro.api.deps import ReadingPrincipal
 from maestro.api.downloads import stored_file_response
 from maestro.api.errors import (
+    BUSY_RETRY_AFTER,
+    CANCELLED_RETRY_AFTER,
     AuthenticationRequired,
     Conflict,
     MaestroError,
@@ -49,6 +51,7 @@ from maestro.api.errors import (
     PermissionDenied,
     RateLimited,
     ServiceUnavailable,
+    database_pressure,
 )
 from maestro.db import Database
 from maestro.identity import audit
@@ -105,6 +108,13 @@ def error_of(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
         return 400, service.INVALID, f"Invalid request ({where}): {first.get('msg', 'invalid')}", {}
     if isinstance(exc, DataError):
         return 400, service.INVALID, "The request holds a value the database cannot store", {}
+    if isinstance(exc, OperationalError) and (pressure := database_pressure(exc)) is not None:
+        if pressure == "busy":
+            message, retry_after = "The database is busy with other writes; retry shortly", BUSY_RETRY_AFTER
+        else:
+            message = "The request took longer than the server allows for one query; narrow it or retry later"
+            retry_after = CANCELLED_RETRY_AFTER
+        return 503, "TEMPORARILY_UNAVAILABLE", message, {"Retry-After": retry_after}
     if isinstance(exc, StarletteHTTPException):
         code = service.MISSING if exc.status_code == 404 else service.INVALID
         return exc.status_code, code, str(exc.detail), dict(exc.headers or {})
@@ -135,7 +145,9 @@ async def in_mlflow_shape(handler: Callable[[Request], Awaitable[Response]], req
         StarletteHTTPException,
     ) as exc:
         return error_response(exc)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, OperationalError) and database_pressure(exc) is not None:
+            return error_response(exc)
         request_id = current_request_id()
         logger.exception("unhandled error in the MLflow API", extra={"request_id": request_id})
         return Response(
@@ -220,7 +232,7 @@ def transact(
     """Run ``work(session, principal, *args)`` in one transaction, with the audit row of a
     change and the denials of a refusal, exactly as Maestro's session dependency does."""
     database: Database = request.app.state.database
-    session: Session = database.new_session(write=write)
+    session: Session = database.request_session(write=write)
     try:
         result = work(session, principal, *args)
         if write:
@@ -443,7 +455,17 @@ async def create_model_version(request: Request, principal: ReadingPrincipal) ->
     try:
         return answer(
             await run_sync(
-                partial(transact, request, principal, True, service.create_version, scope, prepared, store)
+                partial(
+                    transact,
+                    request,
+                    principal,
+                    True,
+                    service.create_version,
+                    scope,
+                    prepared,
+                    store,
+                    settings,
+                )
             )
         )
     except BaseException:

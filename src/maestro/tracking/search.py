@@ -17,6 +17,12 @@ IN NOT IN`` (``LIKE`` is case-sensitive on both databases); ``start_time`` and
 Ordering (``order_by``) takes the same keys with ``ASC`` (the default) or ``DESC``;
 runs without the key come last either way, NaN metrics just before them. Ties, and
 the default order, are the newest start first, then the id.
+
+Cost is bounded before any SQL runs: a filter is at most ``MAX_FILTER_LENGTH``
+characters, with at most ``MAX_CONDITIONS`` conditions, of which at most
+``MAX_PATTERN_CONDITIONS`` are pattern matches (``LIKE``/``ILIKE``, which read every
+candidate value in full), each pattern at most ``MAX_PATTERN_LENGTH`` characters. The
+request's statement budget bounds the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from sqlalchemy.orm import aliased
 
 from maestro.tracking.models import LatestMetric, Run, RunParam, RunStatus, RunTag
 
-MAX_CONDITIONS = 50
+MAX_FILTER_LENGTH = 4000
+MAX_CONDITIONS = 20
+MAX_PATTERN_CONDITIONS = 10
+MAX_PATTERN_LENGTH = 250
 MAX_DEPTH = 16
 MAX_IN_VALUES = 100
 MAX_NUMBER_LENGTH = 40
@@ -204,6 +213,7 @@ class _Parser:
         self.tokens = tokens
         self.index = 0
         self.conditions = 0
+        self.patterns = 0
 
     @property
     def token(self) -> Token:
@@ -301,6 +311,16 @@ class _Parser:
                 )
             self.advance()
             value = value_token
+        if operator.endswith("LIKE"):
+            self.patterns += 1
+            if self.patterns > MAX_PATTERN_CONDITIONS:
+                raise SearchError(
+                    f"more than {MAX_PATTERN_CONDITIONS} LIKE or ILIKE conditions", operator_position
+                )
+            if value.kind == "STRING" and len(value.value) > MAX_PATTERN_LENGTH:
+                raise SearchError(
+                    f"a LIKE or ILIKE pattern longer than {MAX_PATTERN_LENGTH} characters", value.position
+                )
         assert ident.entity is not None
         return _typed(ident, operator, operator_position, value)
 
@@ -384,6 +404,8 @@ def _typed(ident: Token, operator: str, operator_position: int, value: Any) -> C
 
 def parse_filter(text: str) -> Node | None:
     """The filter's syntax tree, or None for an empty filter."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise SearchError(f"a filter longer than {MAX_FILTER_LENGTH} characters", MAX_FILTER_LENGTH)
     return _Parser(tokenize(text)).parse()
 
 
