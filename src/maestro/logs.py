@@ -1,7 +1,14 @@
 """Logging setup: readable lines by default, JSON lines with ``MAESTRO_LOG_JSON``.
 
 Access-log records carry the request id, method, path, status and duration as
-fields, so a JSON log can be filtered without parsing messages."""
+fields, so a JSON log can be filtered without parsing messages.
+
+Log messages carry text from requests (paths, names, ids, error messages that quote
+input). In the readable format every character that is not printable (line breaks,
+escape sequences, direction-changing and invisible characters) is written as a Python
+escape such as ``\\n`` or ``\\u202e``, and a traceback's lines are indented, so a line that
+starts at the margin is always the start of a record Maestro wrote: nobody can forge
+one. JSON lines are escaped by the JSON encoder."""
 
 from __future__ import annotations
 
@@ -31,14 +38,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in text)
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + printable(line) for line in text.splitlines())
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        """As ``logging.Formatter.format``, with the message on one line of printable
+        characters and the traceback (if any) indented below it."""
+        record.message = printable(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         request_id = getattr(record, "request_id", None)
-        return f"{line} [{request_id}]" if request_id else line
+        if request_id:
+            line = f"{line} [{printable(str(request_id))}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{_indented(record.exc_text)}"
+        if record.stack_info:
+            line = f"{line}\n{_indented(self.formatStack(record.stack_info))}"
+        return line
 
 
 def configure_logging(settings: Settings) -> None:

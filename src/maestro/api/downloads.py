@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from fastapi.responses import StreamingResponse
 
+from maestro.schemas import strip_invisible
 from maestro.storage import CHUNK_SIZE, ArtifactStore
 
 BINARY_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -18,11 +19,17 @@ BINARY_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def attachment(name: str | None, fallback: str) -> str:
     """A Content-Disposition header naming the last path component of ``name``: plain
     characters only in ``filename`` (``fallback`` when nothing is left), and the whole
-    name percent-encoded in ``filename*`` when it held anything else."""
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip(" .")[:200]
+    name percent-encoded in ``filename*`` when it held anything else. Control characters
+    and invisible or direction-changing ones are dropped first, so the name a browser
+    shows is the name it saves (``\\u202egnp.exe`` is ``gnp.exe``, not ``exe.png``)."""
+    visible = strip_invisible(_CONTROL.sub("", name or ""))
+    base = visible.replace("\\", "/").rsplit("/", 1)[-1].strip(" .")[:200]
     plain = re.sub(r"[^A-Za-z0-9._ -]", "_", base).strip(" .") or fallback
     header = f'attachment; filename="{plain}"'
     if base and base != plain:

@@ -11,20 +11,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Query
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, TypeDecorator, func, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from maestro.api.envelope import Page, Pagination
 from maestro.api.errors import ValidationFailed
+from maestro.api.params import ID_MAX_LENGTH
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_ROW_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{ID_MAX_LENGTH}}}")
 
 Row = TypeVar("Row")
 Item = TypeVar("Item")
@@ -63,16 +68,49 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"t"}:
-            return datetime.fromisoformat(value["t"])
-        if set(value) == {"d"}:
-            return Decimal(value["d"])
-        raise ValueError("unknown value")
-    if value is None or isinstance(value, (str, int, float, bool)):
+def _sort_type(column: InstrumentedAttribute[Any]) -> type | None:
+    """The Python type of a sort column's values, which a cursor's value must have."""
+    column_type = column.type
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
+    try:
+        kind = column_type.python_type
+    except NotImplementedError:
+        return None
+    return None if kind is object else kind
+
+
+def _decode_value(value: Any, kind: type | None) -> Any:
+    """A cursor's sort value, refused unless it is a value of the sort column's type
+    that the database can compare with: a client may send any JSON in its place."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and set(value) == {"t"} and kind in (datetime, None):
+        moment = datetime.fromisoformat(value["t"])
+        if moment.tzinfo is None:
+            raise ValueError("a time without a time zone")
+        return moment.astimezone(UTC)
+    if isinstance(value, dict) and set(value) == {"d"} and kind in (Decimal, None):
+        number = Decimal(value["d"])
+        if not number.is_finite():
+            raise ValueError("not a finite number")
+        return number
+    if isinstance(value, str) and kind in (str, None):
+        if "\x00" in value:
+            raise ValueError("a NUL character")
+        value.encode()  # a lone surrogate (JSON's "\ud800") is no text a database takes
         return value
-    raise ValueError("unknown value")
+    if type(value) is bool and kind in (bool, None):
+        return value
+    if type(value) is int and kind in (int, float, Decimal, None):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError("out of range")
+        return value
+    if type(value) is float and kind in (float, Decimal, None):
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
+    raise ValueError("not a value of this list's sort order")
 
 
 def encode_cursor(sort_key: str, value: Any, row_id: str) -> str:
@@ -80,14 +118,21 @@ def encode_cursor(sort_key: str, value: Any, row_id: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, sort_key: str) -> tuple[Any, str]:
+def decode_cursor(cursor: str, sort_key: str, kind: type | None = None) -> tuple[Any, str]:
+    """The sort value and id a cursor carries; ``kind`` is the sort column's Python type.
+    Anything else, however it was crafted, is a 422 naming ``cursor``."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        key, value, row_id = json.loads(raw)
-        if key != sort_key or not isinstance(row_id, str):
+        decoded = json.loads(raw)
+        if type(decoded) is not list or len(decoded) != 3:
+            raise ValueError("not a cursor")
+        key, value, row_id = decoded
+        if key != sort_key or type(row_id) is not str or not _ROW_ID.fullmatch(row_id):
             raise ValueError("cursor belongs to another ordering")
-        return _decode_value(value), row_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        return _decode_value(value, kind), row_id
+    except (ValueError, TypeError, ArithmeticError, RecursionError, binascii.Error) as exc:
+        # UnicodeDecodeError is a ValueError; decimal.InvalidOperation and OverflowError
+        # (a time zone that moves the date past year 1 or 9999) are ArithmeticErrors.
         raise ValidationFailed(
             "The cursor is not valid for this list; start again without it",
             details=[("cursor", "malformed or from a different sort order")],
@@ -116,7 +161,7 @@ def paginate(
     query = statement.order_by(*ordering).limit(params.limit + 1)
 
     if params.cursor is not None:
-        value, row_id = decode_cursor(params.cursor, sort_key)
+        value, row_id = decode_cursor(params.cursor, sort_key, _sort_type(sort_column))
         boundary = tuple_(sort_column, id_column)
         query = query.where(boundary < (value, row_id) if descending else boundary > (value, row_id))
     elif params.page is not None:

@@ -9,9 +9,20 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from maestro.identity.schemas import Email, StrictModel
 from maestro.organizations.models import Plan, Role
+from maestro.schemas import Visible
 
-OrganizationName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+# Names are one line of visible text; descriptions may span lines. Neither may hold
+# control characters, nor invisible or direction-changing ones (`Visible`).
+OrganizationName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Visible,
+]
+Description = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"),
+    Visible,
+]
 
 
 class OrganizationCreate(StrictModel):

@@ -5,20 +5,24 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-# Control characters (NUL above all, which PostgreSQL cannot store) have no place in
-# names; descriptions may span lines.
 from maestro.api.params import ID_PATTERN
 from maestro.identity.schemas import StrictModel, UserRef
 from maestro.organizations.models import Role
 from maestro.projects.models import Visibility
+from maestro.schemas import Visible
 
+# Control characters (NUL above all, which PostgreSQL cannot store) have no place in
+# names; descriptions may span lines. Neither may hold invisible or direction-changing
+# characters (`Visible`).
 ProjectName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Visible,
 ]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"),
+    Visible,
 ]
 
 

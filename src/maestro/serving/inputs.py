@@ -179,6 +179,8 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    if type(value) in _INTEGERS and abs(value) > MAX_MAGNITUDE:
+        return "a number beyond the accepted magnitude"  # and too long to print
     if type(value) in _NUMBERS:
         return repr(value)
     return f"a {type(value).__name__}"
@@ -380,14 +382,29 @@ def to_matrix(
         _check_widths(rows, schema, where)
         values = rows
     else:
-        i = next(i for i, row in enumerate(rows) if type(row) not in (dict, list, tuple))
-        raise where.error(
-            "not_a_row",
-            f"Row {i} must be an object of named features or a list of {schema.width} numbers, "
-            f"got {_describe(rows[i])}",
-            i,
-        )
+        raise _odd_row(rows, schema, where)
     return _finish(values, schema, allow_nan, where)
+
+
+def _odd_row(rows: Sequence[Any], schema: InputSchema, where: _Rows) -> InputError:
+    """The first row that is neither an object nor a list, else the first whose form
+    differs from row 0's: one request's rows all take the same form."""
+    for i, row in enumerate(rows):
+        if type(row) not in (dict, list, tuple):
+            return where.error(
+                "not_a_row",
+                f"Row {i} must be an object of named features or a list of {schema.width} numbers, "
+                f"got {_describe(row)}",
+                i,
+            )
+    objects = type(rows[0]) is dict
+    i = next(i for i, row in enumerate(rows) if (type(row) is dict) != objects)
+    return where.error(
+        "mixed_rows",
+        f"Row {i} is {_describe(rows[i])} but row 0 is {_describe(rows[0])}; every row of a request "
+        "must be an object of named features, or every row a list of values",
+        i,
+    )
 
 
 def matrix_from_json(

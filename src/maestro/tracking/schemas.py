@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_
 
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.identity.schemas import StrictModel, UserRef
+from maestro.schemas import JsonDepth, Visible
 from maestro.tracking.models import ArtifactType, ExperimentStatus, Lifecycle, RunStatus
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -52,26 +53,30 @@ def path_safe_key(value: str) -> str:
 
 # MLflow's rule for parameter, metric and tag names: letters, digits, _ - . / : and spaces.
 KEY_PATTERN = r"^[\w.\- /:]+$"
-Key = Annotated[str, StringConstraints(max_length=250, pattern=KEY_PATTERN), AfterValidator(path_safe_key)]
+Key = Annotated[
+    str, StringConstraints(max_length=250, pattern=KEY_PATTERN), AfterValidator(path_safe_key), Visible
+]
 # Metric names follow the same rule, checked once per distinct name (``metrics.check_names``)
 # rather than once per point: a batch of 10,000 points rarely has more than a few names.
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=250)]
 NoNul = r"^[^\x00]*$"
-TagValue = Annotated[str, StringConstraints(max_length=8000, pattern=NoNul)]
-ExperimentTagValue = Annotated[str, StringConstraints(max_length=5000, pattern=NoNul)]
+# Names, descriptions and tag values never hold invisible or direction-changing characters.
+TagValue = Annotated[str, StringConstraints(max_length=8000, pattern=NoNul), Visible]
+ExperimentTagValue = Annotated[str, StringConstraints(max_length=5000, pattern=NoNul), Visible]
 Printable = r"^[^\x00-\x1f\x7f]+$"
 ExperimentName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=Printable)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=Printable), Visible
 ]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"),
+    Visible,
 ]
 Owner = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=Printable)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=Printable), Visible
 ]
 RunName = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=250, pattern=r"^[^\x00-\x1f\x7f]*$")
+    str, StringConstraints(strip_whitespace=True, max_length=250, pattern=r"^[^\x00-\x1f\x7f]*$"), Visible
 ]
 IdRef = Annotated[str, StringConstraints(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 Direction = Literal["max", "min"]
@@ -91,6 +96,7 @@ def _config(value: dict[str, Any]) -> dict[str, Any]:
 
 Config = Annotated[
     dict[str, Any],
+    JsonDepth,
     AfterValidator(_config),
     Field(
         description="Free JSON, such as a parameter grid. `primary_metric` (a metric name) and "
@@ -116,6 +122,7 @@ def _param_values(values: dict[str, Any]) -> dict[str, str]:
 
 Params = Annotated[
     dict[Key, Any],
+    JsonDepth,
     Field(
         max_length=MAX_KEYS_PER_REQUEST,
         description="Name → value; values other than strings are stored as JSON.",
@@ -153,7 +160,7 @@ class TrackedExperimentCreate(StrictModel):
         AfterValidator(_tracker_name),
     ] = Field(examples=["hyperparameter_search_v1"])
     owner: Owner | None = Field(None, description="Who is responsible; defaults to the caller's email.")
-    description: Annotated[str, StringConstraints(max_length=500, pattern=NoNul)] | None = None
+    description: Annotated[str, StringConstraints(max_length=500, pattern=NoNul), Visible] | None = None
     model_id: IdRef | None = None
     config: Config = Field(default_factory=dict)
 
