@@ -485,7 +485,7 @@ class TestRegistry:
                 "POST",
                 "model-versions/create",
                 world.headers(),
-                {"name": "Uploaded", "source": "s3://b/m"},
+                {"name": "Uploaded", "source": "models:/Elsewhere/1"},
             )
         )
         assert created["model_version"]["version"] == "3"
@@ -508,7 +508,7 @@ class TestRegistry:
                 {"name": "Uploaded", "version": "3"},
             )
         )
-        assert uri == {"artifact_uri": "s3://b/m"}
+        assert uri == {"artifact_uri": "models:/Elsewhere/1"}
 
     def test_stages_aliases_and_tags(self, client: TestClient, world: World) -> None:
         ok(
@@ -527,7 +527,7 @@ class TestRegistry:
                     "POST",
                     "model-versions/create",
                     world.headers(),
-                    {"name": "Staged", "source": "s3://b/m"},
+                    {"name": "Staged", "source": "models:/Elsewhere/1"},
                 )
             )
         promote = {"name": "Staged", "version": "1", "stage": "production"}
@@ -829,7 +829,7 @@ class TestTheOtherRoutes:
                 "POST",
                 "model-versions/create",
                 headers,
-                {"name": "V", "source": "s3://x", "tags": [{"key": "t", "value": "1"}]},
+                {"name": "V", "source": "models:/Elsewhere/1", "tags": [{"key": "t", "value": "1"}]},
             )
         )
         updated = ok(

@@ -30,11 +30,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 import yaml
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import bindparam, delete, or_, select
+from sqlalchemy import bindparam, delete, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
@@ -42,6 +43,7 @@ from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
+from maestro.mlflow_compat import filters
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.projects.models import Project
 from maestro.registry import service as registry
@@ -91,6 +93,9 @@ from maestro.tracking.schemas import (
     RunStatusUpdate,
     Tags,
 )
+
+if TYPE_CHECKING:
+    from maestro.config import Settings
 
 # --- errors --------------------------------------------------------------------------------
 INVALID = "INVALID_PARAMETER_VALUE"
@@ -282,7 +287,10 @@ VIEW_TYPES = {
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment: here, one per project
 DEFAULT_EXPERIMENT_NAME = "Default"
 RUN_NAME_TAG = "mlflow.runName"
-MAX_RESULTS = 50_000
+MAX_RESULTS = 50_000  # the largest max_results MLflow's server takes
+PAGE_ROWS = 1_000  # items in one search page at most, whatever max_results asks
+PAGE_BYTES = 8 * 1024 * 1024  # JSON in one search page at most, beyond its first item
+ESTIMATED_FIXED_BYTES = 400  # a run's or experiment's JSON besides its tags, params and metrics
 MAX_HISTORY = 25_000
 
 
@@ -447,47 +455,23 @@ def get_experiment_by_name(
     return {"experiment": experiment_dicts(session, [experiment])[0]}
 
 
-def _conditions(text_filter: str, fields: dict[str, str]) -> list[tuple[str, str, str, Any]]:
-    """A filter of conditions joined by AND, as MLflow's experiment, model and version
-    searches take them: ``name LIKE 'a%' and tags.team = 'x'``. Returns (kind, field,
-    operator, value) with kind ``field`` or ``tag``."""
-    found = []
-    pattern = re.compile(
-        r"\s*(?:(?P<prefix>attributes?|tags?)\.)?(?P<key>`[^`]+`|\"[^\"]+\"|[\w.]+)\s*"
-        r"(?P<op>!=|<>|<=|>=|=|<|>|(?:NOT\s+)?I?LIKE|(?:NOT\s+)?IN)\s*"
-        r"(?P<value>'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\((?:[^)]*)\)|[-+]?\d+(?:\.\d+)?)\s*",
-        re.IGNORECASE,
-    )
-    parts = re.split(r"\s+and\s+", text_filter.strip(), flags=re.IGNORECASE) if text_filter.strip() else []
-    if len(parts) > 20:
-        raise invalid("At most 20 conditions in a filter.")
-    for part in parts:
-        match = pattern.fullmatch(part)
-        if match is None:
-            raise invalid(f"Invalid filter near {part[:100]!r}.")
-        key = match["key"].strip('`"')
-        operator = re.sub(r"\s+", " ", match["op"].upper())
-        raw = match["value"]
-        if raw.startswith("("):
-            value: Any = [item.strip().strip("'\"") for item in raw[1:-1].split(",") if item.strip()]
-        elif raw[0] in "'\"":
-            value = raw[1:-1].replace(raw[0] * 2, raw[0])
-        else:
-            value = float(raw)
-        prefix = (match["prefix"] or "").lower()
-        if prefix.startswith("tag"):
-            found.append(("tag", key, operator, value))
-        elif key in fields:
-            found.append(("field", fields[key], operator, value))
-        else:
-            raise invalid(f"Invalid attribute key {key[:100]!r}; one of {', '.join(sorted(fields))}.")
-    return found
+def _filter(
+    body: dict[str, Any], fields: dict[str, filters.FieldType], *, tags: bool = True
+) -> list[filters.Condition]:
+    """The conditions of the request's ``filter`` (``mlflow_compat.filters``), each fit
+    for its field's type; a malformed one is ``INVALID_PARAMETER_VALUE``."""
+    raw = text(body, "filter", required=False, max_length=filters.MAX_FILTER_LENGTH) or ""
+    try:
+        return filters.parse(raw, fields, tags=tags)
+    except filters.FilterError as exc:
+        raise invalid(f"Invalid filter: {exc}") from exc
 
 
 def _compare(column: Any, operator: str, value: Any) -> Any:
-    if operator in ("=",):
+    """``column operator value`` in SQL, for a condition ``filters.parse`` checked."""
+    if operator == "=":
         return column == value
-    if operator in ("!=", "<>"):
+    if operator == "!=":
         return column != value
     if operator == "<":
         return column < value
@@ -498,26 +482,11 @@ def _compare(column: Any, operator: str, value: Any) -> Any:
     if operator == ">=":
         return column >= value
     if operator in ("IN", "NOT IN"):
-        values = value if isinstance(value, list) else [value]
+        values = list(value) if isinstance(value, tuple) else [value]
         return column.in_(values) if operator == "IN" else column.not_in(values)
     negate = operator.startswith("NOT ")
-    operator = operator.removeprefix("NOT ")
-    if not isinstance(value, str):
-        raise invalid(f"{operator} needs a quoted pattern.")
-    matched = column.ilike(value) if operator == "ILIKE" else column.like(value)
+    matched = column.ilike(value) if operator.endswith("ILIKE") else column.like(value)
     return ~matched if negate else matched
-
-
-def _time_value(value: Any) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise invalid("A time is epoch milliseconds.") from None
-    try:
-        return EPOCH + timedelta(milliseconds=value)
-    except OverflowError as exc:
-        raise invalid("Time out of range.") from exc
 
 
 def _order(clauses: Sequence[str], columns: dict[str, Any], default: list[Any]) -> list[Any]:
@@ -535,16 +504,69 @@ def _order(clauses: Sequence[str], columns: dict[str, Any], default: list[Any]) 
 
 
 def _page(body: dict[str, Any], default: int, high: int) -> tuple[int, int]:
+    """(items on this page, offset). ``max_results`` may be up to ``high``, as MLflow's
+    server takes it, but a page holds at most ``PAGE_ROWS``: a client asking for more
+    gets a ``next_page_token`` sooner, which MLflow's client follows."""
     limit = integer(body, "max_results", default, low=1, high=high)
     assert limit is not None
     token = text(body, "page_token", required=False, max_length=1000)
-    return limit, _decode_offset(token)
+    return min(limit, PAGE_ROWS), _decode_offset(token)
 
 
 def _paged(rows: list[Any], limit: int, offset: int) -> tuple[list[Any], str | None]:
     if len(rows) > limit:
         return rows[:limit], _encode_offset(offset + limit)
     return rows, None
+
+
+def _affordable(
+    rows: list[Any], sizes: dict[str, int], offset: int, token: str | None
+) -> tuple[list[Any], str | None]:
+    """The first of ``rows`` (at least one) whose estimated JSON (``sizes`` by id, plus a
+    fixed part) fits in ``PAGE_BYTES``, and the token of the page after them: so a page of
+    runs with long tags is cut before its tags are even read."""
+    used = 0
+    for count, row in enumerate(rows):
+        used += ESTIMATED_FIXED_BYTES + sizes.get(row.id, 0)
+        if used > PAGE_BYTES and count:
+            return rows[:count], _encode_offset(offset + count)
+    return rows, token
+
+
+def _within_budget(
+    items: list[dict[str, Any]], offset: int, token: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The first of ``items`` (at least one) whose JSON fits in ``PAGE_BYTES``, and the
+    token of the page after them."""
+    used = 0
+    for count, item in enumerate(items):
+        used += len(orjson.dumps(item)) + 1
+        if used > PAGE_BYTES and count:
+            return items[:count], _encode_offset(offset + count)
+    return items, token
+
+
+def _text_bytes(
+    session: Session, ids: Sequence[str], parts: Sequence[tuple[Any, Sequence[Any]]]
+) -> dict[str, int]:
+    """An estimate of the JSON bytes the text of each of ``ids`` takes: ``parts`` are
+    (owner id column, its text columns) of the tables holding it, summed by owner in
+    the database, with a few bytes of punctuation per row."""
+    if not ids:
+        return {}
+    rows = union_all(
+        *(
+            select(
+                owner.label("owner"),
+                sum((func.coalesce(func.length(column), 0) for column in columns), literal(32)).label("size"),
+            ).where(owner.in_(list(ids)))
+            for owner, columns in parts
+        )
+    ).subquery()
+    return {
+        owner: int(size)
+        for owner, size in session.execute(select(rows.c.owner, func.sum(rows.c.size)).group_by(rows.c.owner))
+    }
 
 
 def search_experiments(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
@@ -558,22 +580,24 @@ def search_experiments(session: Session, principal: Principal, scope: Scope, bod
         statement = statement.where(
             Experiment.lifecycle_stage == (Lifecycle.active if view == "active_only" else Lifecycle.deleted)
         )
-    fields = {"name": "name", "creation_time": "created_at", "last_update_time": "updated_at"}
-    for kind, field, operator, value in _conditions(text(body, "filter", required=False) or "", fields):
-        if kind == "tag":
+    fields = {
+        "name": Experiment.name,
+        "creation_time": Experiment.created_at,
+        "last_update_time": Experiment.updated_at,
+    }
+    for condition in _filter(body, {"name": "text", "creation_time": "time", "last_update_time": "time"}):
+        if condition.kind == "tag":
             statement = statement.where(
                 select(ExperimentTag.experiment_id)
                 .where(
                     ExperimentTag.experiment_id == Experiment.id,
-                    ExperimentTag.key == field,
-                    _compare(ExperimentTag.value, operator, value),
+                    ExperimentTag.key == condition.key,
+                    _compare(ExperimentTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
-        elif field == "name":
-            statement = statement.where(_compare(Experiment.name, operator, value))
         else:
-            statement = statement.where(_compare(getattr(Experiment, field), operator, _time_value(value)))
+            statement = statement.where(_compare(fields[condition.key], condition.operator, condition.value))
     columns = {
         "name": Experiment.name,
         "experiment_id": Experiment.id,
@@ -585,7 +609,14 @@ def search_experiments(session: Session, principal: Principal, scope: Scope, bod
     )
     rows = list(session.scalars(statement.order_by(*ordering).offset(offset).limit(limit + 1)))
     page, token = _paged(rows, limit, offset)
-    answer: dict[str, Any] = {"experiments": experiment_dicts(session, page)}
+    tag_bytes = _text_bytes(
+        session,
+        [row.id for row in page],
+        [(ExperimentTag.experiment_id, (ExperimentTag.key, ExperimentTag.value))],
+    )
+    page, token = _affordable(page, tag_bytes, offset, token)
+    experiments, token = _within_budget(experiment_dicts(session, page), offset, token)
+    answer: dict[str, Any] = {"experiments": experiments}
     if token:
         answer["next_page_token"] = token
     return answer
@@ -718,6 +749,18 @@ def run_info(run: Run) -> dict[str, Any]:
     if run.start_time is None:
         del info["start_time"]
     return info
+
+
+def _run_text_bytes(session: Session, ids: Sequence[str]) -> dict[str, int]:
+    return _text_bytes(
+        session,
+        ids,
+        [
+            (RunParam.run_id, (RunParam.key, RunParam.value)),
+            (RunTag.run_id, (RunTag.key, RunTag.value)),
+            (LatestMetric.run_id, (LatestMetric.key,)),
+        ],
+    )
 
 
 def run_dicts(session: Session, runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -1172,8 +1215,9 @@ _RUN_COLUMNS = (
 def search_runs(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
     """MLflow's filter language is what Maestro's run search understands (``metrics.``,
     ``params.``, ``tags.``, ``attributes.``; ``tracking.search``): one query for the page,
-    selecting the run columns the answer needs rather than ORM objects, then one query
-    each for the page's latest metrics, parameters and tags."""
+    selecting the run columns the answer needs rather than ORM objects, one that
+    estimates each run's size, then one query each for the page's latest metrics,
+    parameters and tags. A page holds at most ``PAGE_ROWS`` runs and ``PAGE_BYTES``."""
     experiment_ids = _searched_experiments(session, principal, scope, strings(body, "experiment_ids"))
     limit, offset = _page(body, 1000, MAX_RESULTS)
     view = VIEW_TYPES.get(str(body.get("run_view_type") or "ACTIVE_ONLY").upper())
@@ -1198,7 +1242,9 @@ def search_runs(session: Session, principal: Principal, scope: Scope, body: dict
         statement = statement.outerjoin(alias, on)
     rows = session.execute(statement.where(*where).order_by(*ordering).offset(offset).limit(limit + 1)).all()
     page, token = _paged(rows, limit, offset)
-    answer: dict[str, Any] = {"runs": run_dicts(session, page)} if page else {}  # type: ignore[arg-type]
+    page, token = _affordable(page, _run_text_bytes(session, [row.id for row in page]), offset, token)
+    runs, token = _within_budget(run_dicts(session, page), offset, token)  # type: ignore[arg-type]
+    answer: dict[str, Any] = {"runs": runs} if runs else {}
     if token:
         answer["next_page_token"] = token
     return answer
@@ -1641,15 +1687,13 @@ def search_logged_models(session: Session, principal: Principal, scope: Scope, b
     limit, offset = _page(body, 100, MAX_RESULTS)
     statement = select(LoggedModel).where(LoggedModel.experiment_id.in_(experiment_ids))
     fields = {
-        "name": "name",
-        "status": "status",
-        "source_run_id": "source_run_id",
-        "model_type": "model_type",
+        "name": LoggedModel.name,
+        "status": LoggedModel.status,
+        "source_run_id": LoggedModel.source_run_id,
+        "model_type": LoggedModel.model_type,
     }
-    for kind, field, operator, value in _conditions(text(body, "filter", required=False) or "", fields):
-        if kind == "tag":
-            raise invalid("Logged models are searched by name, status, source_run_id and model_type.")
-        statement = statement.where(_compare(getattr(LoggedModel, field), operator, value))
+    for condition in _filter(body, dict.fromkeys(fields, "text"), tags=False):
+        statement = statement.where(_compare(fields[condition.key], condition.operator, condition.value))
     rows = list(
         session.scalars(
             statement.order_by(LoggedModel.created_at.desc(), LoggedModel.id.desc())
@@ -1658,7 +1702,8 @@ def search_logged_models(session: Session, principal: Principal, scope: Scope, b
         )
     )
     page, token = _paged(rows, limit, offset)
-    answer: dict[str, Any] = {"models": [logged_model_dict(model) for model in page]}
+    models, token = _within_budget([logged_model_dict(model) for model in page], offset, token)
+    answer: dict[str, Any] = {"models": models}
     if token:
         answer["next_page_token"] = token
     return answer
@@ -1701,26 +1746,32 @@ def version_dicts(
     session: Session, model: RegisteredModel, rows: Sequence[ModelVersion]
 ) -> list[dict[str, Any]]:
     tags, aliases = _version_extras(session, [row.id for row in rows])
-    found = []
-    for row in rows:
-        item: dict[str, Any] = {
-            "name": model.name,
-            "version": str(row.number),
-            "creation_timestamp": ms(row.created_at),
-            "last_updated_timestamp": ms(row.created_at),  # versions keep no update time
-            "current_stage": STAGE_NAMES.get(Stage(row.stage), "None"),
-            "description": row.description or "",
-            "source": row.source or "",
-            "run_id": row.run_id or "",
-            "status": "READY",
-            "run_link": "",
-            "tags": pairs(tags.get(row.id, {})),
-            "aliases": aliases.get(row.id, []),
-        }
-        if row.logged_model_id:
-            item["model_id"] = row.logged_model_id
-        found.append(item)
-    return found
+    return [_version_dict(row, model, tags, aliases) for row in rows]
+
+
+def _version_dict(
+    row: ModelVersion,
+    model: RegisteredModel,
+    tags: dict[str, dict[str, str]],
+    aliases: dict[str, list[str]],
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": model.name,
+        "version": str(row.number),
+        "creation_timestamp": ms(row.created_at),
+        "last_updated_timestamp": ms(row.created_at),  # versions keep no update time
+        "current_stage": STAGE_NAMES.get(Stage(row.stage), "None"),
+        "description": row.description or "",
+        "source": row.source or "",
+        "run_id": row.run_id or "",
+        "status": "READY",
+        "run_link": "",
+        "tags": pairs(tags.get(row.id, {})),
+        "aliases": aliases.get(row.id, []),
+    }
+    if row.logged_model_id:
+        item["model_id"] = row.logged_model_id
+    return item
 
 
 def _latest_per_stage(
@@ -1834,21 +1885,19 @@ def search_registered_models(
     project = registry.get_project_for_models(session, principal, scope.required(), "read")
     limit, offset = _page(body, 100, 1000)
     statement = select(RegisteredModel).where(RegisteredModel.project_id == project.id)
-    for kind, field, operator, value in _conditions(
-        text(body, "filter", required=False) or "", {"name": "name"}
-    ):
-        if kind == "tag":
+    for condition in _filter(body, {"name": "text"}):
+        if condition.kind == "tag":
             statement = statement.where(
                 select(ModelTag.id)
                 .where(
                     ModelTag.model_id == RegisteredModel.id,
-                    ModelTag.key == field,
-                    _compare(ModelTag.value, operator, value),
+                    ModelTag.key == condition.key,
+                    _compare(ModelTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
         else:
-            statement = statement.where(_compare(RegisteredModel.name, operator, value))
+            statement = statement.where(_compare(RegisteredModel.name, condition.operator, condition.value))
     columns = {
         "name": RegisteredModel.name,
         "timestamp": RegisteredModel.updated_at,
@@ -1860,7 +1909,8 @@ def search_registered_models(
     )
     rows = list(session.scalars(statement.order_by(*ordering).offset(offset).limit(limit + 1)))
     page, token = _paged(rows, limit, offset)
-    answer: dict[str, Any] = {"registered_models": [registered_model_dict(session, model) for model in page]}
+    models, token = _within_budget([registered_model_dict(session, model) for model in page], offset, token)
+    answer: dict[str, Any] = {"registered_models": models}
     if token:
         answer["next_page_token"] = token
     return answer
@@ -2042,6 +2092,33 @@ def _source_files(
     return files, model.id if model else None, run.id if run else run_id
 
 
+SOURCE_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def is_own_source(source: str) -> bool:
+    """Whether ``source`` is a location this server hands out and serves itself: a
+    logged or registered model (``models:/…``), a run's artifacts (``runs:/…``) or the
+    artifact store behind this server (``mlflow-artifacts:/…``), never with a host
+    (``scheme://host/…`` would send clients to another server)."""
+    return source.startswith(SOURCE_PREFIXES) and not source.startswith(
+        tuple(prefix + "/" for prefix in SOURCE_PREFIXES)
+    )
+
+
+def checked_source(source: str) -> str:
+    """A version's ``source``, refused unless Maestro serves it (``is_own_source``): the
+    MLflow client of whoever loads the version downloads from its source, so a file
+    path, a bucket or another server there would make them read whatever it names.
+    Maestro never reads a source itself; it only looks up the runs, artifacts and logged
+    models its own URIs name, with the caller's access."""
+    if source and not is_own_source(source):
+        raise invalid(
+            f"Invalid source {source[:100]!r}: a model version's source is a models:/, runs:/ or "
+            "mlflow-artifacts:/ URI of this server."
+        )
+    return source
+
+
 def prepare_version(
     session: Session,
     principal: Principal,
@@ -2053,7 +2130,7 @@ def prepare_version(
 ) -> PreparedVersion:
     model = registered_model_row(session, principal, scope, _model_name(body))
     model = registry.get_visible_model(session, principal, model.id, "write")
-    source = text(body, "source", required=False, max_length=1000) or ""
+    source = checked_source(text(body, "source", required=False, max_length=1000) or "")
     run_id = text(body, "run_id", required=False, max_length=ID_MAX_LENGTH)
     if run_id:
         get_run_row(session, principal, scope, run_id, "read")
@@ -2113,8 +2190,18 @@ def copy_model_file(
 
 
 def create_version(
-    session: Session, principal: Principal, scope: Scope, prepared: PreparedVersion, store: ArtifactStore
+    session: Session,
+    principal: Principal,
+    scope: Scope,
+    prepared: PreparedVersion,
+    store: ArtifactStore,
+    settings: Settings | None = None,
 ) -> dict:
+    # The file is loaded in an isolated process first, before this transaction reads or
+    # writes anything: the check takes seconds, and a refused file is refused (422) here.
+    load_check = None
+    if settings is not None and prepared.stored is not None:
+        load_check = registry.check_model_file(settings, store, prepared.stored, prepared.detected)
     model = registry.get_visible_model(session, principal, prepared.model_id, "write")
     session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
     number = registry.next_number(session, model)
@@ -2135,6 +2222,9 @@ def create_version(
             "run_id": prepared.run_id,
             "logged_model_id": prepared.logged_model_id,
         },
+        settings=settings,
+        store=store,
+        load_check=load_check,
     )
     if prepared.framework and not model.framework:
         model.framework = prepared.framework
@@ -2206,6 +2296,12 @@ def download_uri(session: Session, principal: Principal, scope: Scope, body: dic
             f"Version {row.number} was uploaded through Maestro's API and has no MLflow model directory; "
             f"download its file from /api/v1/models/{row.model_id}/versions/{row.version}/file"
         )
+    if not is_own_source(source):
+        # Stored before sources were checked: never send a client to another location.
+        raise missing(
+            f"Version {row.number} names a source this server does not serve; "
+            f"download its file from /api/v1/models/{row.model_id}/versions/{row.version}/file"
+        )
     return {"artifact_uri": source}
 
 
@@ -2218,35 +2314,26 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
         .where(RegisteredModel.project_id == project.id)
     )
     fields = {
-        "name": "name",
-        "run_id": "run_id",
-        "source_path": "source",
-        "version_number": "number",
-        "model_id": "logged_model_id",
+        "name": RegisteredModel.name,
+        "run_id": ModelVersion.run_id,
+        "source_path": ModelVersion.source,
+        "version_number": ModelVersion.number,
+        "model_id": ModelVersion.logged_model_id,
     }
-    for kind, field, operator, value in _conditions(text(body, "filter", required=False) or "", fields):
-        if kind == "tag":
+    types: dict[str, filters.FieldType] = {**dict.fromkeys(fields, "text"), "version_number": "integer"}
+    for condition in _filter(body, types):
+        if condition.kind == "tag":
             statement = statement.where(
                 select(RegistryVersionTag.id)
                 .where(
                     RegistryVersionTag.version_id == ModelVersion.id,
-                    RegistryVersionTag.key == field,
-                    _compare(RegistryVersionTag.value, operator, value),
+                    RegistryVersionTag.key == condition.key,
+                    _compare(RegistryVersionTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
-        elif field == "name":
-            statement = statement.where(_compare(RegisteredModel.name, operator, value))
-        elif field == "number":
-            statement = statement.where(
-                _compare(
-                    ModelVersion.number,
-                    operator,
-                    int(value) if not isinstance(value, list) else [int(v) for v in value],
-                )
-            )
         else:
-            statement = statement.where(_compare(getattr(ModelVersion, field), operator, value))
+            statement = statement.where(_compare(fields[condition.key], condition.operator, condition.value))
     ordering = _order(
         strings(body, "order_by", limit=5),
         {
@@ -2258,10 +2345,11 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
     )
     rows = session.execute(statement.order_by(*ordering).offset(offset).limit(limit + 1)).all()
     page, token = _paged(list(rows), limit, offset)
-    found = []
-    for version, model in page:
-        found.extend(version_dicts(session, model, [version]))
-    answer: dict[str, Any] = {"model_versions": found}
+    tags, aliases = _version_extras(session, [version.id for version, _ in page])
+    versions, token = _within_budget(
+        [_version_dict(version, model, tags, aliases) for version, model in page], offset, token
+    )
+    answer: dict[str, Any] = {"model_versions": versions}
     if token:
         answer["next_page_token"] = token
     return answer

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from maestro import __version__
 from maestro.api.errors import ValidationFailed, validation_details
+from maestro.api.heavy import HeavyWork, owners_of
 from maestro.db import utcnow
 from maestro.identity import audit
 from maestro.identity.models import User
@@ -61,6 +62,7 @@ from maestro.registry.schemas import (
     StageTransitionRead,
     TagRead,
 )
+from maestro.schemas import strip_invisible
 
 logger = logging.getLogger("maestro.registry.cards")
 
@@ -511,7 +513,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def plain(text: str) -> str:
-    """Text without control characters (line breaks kept, tabs as spaces)."""
+    """Text without control characters (line breaks kept, tabs as spaces), nor invisible
+    or direction-changing ones, which could make a reader see other text than is there."""
+    text = strip_invisible(text)
     return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    "))
 
 
@@ -702,10 +706,12 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def md_fence(text: str, info: str = "text") -> str:
-    """A fenced block that no run of backticks inside ``text`` can close."""
+    """A fenced block that no run of backticks inside ``text`` can close (counted once
+    the characters ``plain`` drops are gone, since they could separate backticks)."""
+    text = plain(text)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{plain(text)}\n{fence}"
+    return f"{fence}{info}\n{text}\n{fence}"
 
 
 def _md_metrics(metrics: Sequence[CardMetric]) -> str:
@@ -924,6 +930,14 @@ class CardPdf(FPDF):
         if len(rows) > len(shown):
             self.paragraph(f"... and {len(rows) - len(shown)} more rows, in the JSON and Markdown cards.")
         self.ln(2)
+
+
+def render_pdf_in_turn(heavy: HeavyWork, principal: Principal, card: ModelCard) -> bytes:
+    """The card as a PDF, rendered in a worker process of the shared pool for CPU-heavy
+    work: laying out a large card takes fpdf2 a second or two of pure Python, which in
+    the server's own threads would slow every other request. The caller and their
+    organisation render one card at a time by default; more wait, then answer 429/503."""
+    return heavy.run(owners_of(principal), render_pdf, card)
 
 
 def render_pdf(card: ModelCard, font: CardFont | bool | None = True) -> bytes:

@@ -20,7 +20,8 @@ import functools
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,11 +222,81 @@ def history(session: Session, run_id: str, key: str, *, limit: int, cursor: str 
     return HistoryPage(total, points, False, next_cursor)
 
 
-def downsampled(session: Session, run_id: str, key: str, max_points: int) -> HistoryPage:
+DOWNSAMPLE_MAX_SCAN = 1_000_000
+HEAVY_SERIES = 50_000  # points: from here on a downsampling takes a turn of the shared pool
+
+
+def _lowest_and_highest(
+    session: Session, scope: Sequence[ColumnElement[bool]], bucket: ColumnElement[int]
+) -> list[Any]:
+    """In each bucket the point with the lowest value and the one with the highest (NaN
+    only where the bucket holds nothing else), found by the database in grouped scans
+    that return a row or two per bucket. SQLite takes the other columns of a
+    ``min()``/``max()`` aggregate from the row that holds the extreme (its documented
+    bare-column rule; among equal values, any of them). PostgreSQL groups once for each
+    bucket's lowest and highest value, then keeps, of the points holding one, the first
+    by step (``DISTINCT ON``)."""
+    columns = (MetricPoint.id, MetricPoint.step, MetricPoint.timestamp)
+    rows: list[Any] = []
+    if session.get_bind().dialect.name == "sqlite":
+        for extreme in (func.min, func.max):
+            rows += session.execute(
+                select(*columns, extreme(MetricPoint.value)).where(*scope).group_by(bucket)
+            ).all()
+        return rows
+    points = select(*columns, MetricPoint.value, bucket.label("bucket")).where(*scope).cte("points")
+    extremes = (
+        select(
+            points.c.bucket,
+            func.min(points.c.value).label("lowest"),
+            func.max(points.c.value).label("highest"),
+        )
+        .group_by(points.c.bucket)
+        .cte("extremes")
+    )
+    is_highest = points.c.value == extremes.c.highest
+    return list(
+        session.execute(
+            select(points.c.id, points.c.step, points.c.timestamp, points.c.value)
+            .join_from(
+                points,
+                extremes,
+                and_(
+                    points.c.bucket == extremes.c.bucket,
+                    or_(
+                        points.c.value == extremes.c.lowest,
+                        is_highest,
+                        extremes.c.lowest.is_(None),  # nothing but NaN in this bucket
+                    ),
+                ),
+            )
+            .ext(postgresql.distinct_on(points.c.bucket, is_highest))
+            .order_by(points.c.bucket, is_highest, points.c.step, points.c.id)
+        ).all()
+    )
+
+
+def downsampled(
+    session: Session,
+    run_id: str,
+    key: str,
+    max_points: int,
+    *,
+    max_scan: int = DOWNSAMPLE_MAX_SCAN,
+    in_turn: Callable[[], AbstractContextManager[object]] | None = None,
+) -> HistoryPage:
     """At most ``max_points`` points for a chart: the first and the last, and in each of
-    ``max_points // 2 - 1`` equal ranges of steps the lowest and the highest value (a
-    NaN only where a range holds nothing else). Peaks and dips survive, which an
-    average or every-nth sample would smooth away. One query, in the database."""
+    at most ``max_points // 2 - 1`` equal ranges of steps the lowest and the highest value
+    (a NaN only where a range holds nothing else). Peaks and dips survive, which an
+    average or every-nth sample would smooth away.
+
+    The work stays in the database and is bounded: a count and the step range read the
+    index only; then two grouped scans (``_lowest_and_highest``) of at most ``max_scan``
+    points, the latest ones by step (of a longer series the chart shows its last
+    ``max_scan`` points, and ``total`` still counts them all); the two end points are
+    index lookups. No Python object is made for a point that is dropped. A long series
+    (``HEAVY_SERIES`` points and more) is read inside ``in_turn()``, the caller's turn of
+    the shared pool for CPU-heavy work."""
     where = _series(run_id, key)
     total, low, high = session.execute(
         select(func.count(), func.min(MetricPoint.step), func.max(MetricPoint.step)).where(*where)
@@ -233,38 +304,36 @@ def downsampled(session: Session, run_id: str, key: str, max_points: int) -> His
     if total <= max_points:
         page = history(session, run_id, key, limit=max_points, cursor=None)
         return HistoryPage(total, page.points, False, None)
-    buckets = max(1, max_points // 2 - 1)
-    span = high - low + 1
-    width = max(1, -(-span // buckets))
-    # (step - low) could overflow 64 bits for extreme steps; dividing first cannot.
-    bucket = (MetricPoint.step - low) // width if span < 2**62 else MetricPoint.step // width - low // width
-    nan_last = MetricPoint.value.is_(None)
-    ranked = (
-        select(
-            MetricPoint.id,
-            MetricPoint.step,
-            MetricPoint.timestamp,
-            MetricPoint.value,
-            func.row_number()
-            .over(
-                partition_by=bucket, order_by=(nan_last, MetricPoint.value, MetricPoint.step, MetricPoint.id)
+    with in_turn() if in_turn is not None and total >= HEAVY_SERIES else nullcontext():
+        scope = list(where)
+        if total > max_scan:
+            start = session.execute(
+                select(MetricPoint.step, MetricPoint.id)
+                .where(*where)
+                .order_by(MetricPoint.step.desc(), MetricPoint.id.desc())
+                .offset(max_scan - 1)
+                .limit(1)
+            ).one()
+            scope.append(tuple_(MetricPoint.step, MetricPoint.id) >= tuple_(*start))
+            low = start.step
+        buckets = max(1, max_points // 2 - 1)
+        span = high - low + 1
+        if span < 2**62:
+            width = max(1, -(-span // buckets))
+            bucket = (MetricPoint.step - low) // width
+        else:
+            # (step - low) would overflow 64 bits; buckets counted from zero rather than
+            # from ``low`` may straddle one more range, so ask for one fewer.
+            width = max(1, -(-span // max(1, buckets - 1)))
+            bucket = MetricPoint.step // width
+        columns = (MetricPoint.id, MetricPoint.step, MetricPoint.timestamp, MetricPoint.value)
+        ends = [
+            session.execute(select(*columns).where(*scope).order_by(*order).limit(1)).one()
+            for order in (
+                (MetricPoint.step, MetricPoint.id),
+                (MetricPoint.step.desc(), MetricPoint.id.desc()),
             )
-            .label("lowest"),
-            func.row_number()
-            .over(
-                partition_by=bucket,
-                order_by=(nan_last, MetricPoint.value.desc(), MetricPoint.step, MetricPoint.id),
-            )
-            .label("highest"),
-            func.row_number().over(order_by=(MetricPoint.step, MetricPoint.id)).label("first"),
-            func.row_number().over(order_by=(MetricPoint.step.desc(), MetricPoint.id.desc())).label("last"),
-        )
-        .where(*where)
-        .subquery()
-    )
-    rows = session.execute(
-        select(ranked.c.id, ranked.c.step, ranked.c.timestamp, ranked.c.value)
-        .where(or_(ranked.c.lowest == 1, ranked.c.highest == 1, ranked.c.first == 1, ranked.c.last == 1))
-        .order_by(ranked.c.step, ranked.c.id)
-    ).all()
-    return HistoryPage(total, [Point(*row) for row in rows], True, None)
+        ]
+        found = {row[0]: Point(*row) for row in [*ends, *_lowest_and_highest(session, scope, bucket)]}
+    points = sorted(found.values(), key=lambda point: (point.step, point.id))
+    return HistoryPage(total, points, True, None)

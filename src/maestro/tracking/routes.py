@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from maestro.api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
 from maestro.api.errors import (
@@ -22,9 +22,11 @@ from maestro.api.errors import (
     error_responses,
     validation_details,
 )
+from maestro.api.heavy import HeavyDep, owners_of
 from maestro.api.multipart import UploadForm, receive_upload
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, ArtifactId, ExperimentId, ProjectId, RunId
+from maestro.schemas import find_invisible, invisible_message
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import service
 from maestro.tracking.models import ArtifactType, Experiment, ExperimentStatus, Run, RunArtifact, RunStatus
@@ -299,10 +301,11 @@ def _search_page(session: Any, experiment_ids: list[str], body: RunSearch) -> Pa
     responses=error_responses(401, 403, 404, 422, 429),
 )
 def search_runs(
-    experiment_id: ExperimentId, body: RunSearch, principal: CurrentPrincipal, session: SessionDep
+    experiment_id: ExperimentId, body: RunSearch, principal: CurrentPrincipal, session: ReadSessionDep
 ) -> Page[RunRead]:
     """Runs of the experiment matching a filter such as `metrics.accuracy > 0.9 and
-    params.optimizer = 'adam'`, in the order asked for."""
+    params.optimizer = 'adam'`, in the order asked for. A read, although a POST: it
+    takes no write lock however long it runs, and leaves no audit row."""
     experiment = service.get_visible_experiment(session, principal, experiment_id, "read")
     return _search_page(session, [experiment.id], body)
 
@@ -313,7 +316,7 @@ def search_runs(
     responses=error_responses(401, 403, 404, 422, 429),
 )
 def search_project_runs(
-    project_id: ProjectId, body: ProjectRunSearch, principal: CurrentPrincipal, session: SessionDep
+    project_id: ProjectId, body: ProjectRunSearch, principal: CurrentPrincipal, session: ReadSessionDep
 ) -> Page[RunRead]:
     """Runs across experiments of one project (`experiment_ids`, or all of them), with the
     same filter language and ordering as an experiment's run search."""
@@ -541,23 +544,32 @@ def list_run_metrics(
 @router.get(
     f"{RUN}/metrics/{{name:path}}",
     response_model=Envelope[MetricHistory],
-    responses=error_responses(401, 403, 404, 422, 429),
+    responses=error_responses(401, 403, 404, 422, 429, 503),
 )
 def get_metric_history(
     experiment_id: ExperimentId,
     run_id: RunId,
     name: Annotated[
-        str, Path(max_length=250, pattern=KEY_PATTERN, description="The metric's name; it may contain `/`.")
+        str,
+        Path(
+            max_length=250,
+            pattern=KEY_PATTERN,
+            description="The metric's name; it may contain `/`, as is or percent-encoded (`%2F`).",
+        ),
     ],
     principal: CurrentPrincipal,
     session: SessionDep,
+    settings: SettingsDep,
+    heavy: HeavyDep,
     max_points: Annotated[
         int | None,
         Query(
             ge=10,
             le=10_000,
             description="Thin the series to at most this many points for a chart (first and last "
-            "points, and the lowest and highest value in each of max_points/2 - 1 step ranges).",
+            "points, and the lowest and highest value in each of max_points/2 - 1 step ranges). "
+            "Of a series longer than MAESTRO_METRIC_DOWNSAMPLE_MAX_SCAN points (1,000,000) only "
+            "the latest that many are read.",
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Raw points per page.")] = 1000,
@@ -574,7 +586,14 @@ def get_metric_history(
                 "A downsampled series has no pages",
                 details=[("cursor", "cannot be combined with max_points")],
             )
-        page = metric_store.downsampled(session, run.id, name, max_points)
+        page = metric_store.downsampled(
+            session,
+            run.id,
+            name,
+            max_points,
+            max_scan=settings.metric_downsample_max_scan,
+            in_turn=partial(heavy.slot, owners_of(principal)),
+        )
     else:
         page = metric_store.history(session, run.id, name, limit=limit, cursor=cursor)
     return Envelope(
@@ -638,6 +657,8 @@ def artifact_path(path: str, field: str = "path") -> str:
         raise refuse(f"at most {MAX_PATH_LENGTH} characters")
     if any(ord(char) < 32 or ord(char) == 127 for char in path):
         raise refuse("must not contain control characters")
+    if (char := find_invisible(path)) is not None:
+        raise refuse(invisible_message(char))
     if "\\" in path:
         raise refuse("must not contain backslashes; separate parts with /")
     if path.startswith("/") or _DRIVE.match(path):
@@ -667,6 +688,8 @@ def _artifact_fields(fields: dict[str, str], filename: str | None) -> tuple[str,
         raise ValidationFailed(
             "Invalid upload", details=[("description", "must not contain control characters")]
         )
+    if (char := find_invisible(description)) is not None:
+        raise ValidationFailed("Invalid upload", details=[("description", invisible_message(char))])
     if "path" in fields:
         path = artifact_path(fields["path"])
     elif filename:
