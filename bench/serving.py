@@ -19,6 +19,14 @@ bodies:
   (created with ``pip install mlflow scikit-learn`` when missing), ``POST /invocations``
   with ``inputs``.
 
+With ``--isolation`` (or ``--isolation-only``) it also measures what isolating XGBoost
+and LightGBM costs: a 100-tree booster of each, 1-row and 1,000-row bodies, ``raw``
+(the runtime in this process) against ``isolated`` (the same model answering from its
+isolated process through the sandbox's message format) and ``platform`` (``maestro
+serve`` end to end, which serves them isolated); and the time the load check takes per
+format (skops, ONNX, XGBoost, LightGBM: a fork from the zygote, loading, warming up and
+trying extreme rows), with the memory it measured.
+
 The load generator is ``wrk`` (one thread, a Lua script setting the body) when it is
 installed, else a tight asyncio httpx client in a process of its own per run; the
 script says which. It prints requests/s, rows/s, p50 and p99, and each server's ratio
@@ -237,8 +245,15 @@ def start_model_server(workdir: Path) -> tuple[Process, str]:
     return process, base
 
 
-def start_platform(workdir: Path) -> tuple[Process, str, dict[str, str], dict[str, str]] | str:
-    """The platform with both models deployed; or why it was skipped."""
+def start_platform(
+    workdir: Path, files: dict[str, tuple[str, bytes]] | None = None
+) -> tuple[Process, str, dict[str, str], dict[str, str]] | str:
+    """The platform with the models deployed (by default both scikit-learn models, from
+    their skops files; ``files``: name → (file name, bytes)); or why it was skipped."""
+    if files is None:
+        files = {
+            name: (f"{name}.skops", (workdir / "models" / f"{name}.skops").read_bytes()) for name in MODELS
+        }
     port = free_port()
     env = maestro_env(
         workdir / "platform-data",
@@ -275,7 +290,7 @@ def start_platform(workdir: Path) -> tuple[Process, str, dict[str, str], dict[st
                 .json()["data"]["id"]
             )
             names = {}
-            for name in MODELS:
+            for name, (filename, content) in files.items():
                 model = (
                     http.post(
                         f"/api/v1/projects/{project}/models",
@@ -288,12 +303,7 @@ def start_platform(workdir: Path) -> tuple[Process, str, dict[str, str], dict[st
                 version = (
                     http.post(
                         f"/api/v1/models/{model['id']}/versions",
-                        files={
-                            "model_file": (
-                                f"{name}.skops",
-                                (workdir / "models" / f"{name}.skops").read_bytes(),
-                            )
-                        },
+                        files={"model_file": (filename, content)},
                         headers=headers,
                     )
                     .raise_for_status()
@@ -422,6 +432,136 @@ def raw_results(workdir: Path, batches: dict[int, np.ndarray], seconds: float) -
     return results
 
 
+# --- isolation of XGBoost and LightGBM ---------------------------------------------------------
+def tree_models(matrix: np.ndarray, labels: np.ndarray, workdir: Path) -> dict[str, tuple[str, bytes]]:
+    """100-tree boosters on the same data: name → (format, file)."""
+    import lightgbm
+    import xgboost
+
+    booster = lightgbm.LGBMClassifier(n_estimators=100, num_leaves=31, verbose=-1, n_jobs=1).fit(
+        matrix, labels
+    )
+    xgboost.XGBClassifier(n_estimators=100, max_depth=6, n_jobs=1).fit(matrix, labels).save_model(
+        workdir / "xgboost.json"
+    )
+    return {
+        "lightgbm": ("lightgbm-txt", booster.booster_.model_to_string().encode()),
+        "xgboost": ("xgboost-json", (workdir / "xgboost.json").read_bytes()),
+    }
+
+
+def _timed(call: Callable[[], Any], seconds: float) -> tuple[float, float, float]:
+    for _ in range(20):
+        call()
+    samples: list[float] = []
+    deadline = time.perf_counter() + min(seconds, 2.0)
+    while time.perf_counter() < deadline or len(samples) < 50:
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return 1000 / statistics.mean(samples), statistics.median(samples), samples[int(len(samples) * 0.99)]
+
+
+def isolation_results(
+    workdir: Path, files: dict[str, tuple[str, bytes]], batches: dict[int, np.ndarray], seconds: float
+) -> list[Result]:
+    """The same booster answering in this process and from its isolated process."""
+    from maestro.config import Settings
+    from maestro.serving import load_runtime
+    from maestro.serving.isolation import IsolatedRuntime, Isolation
+
+    isolation = Isolation.from_settings(Settings(_env_file=None, data_dir=workdir / "isolation-data"))  # type: ignore[call-arg]
+    results = []
+    for name, (fmt, content) in files.items():
+        here = load_runtime(content, format=fmt)
+        isolated = IsolatedRuntime(content, format=fmt, isolation=isolation)
+        try:
+            for rows, batch in batches.items():
+                for target, runtime in (("raw", here), ("isolated", isolated)):
+                    rps, p50, p99 = _timed(lambda r=runtime, b=batch: r.predict_with_proba(b), seconds)
+                    results.append(Result(target, name, rows, 1, rps, p50, p99))
+                    print(f"  {target:<18} {name:<8} {rows:>5} rows c=1: {rps:8.1f} req/s p50 {p50:7.3f} ms")
+        finally:
+            isolated.close()
+    return results
+
+
+def check_times(workdir: Path, files: dict[str, tuple[str, bytes]], repeats: int = 3) -> None:
+    """How long the load check takes per format, and what it measured."""
+    from maestro.config import Settings
+    from maestro.serving.isolation import Isolation, check_model
+
+    isolation = Isolation.from_settings(Settings(_env_file=None, data_dir=workdir / "isolation-data"))  # type: ignore[call-arg]
+    print()
+    print(f"{'load check':<14} {'file bytes':>11} {'first s':>8} {'median s':>9} {'memory MiB':>11}  serving")
+    for name, (fmt, content) in files.items():
+        seconds, check = [], None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            check = check_model(content, format=fmt, isolation=isolation)
+            seconds.append(time.perf_counter() - started)
+        assert check is not None
+        memory = f"{(check.memory_bytes or 0) / 1024**2:11.1f}" if check.passed else f"{check.reason:>11}"
+        print(
+            f"{name:<14} {len(content):>11,} {seconds[0]:>8.3f} {statistics.median(seconds):>9.3f} "
+            f"{memory}  {check.serving or ''}"
+        )
+
+
+def run_isolation(
+    workdir: Path,
+    models: dict[str, Any],
+    batches: dict[int, np.ndarray],
+    seconds: float,
+    measure: Callable[..., None],
+    skip_platform: bool,
+) -> list[Result]:
+    from skl2onnx import to_onnx
+
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(5000, FEATURES))
+    labels = (matrix[:, 0] - matrix[:, 3] > 0).astype(int)
+    trees = tree_models(matrix, labels, workdir)
+    print("isolation of XGBoost and LightGBM (100 trees each):", flush=True)
+    results = isolation_results(workdir, trees, batches, seconds)
+    if not skip_platform:
+        files = {name: (f"{name}.model", content) for name, (_fmt, content) in trees.items()}
+        started = start_platform(workdir, files)
+        if isinstance(started, str):
+            print(f"  platform: skipped: {started}", flush=True)
+        else:
+            process, base, headers, deployments = started
+            try:
+                for name in trees:
+                    measure(
+                        "platform",
+                        name,
+                        lambda rows, n=name: (
+                            f"{base}/api/v1/inference/{deployments[n]}" + ("" if rows == 1 else "/batch")
+                        ),
+                        "platform",
+                        {"Content-Type": "application/json", **headers},
+                    )
+            finally:
+                process.stop()
+    check_times(
+        workdir,
+        {
+            "skops logreg": ("skops", sio.dumps(models["logreg"])),
+            "skops forest": ("skops", sio.dumps(models["forest"])),
+            "onnx logreg": (
+                "onnx",
+                to_onnx(
+                    models["logreg"], matrix[:1].astype(np.float32), options={"zipmap": False}
+                ).SerializeToString(),
+            ),
+            **{f"{name} 100 trees": trees[name] for name in trees},
+        },
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
@@ -433,7 +573,14 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="comma-separated subset of 1,1000")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="subset of 1,8")
     parser.add_argument("--no-v2", action="store_true", help="skip the model server's /v2 protocol runs")
+    parser.add_argument("--isolation", action="store_true", help="also measure isolated XGBoost and LightGBM")
+    parser.add_argument(
+        "--isolation-only", action="store_true", help="measure only isolation and load checks"
+    )
     args = parser.parse_args()
+    if args.isolation_only:
+        args.isolation = args.skip_mlflow = args.skip_model_server = True
+        args.concurrency = "1"
     models_run = [name for name in args.models.split(",") if name]
     rows_run = [int(rows) for rows in args.rows.split(",") if rows]
     concurrency_run = [int(c) for c in args.concurrency.split(",") if c]
@@ -472,7 +619,9 @@ def main() -> None:
         return orjson.dumps({"instances" if kind == "platform" else "inputs": batch.tolist()})
 
     results = [
-        r for r in raw_results(workdir, batches, args.seconds) if r.model in models_run and r.rows in rows_run
+        r
+        for r in ([] if args.isolation_only else raw_results(workdir, batches, args.seconds))
+        if r.model in models_run and r.rows in rows_run
     ]
 
     def measure(
@@ -524,7 +673,9 @@ def main() -> None:
             server.stop()
 
     platform_note = "skipped (--skip-platform)" if args.skip_platform else None
-    if not args.skip_platform:
+    if args.isolation_only:
+        platform_note = None
+    if not args.skip_platform and not args.isolation_only:
         started = start_platform(workdir)
         if isinstance(started, str):
             platform_note = f"skipped: {started}"
@@ -546,6 +697,9 @@ def main() -> None:
                 process.stop()
     if platform_note:
         print(f"platform /api/v1/inference: {platform_note}", flush=True)
+
+    if args.isolation:
+        results += run_isolation(workdir, models, batches, args.seconds, measure, args.skip_platform)
 
     if not args.skip_mlflow:
         try:
@@ -569,7 +723,7 @@ def report(results: list[Result]) -> None:
     mlflow = {(r.model, r.rows, r.concurrency): r for r in results if r.target == "mlflow"}
     print()
     print(
-        f"{'target':<18} {'model':<7} {'rows':>5} {'c':>2} {'req/s':>9} {'rows/s':>11} "
+        f"{'target':<18} {'model':<8} {'rows':>5} {'c':>2} {'req/s':>9} {'rows/s':>11} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9}"
     )
     for r in results:
@@ -577,7 +731,7 @@ def report(results: list[Result]) -> None:
         ratio = f"{r.rps / base.rps:8.1f}x" if base and r.target != "mlflow" else ""
         errors = f"  ({r.errors} errors)" if r.errors else ""
         print(
-            f"{r.target:<18} {r.model:<7} {r.rows:>5} {r.concurrency:>2} {r.rps:>9.1f} "
+            f"{r.target:<18} {r.model:<8} {r.rows:>5} {r.concurrency:>2} {r.rps:>9.1f} "
             f"{r.rps * r.rows:>11,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>9}{errors}"
         )
     server = {(r.model, r.rows, r.concurrency): r for r in results if r.target == "model-server"}

@@ -4,7 +4,6 @@ import bz2
 import gzip
 import hashlib
 import io
-import json
 import lzma
 import pickle
 import random
@@ -14,8 +13,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+import skops.io as sio
+import xgboost
 from fastapi.testclient import TestClient
+from skl2onnx import to_onnx
+from sklearn.linear_model import LinearRegression
 from sqlalchemy import func, select
 
 from maestro.app import create_app
@@ -33,6 +37,7 @@ from tests.registry.conftest import (
     stored_files,
     upload,
 )
+from tests.serving import crafted
 
 VERSION_FIELDS = {
     "id",
@@ -49,6 +54,7 @@ VERSION_FIELDS = {
     "training_metrics",
     "model_schema",
     "requirements",
+    "load_check",
     "created_by",
     "created_at",
 }
@@ -64,35 +70,28 @@ def a_joblib() -> bytes:
     return pickle.dumps({"joblib.numpy_pickle.NumpyArrayWrapper": [1, 2, 3]}, protocol=4)
 
 
+# Uploads are loaded before they are kept, so the files of loadable formats are real models.
+def _regression() -> LinearRegression:
+    rows = np.arange(12, dtype=float).reshape(6, 2)
+    return LinearRegression().fit(rows, rows.sum(axis=1))
+
+
 def a_skops() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("schema.json", json.dumps({"__class__": "LogisticRegression", "protocol": 2}))
-        archive.writestr("0.npy", b"\x93NUMPY")
-    return buffer.getvalue()
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    assert len(payload) < 128
-    return bytes([number << 3 | 2, len(payload)]) + payload
+    return sio.dumps(_regression())
 
 
 def an_onnx() -> bytes:
-    """A minimal ModelProto: ir_version, producer, a graph and an opset import."""
-    graph = _field(1, _field(1, b"X") + _field(2, b"Y") + _field(4, b"Identity")) + _field(2, b"g")
-    return (
-        b"\x08\x08" + _field(2, b"skl2onnx") + _field(3, b"1.16") + _field(7, graph) + _field(8, b"\x10\x11")
-    )
+    return to_onnx(_regression(), np.zeros((1, 2), dtype=np.float32)).SerializeToString()
 
 
 def an_xgboost() -> bytes:
-    return json.dumps(
-        {"learner": {"attributes": {}, "objective": {"name": "binary:logistic"}}, "version": [2, 1, 0]}
-    ).encode()
+    rows = np.arange(40, dtype=float).reshape(20, 2)
+    model = xgboost.XGBRegressor(n_estimators=2, max_depth=2, n_jobs=1).fit(rows, rows[:, 0])
+    return bytes(model.get_booster().save_raw(raw_format="json"))
 
 
 def a_lightgbm() -> bytes:
-    return b"tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=3\n"
+    return crafted.lightgbm_text().encode()
 
 
 def random_bytes() -> bytes:

@@ -106,6 +106,9 @@ class ModelVersion(IdMixin, Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     format: Mapped[str | None] = mapped_column(String(30))  # skops, onnx, joblib, pickle, …
     trusted: Mapped[bool] = mapped_column(default=False)  # set by an organisation admin only
+    # The file's load check (``serving.isolation.LoadCheck``): loaded in an isolated process at
+    # upload, with the memory it took; None until a loadable file has been checked.
+    load_check: Mapped[dict[str, Any] | None]
     performance_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     training_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     model_schema: Mapped[dict[str, Any] | None]

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from maestro.api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
+from maestro.api.heavy import HeavyDep
 from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
@@ -303,7 +304,17 @@ async def create_model_version(
         body = _version_body(upload.fields)
         detected = await run_sync(partial(_detect, store, upload))
         row = await run_sync(
-            partial(service.create_version, session, principal, model_id, body, upload.stored, detected)
+            partial(
+                service.create_version,
+                session,
+                principal,
+                model_id,
+                body,
+                upload.stored,
+                detected,
+                settings=settings,
+                store=store,
+            )
         )
         key = upload.stored.key
         run_after_rollback(session, lambda: store.delete(key))
@@ -579,21 +590,25 @@ def update_model_card(
             "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
         },
         **CARD_ERRORS,
+        **error_responses(503),
     },
 )
 def generate_model_card(
     model_id: ModelId,
     version: VersionPath,
     principal: CurrentPrincipal,
-    session: SessionDep,
+    session: ReadSessionDep,
+    heavy: HeavyDep,
     body: schemas.ModelCardRender | None = None,
 ) -> Response:
     """Render a version's card as a PDF; overrides apply to this document only."""
     overrides = body.overrides if body else None
+    # A reader: rendering changes nothing, so it takes no write lock and leaves no audit row.
     card = cards.get_card(session, principal, model_id, version, overrides, rendering="pdf")
-    # Release the database (SQLite's write lock above all) while the document renders.
+    # End the read before the document renders, so no snapshot is held meanwhile.
     session.commit()
-    return _download(cards.render_pdf(card), "application/pdf", cards.document_filename(card, ".pdf"))
+    document = cards.render_pdf_in_turn(heavy, principal, card)
+    return _download(document, "application/pdf", cards.document_filename(card, ".pdf"))
 
 
 @router.post(
@@ -605,7 +620,7 @@ def validate_model_card(
     model_id: ModelId,
     version: VersionPath,
     principal: CurrentPrincipal,
-    session: SessionDep,
+    session: ReadSessionDep,
     body: schemas.ModelCardRender | None = None,
 ) -> Envelope[schemas.ModelCardValidation]:
     """Check a version's card (with any overrides) for missing and invalid sections."""

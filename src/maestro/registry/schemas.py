@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from maestro.identity.schemas import StrictModel, UserRef
 from maestro.registry.formats import ModelFormat
 from maestro.registry.models import ModelType, Stage
+from maestro.schemas import JsonDepth, Visible
 
 TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 MAX_TAGS = 100  # per model
@@ -27,22 +28,26 @@ def _usable_name(value: str) -> str:
 
 
 # Control characters (NUL above all, which PostgreSQL cannot store) have no place in
-# names or labels; descriptions may span lines.
+# names or labels; descriptions may span lines. No text may hold invisible or
+# direction-changing characters (`Visible`).
 ModelName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
     AfterValidator(_usable_name),
+    Visible,
 ]
 Label = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Visible,
 ]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"),
+    Visible,
 ]
 TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]
-TagValue = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")]
+TagValue = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$"), Visible]
 TagKeys = Annotated[
     list[TagKey],
     Field(max_length=MAX_TAGS, description="Tag keys (labels without a value)."),
@@ -123,8 +128,9 @@ SEMVER_PATTERN = (
 SemVer = Annotated[str, StringConstraints(max_length=50, pattern=SEMVER_PATTERN)]
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,49}$"
 Requirements = Annotated[
-    str, StringConstraints(max_length=20_000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")
+    str, StringConstraints(max_length=20_000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"), Visible
 ]
+Document = Annotated[dict[str, Any], JsonDepth]  # free-form JSON, stored as sent
 
 
 class VersionCreate(StrictModel):
@@ -135,9 +141,9 @@ class VersionCreate(StrictModel):
     )
     stage: Stage = Stage.development
     description: Description | None = None
-    performance_metrics: dict[str, Any] = Field(default_factory=dict)
-    training_metrics: dict[str, Any] = Field(default_factory=dict)
-    model_schema: dict[str, Any] | None = None
+    performance_metrics: Document = Field(default_factory=dict)
+    training_metrics: Document = Field(default_factory=dict)
+    model_schema: Document | None = None
     requirements: Requirements | None = None
     format: ModelFormat | None = Field(
         None, description="The format the file claims to be; refused (422) when its bytes say otherwise."
@@ -164,6 +170,24 @@ def _check_finite(value: Any) -> None:
             stack.extend(item)
 
 
+class LoadCheckRead(BaseModel):
+    """How the version's file behaved when it was loaded in an isolated process."""
+
+    status: Literal["passed", "failed"] = Field(
+        description="failed: the file is refused when loaded (at upload, only for want of trust)."
+    )
+    reason: str | None = Field(
+        None, description="Why it failed, as a stable code (e.g. invalid_model, crashed)."
+    )
+    message: str | None = None
+    memory_bytes: int | None = Field(None, description="Memory the model took once loaded and warmed up.")
+    serving: str | None = Field(None, description="What answers, e.g. `onnx (converted from skops)`.")
+    sha256: str = Field(description="The file that was checked.")
+    trusted: bool = Field(description="Whether it was checked as a trusted file.")
+    maestro_version: str
+    checked_at: str
+
+
 class VersionRead(BaseModel):
     id: str = Field(examples=["version_01jd8x6q2v0000000000000000"])
     model_id: str
@@ -179,6 +203,9 @@ class VersionRead(BaseModel):
     training_metrics: dict[str, Any]
     model_schema: dict[str, Any] | None = None
     requirements: str | None = None
+    load_check: LoadCheckRead | None = Field(
+        None, description="The file's load check; null until a loadable file has been checked."
+    )
     created_by: UserRef | None = Field(None, description="Null when uploaded with an API key.")
     created_at: datetime
 
@@ -213,12 +240,14 @@ MAX_CARD_CHARS = 20_000  # all the text of a card's sections together (about eig
 CardLine = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Visible,
 ]
 CardText = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=1, max_length=5000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$"
     ),
+    Visible,
 ]
 CardList = Annotated[list[CardLine], Field(max_length=MAX_CARD_ITEMS)]
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Select, exists, func, or_, select
+from pydantic import ValidationError
+from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -36,6 +37,7 @@ from maestro.registry.models import (
 from maestro.registry.schemas import (
     MAX_TAGS,
     LatestVersion,
+    LoadCheckRead,
     ModelCreate,
     ModelRead,
     ModelUpdate,
@@ -43,7 +45,11 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
+from maestro.serving.isolation import TRUST_REASONS, Isolation, check_model, needs_check
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
+
+if TYPE_CHECKING:
+    from maestro.config import Settings
 
 SortKey = Literal["name", "created_at", "updated_at"]
 SORT_COLUMNS = {
@@ -427,6 +433,42 @@ def next_number(session: Session, model: RegisteredModel) -> int:
     return (highest or 0) + 1
 
 
+def check_model_file(
+    settings: Settings,
+    store: ArtifactStore,
+    stored: StoredObject,
+    detected: ModelFormat | None,
+    *,
+    trusted: bool = False,
+    model_schema: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Load an uploaded file in an isolated process (``serving.isolation``) before it
+    becomes a version: a file that does not load, crashes, stalls or passes the memory
+    budget of a model is refused (422) with the reason. Returns the result to keep on
+    the version, or None for a format that is never loaded (a pickle, until an admin
+    trusts it). A file refused only for want of trust is kept, as before: trusting it
+    checks it again. Takes seconds, so it runs in no transaction."""
+    if stored is None or not needs_check(detected, trusted):
+        return None
+    isolation = Isolation.from_settings(settings, store)
+    path = store.path(stored.key) if store.is_local else None
+    check = check_model(
+        None if path else store.read_bytes(stored.key),
+        path=path,
+        format=detected,  # type: ignore[arg-type]  # needs_check saw a format
+        trusted=trusted,
+        model_schema=model_schema,
+        isolation=isolation,
+        sha256=stored.sha256,
+    )
+    if not check.passed and check.reason not in TRUST_REASONS:
+        raise ValidationFailed(
+            f"The model file was refused: {check.message}",
+            details=[("model_file", check.reason or "refused")],
+        )
+    return check.to_dict()
+
+
 def create_version(
     session: Session,
     principal: Principal,
@@ -437,21 +479,33 @@ def create_version(
     *,
     number: int | None = None,
     lineage: dict[str, str | None] | None = None,
+    settings: Settings | None = None,
+    store: ArtifactStore | None = None,
+    load_check: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Record an uploaded file as a new version. The caller removes the stored file
     when this raises. ``number`` (default: the next) and ``lineage`` (``source``,
     ``run_id``, ``logged_model_id``) come from the MLflow API; a version registered
-    there from a source Maestro cannot read has no file."""
-    model = get_visible_model(session, principal, model_id, "write")
-    # Versions of one model are numbered one at a time: concurrent uploads wait here
-    # (PostgreSQL row lock; SQLite's writers already take turns) instead of picking
-    # the same next version and failing.
-    session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+    there from a source Maestro cannot read has no file.
+
+    A loadable file is checked first (``check_model_file``, with ``settings`` and
+    ``store``), before this function reads or writes the database, so that a caller
+    without an open transaction holds no lock meanwhile; ``load_check`` passes the
+    result of a check the caller made itself."""
     if body.format is not None and detected is not None and body.format != detected:
         raise ValidationFailed(
             "The file's contents do not match its claimed format",
             details=[("format", f"claimed {body.format}, but the file is {detected}")],
         )
+    if stored is not None and load_check is None and needs_check(detected, False):
+        if settings is None or store is None:
+            raise TypeError("create_version needs settings and store to check the model file")
+        load_check = check_model_file(settings, store, stored, detected, model_schema=body.model_schema)
+    model = get_visible_model(session, principal, model_id, "write")
+    # Versions of one model are numbered one at a time: concurrent uploads wait here
+    # (PostgreSQL row lock; SQLite's writers already take turns) instead of picking
+    # the same next version and failing.
+    session.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
     version = body.version or next_version(session, model)
     duplicate = Conflict("This version already exists", details=[("version", f"{version} already exists")])
     exists_already = session.scalar(
@@ -472,6 +526,7 @@ def create_version(
         sha256=stored.sha256 if stored else None,
         format=detected,
         trusted=False,
+        load_check=load_check,
         performance_metrics=body.performance_metrics,
         training_metrics=body.training_metrics,
         model_schema=body.model_schema,
@@ -510,6 +565,25 @@ def versions_query(model: RegisteredModel) -> Select[tuple[ModelVersion]]:
     return select(ModelVersion).where(ModelVersion.model_id == model.id)
 
 
+def _load_check_read(value: dict[str, Any] | None) -> LoadCheckRead | None:
+    if not value:
+        return None
+    try:
+        return LoadCheckRead.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def record_load_check(session: Session, version_id: str, check: dict[str, Any]) -> None:
+    """Keep the result of a check made when a version was loaded (it had none, or a
+    stale one); only for the file it checked."""
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.id == version_id, ModelVersion.sha256 == check.get("sha256"))
+        .values(load_check=check)
+    )
+
+
 def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[VersionRead]:
     creators = users_by_id(session, (row.created_by_id for row in rows))
     return [
@@ -528,6 +602,7 @@ def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[Versio
             training_metrics=row.training_metrics or {},
             model_schema=row.model_schema,
             requirements=row.requirements,
+            load_check=_load_check_read(row.load_check),
             created_by=user_ref(creators.get(row.created_by_id or "")),
             created_at=row.created_at,
         )
@@ -643,6 +718,8 @@ def set_trusted(
         raise PermissionDenied("Only an organisation admin can trust a model file")
     previous = row.trusted
     row.trusted = trusted
+    if previous != trusted and row.format in (ModelFormat.pickle, ModelFormat.joblib, ModelFormat.skops):
+        row.load_check = None  # the file loads differently now: it is checked again before it loads
     session.flush()
     audit.describe(
         session,

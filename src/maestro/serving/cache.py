@@ -4,9 +4,14 @@
   before any request sees it.
 - One load per key: concurrent requests for a cold version wait for the same load.
   Different versions load in parallel.
-- Bounded: least recently used runtimes are dropped when the count or the estimated
-  memory passes its limit, but never one a live name points at (nor one prepared for a
-  swap), so the cache may stay over its limits while every runtime in it is in use.
+- Bounded: least recently used runtimes are dropped when the count or the memory
+  passes its limit, but never one a live name points at (nor one prepared for a swap).
+  A runtime's memory is what it was measured to cost (``Runtime.memory_bytes``: the load
+  check's measurement, or an isolated process's resident memory). Preparing or swapping
+  in a runtime that would take the runtimes in use past ``max_bytes`` is refused
+  (``too_large_for_cache``) rather than letting the process grow; past the count limit
+  the cache may stay over while every runtime in it is in use.
+- Dropped runtimes are closed (``Runtime.close``: an isolated process ends), outside the lock.
 - Hot swap: ``prepare(key)`` loads and warms a new version while the old one keeps
   serving; ``swap(name, key)`` then moves the name in one step. A request that already
   holds the old runtime finishes on it, so a deploy or rollback never fails a request.
@@ -33,6 +38,10 @@ from maestro.serving.runtimes import Runtime
 logger = logging.getLogger("maestro.serving")
 
 Loader = Callable[[str], Runtime]
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1024**2:,.1f} MiB"
 
 
 @dataclass
@@ -86,6 +95,7 @@ class ModelCache:
         self._prepared: Counter[str] = Counter()
         self._total_bytes = 0
         self._stats = CacheStats()
+        self._dropped: list[Runtime] = []  # to close once the lock is released
 
     # --- reading -----------------------------------------------------------------------------
     def get(self, key: str) -> Runtime:
@@ -120,6 +130,7 @@ class ModelCache:
         with self._lock:
             del self._loading[key]
             self._insert(key, runtime)
+        self._close_dropped()
         future.set_result(runtime)
         return runtime
 
@@ -186,10 +197,14 @@ class ModelCache:
         """Load and warm ``key`` ahead of a swap, keeping it from eviction until it is
         swapped in or ``discard``-ed. The names it will replace keep serving meanwhile."""
         runtime = self.get(key)
-        with self._lock:
-            self._prepared[key] += 1
-            if key not in self._entries:  # evicted between the load and now
-                self._insert(key, runtime)
+        try:
+            with self._lock:
+                if key not in self._entries:  # evicted between the load and now
+                    self._insert(key, runtime)
+                self._check_room(key, replacing=None)
+                self._prepared[key] += 1
+        finally:
+            self._close_dropped()
         return runtime
 
     def discard(self, key: str) -> None:
@@ -197,20 +212,26 @@ class ModelCache:
         with self._lock:
             self._release_prepared(key)
             self._evict_over_limits()
+        self._close_dropped()
 
     def swap(self, name: str, key: str) -> str | None:
         """Point ``name`` at ``key`` in one step, loading ``key`` first if ``prepare``
         did not. Returns the key the name served before. If loading fails the name keeps
         serving what it served."""
         runtime = self.get(key)
-        with self._lock:
-            if key not in self._entries:
-                self._insert(key, runtime)
-            previous = self._names.get(name)
-            self._names[name] = key
-            self._release_prepared(key)
-            self._stats.swaps += 1
-            self._evict_over_limits(keep=key)
+        try:
+            with self._lock:
+                if key not in self._entries:
+                    self._insert(key, runtime)
+                if self._names.get(name) != key:
+                    self._check_room(key, replacing=name)
+                previous = self._names.get(name)
+                self._names[name] = key
+                self._release_prepared(key)
+                self._stats.swaps += 1
+                self._evict_over_limits(keep=key)
+        finally:
+            self._close_dropped()
         logger.info("model name %s now serves %s (was %s)", name, key, previous)
         return previous
 
@@ -219,7 +240,8 @@ class ModelCache:
         with self._lock:
             key = self._names.pop(name, None)
             self._evict_over_limits()
-            return key
+        self._close_dropped()
+        return key
 
     def evict(self, key: str) -> bool:
         """Drop ``key`` now; refused (False) while a live name or a prepared swap uses it."""
@@ -227,7 +249,8 @@ class ModelCache:
             if key not in self._entries or key in self._pinned():
                 return False
             self._drop(key)
-            return True
+        self._close_dropped()
+        return True
 
     def invalidate(self, key: str) -> None:
         """Forget a remembered load failure and drop the runtime unless it is in use,
@@ -236,6 +259,22 @@ class ModelCache:
             self._failures.pop(key, None)
             if key in self._entries and key not in self._pinned():
                 self._drop(key)
+        self._close_dropped()
+
+    def peek(self, key: str) -> Runtime | None:
+        """The loaded runtime for ``key``, if any, without loading or counting a use."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.runtime if entry is not None else None
+
+    def close(self) -> None:
+        """Drop every runtime (shutdown): isolated processes end."""
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+            self._names.clear()
+            self._prepared.clear()
+        self._close_dropped()
 
     # --- inside the lock ----------------------------------------------------------------------------
     def _touch(self, key: str, entry: _Entry) -> None:
@@ -254,6 +293,7 @@ class ModelCache:
             self._prepared.pop(key, None)
 
     def _insert(self, key: str, runtime: Runtime) -> None:
+        """Add a loaded runtime, counted at what it was measured to cost."""
         now = time.monotonic()
         self._entries[key] = _Entry(runtime, runtime.memory_bytes, now, now)
         self._total_bytes += runtime.memory_bytes
@@ -263,11 +303,44 @@ class ModelCache:
         entry = self._entries.pop(key)
         self._total_bytes -= entry.size
         self._stats.evictions += 1
+        self._dropped.append(entry.runtime)
         if self._on_evict is not None:
             try:
                 self._on_evict(key, entry.runtime)
             except Exception:
                 logger.exception("eviction callback failed for %s", key)
+
+    def _check_room(self, key: str, *, replacing: str | None) -> None:
+        """Refuse to make ``key`` live when the runtimes in use would then take more
+        memory than the cache may hold; ``replacing``: the name it will take over, whose
+        runtime stops counting unless something else uses it. A refused runtime that
+        nothing uses is dropped."""
+        pinned = self._pinned() - {key}
+        old = self._names.get(replacing) if replacing is not None else None
+        only_that_name = sum(1 for other in self._names.values() if other == old) == 1
+        if old is not None and old != key and self._prepared[old] == 0 and only_that_name:
+            pinned.discard(old)
+        in_use = sum(self._entries[other].size for other in pinned if other in self._entries)
+        size = self._entries[key].size
+        if in_use + size <= self.max_bytes:
+            return
+        if key not in self._pinned():
+            self._drop(key)
+        raise ModelLoadError(
+            "too_large_for_cache",
+            f"This model takes {_mib(size)} of memory; the {len(pinned)} other model(s) this process serves "
+            f"take {_mib(in_use)}, and together they may take at most {_mib(self.max_bytes)} "
+            "(MAESTRO_SERVING_CACHE_MAX_BYTES). Stop serving another model, or raise the limit.",
+        )
+
+    def _close_dropped(self) -> None:
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        for runtime in dropped:
+            try:
+                runtime.close()
+            except Exception:
+                logger.exception("could not close a dropped %s runtime", runtime.serving)
 
     def _evict_over_limits(self, keep: str | None = None) -> None:
         pinned = self._pinned()
@@ -284,10 +357,11 @@ class ModelCache:
             self._stats.loads += 1
         runtime = self._loader(key)
         if runtime.memory_bytes > self.max_bytes:
+            runtime.close()
             raise ModelLoadError(
                 "too_large_for_cache",
-                f"The model needs about {runtime.memory_bytes:,} bytes of memory; the model cache holds "
-                f"at most {self.max_bytes:,}",
+                f"The model needs {runtime.memory_bytes:,} bytes of memory; the models of this process may "
+                f"take at most {self.max_bytes:,} (MAESTRO_SERVING_CACHE_MAX_BYTES)",
             )
         if self._warm_up:
             runtime.warm_up()

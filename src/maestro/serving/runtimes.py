@@ -14,7 +14,9 @@ What may be loaded, and how:
   graph or subgraph, refuses the model before onnxruntime sees it, so a model can never
   make the server read a path of its choosing. The session is built from bytes with
   explicit thread counts (default threads degrade badly under contention).
-- **XGBoost JSON** and **LightGBM text**: their own parsers, from memory.
+- **XGBoost JSON** and **LightGBM text**: their trees are checked in pure Python first
+  (``tree_checks``: the libraries trust every index in the file), then their own parsers
+  read them from memory. Servers run these in isolated processes (``isolation``).
 - **pickle / joblib**: run code when loaded, so only for a version an admin trusted;
   otherwise refused before a byte of the file is read.
 
@@ -32,6 +34,7 @@ import pickle
 import time
 import warnings
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -50,6 +53,7 @@ from maestro.serving.inputs import (
     schema_classes,
     to_matrix,
 )
+from maestro.serving.tree_checks import check_tree_model
 
 if TYPE_CHECKING:
     import onnx
@@ -198,6 +202,10 @@ class Runtime(ABC):
             "memory_bytes": self.memory_bytes,
             "load_seconds": round(self.load_seconds, 4),
         }
+
+    def close(self) -> None:  # noqa: B027 - most runtimes hold nothing outside the process
+        """Let go of what the runtime holds outside this process (an isolated process);
+        called when the model cache drops it."""
 
     @abstractmethod
     def _predict(self, matrix: np.ndarray) -> np.ndarray: ...
@@ -787,16 +795,28 @@ def allowed_skops_types() -> frozenset[str]:
 
 
 def _check_archive(data: bytes, limit: int | None) -> None:
-    """A skops file is a zip: refuse one whose members would unpack past the limit."""
+    """A skops file is a zip: refuse one whose members would unpack past the limit. The
+    sizes a zip declares can lie, so each member is unpacked (in pieces, into nothing)
+    and the bytes it really yields are counted."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            unpacked = 0
+            for info in archive.infolist():
+                if limit is not None and unpacked + info.file_size > limit:
+                    raise _unpacks_past(unpacked + info.file_size, limit)
+                with archive.open(info) as member:
+                    while chunk := member.read(1 << 20):
+                        unpacked += len(chunk)
+                        if limit is not None and unpacked > limit:
+                            raise _unpacks_past(unpacked, limit)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, zlib.error) as exc:
         raise ModelLoadError("corrupt", f"The file is not a valid skops archive ({_short(exc)})") from None
-    if limit is not None and unpacked > limit:
-        raise ModelLoadError(
-            "too_large", f"The skops archive unpacks to {unpacked:,} bytes; at most {limit:,} can be loaded"
-        )
+
+
+def _unpacks_past(size: int, limit: int) -> ModelLoadError:
+    return ModelLoadError(
+        "too_large", f"The skops archive unpacks to at least {size:,} bytes; at most {limit:,} can be loaded"
+    )
 
 
 def load_skops(data: bytes, *, trusted: bool, max_bytes: int | None = None) -> Any:
@@ -868,11 +888,16 @@ def load_runtime(
     threads: int = 1,
     inter_op_threads: int = 1,
     max_bytes: int | None = None,
+    unpacked_max_bytes: int | None = None,
+    check_trees: bool = True,
 ) -> Runtime:
     """A runtime for a model file. ``format`` is the version's recognised format (None:
     recognise it from the bytes); ``trusted`` is the admin's mark on the version. A
     scikit-learn model is served as ONNX when conversion agrees with it on
-    ``validation_sample`` (rows) or on rows generated from the schema."""
+    ``validation_sample`` (rows) or on rows generated from the schema. ``max_bytes``
+    bounds the file, and with ``unpacked_max_bytes`` what an archive unpacks to.
+    ``check_trees=False`` hands XGBoost and LightGBM files to the native code unchecked:
+    only to test what isolation contains."""
     started = time.perf_counter()
     fmt = resolve_format(format, data)
     if fmt in CODE_EXECUTING_FORMATS and not trusted:
@@ -891,14 +916,19 @@ def load_runtime(
             inter_op_threads=inter_op_threads,
         )
     elif fmt is ModelFormat.xgboost_json:
+        if check_trees:
+            check_tree_model(data, fmt)
         runtime = XGBoostRuntime(data, declared=declared, classes=classes, threads=threads)
     elif fmt is ModelFormat.lightgbm_txt:
+        if check_trees:
+            check_tree_model(data, fmt)
         runtime = LightGBMRuntime(data, declared=declared, classes=classes, threads=threads)
     elif fmt in (ModelFormat.skops, ModelFormat.joblib, ModelFormat.pickle):
         from maestro.serving.conversion import serve_estimator
 
+        limits = [limit for limit in (max_bytes, unpacked_max_bytes) if limit is not None]
         model = (
-            load_skops(data, trusted=trusted, max_bytes=max_bytes)
+            load_skops(data, trusted=trusted, max_bytes=min(limits) if limits else None)
             if fmt is ModelFormat.skops
             else unpickle_trusted(data, fmt, trusted=trusted)
         )
@@ -932,19 +962,10 @@ class VersionFile(Protocol):
     model_schema: dict[str, Any] | None
 
 
-def load_version(
-    version: VersionFile,
-    store: ArtifactStore,
-    settings: Settings,
-    *,
-    validation_sample: Any = None,
-    convert: bool = True,
-    threads: int = 1,
-    inter_op_threads: int = 1,
-) -> Runtime:
-    """A runtime for a version's file in the artifact store: an untrusted pickle is
-    refused before its file is read, the size limit is checked before reading, and the
-    bytes must match the checksum recorded at upload."""
+def read_version_file(version: VersionFile, store: ArtifactStore, settings: Settings) -> bytes:
+    """A version's file from the artifact store: an untrusted pickle is refused before
+    its file is read, the size limit is checked before reading, and the bytes must match
+    the checksum recorded at upload."""
     if not version.file_key:
         raise ModelLoadError("no_file", "This version has no model file")
     if version.format in CODE_EXECUTING_FORMATS and not version.trusted:
@@ -964,8 +985,25 @@ def load_version(
             "checksum_mismatch",
             "The stored model file does not match the checksum recorded when it was uploaded",
         )
+    return data
+
+
+def load_version(
+    version: VersionFile,
+    store: ArtifactStore,
+    settings: Settings,
+    *,
+    validation_sample: Any = None,
+    convert: bool = True,
+    threads: int = 1,
+    inter_op_threads: int = 1,
+) -> Runtime:
+    """A runtime for a version's file in the artifact store, loaded in this process
+    (``read_version_file`` says what is refused before loading). Servers load versions
+    through ``isolation.load_checked_version``, which checks the file in an isolated
+    process first and serves XGBoost and LightGBM from one."""
     return load_runtime(
-        data,
+        read_version_file(version, store, settings),
         format=version.format,
         trusted=version.trusted,
         model_schema=version.model_schema,
@@ -973,5 +1011,5 @@ def load_version(
         convert=convert,
         threads=threads,
         inter_op_threads=inter_op_threads,
-        max_bytes=limit,
+        max_bytes=settings.max_model_bytes,
     )

@@ -8,7 +8,11 @@ every prediction.
   thread), and at the latest a minute after it was read.
 - **The model cache** (``ModelCache``), where each deployment's id is a live name
   pointing at the version it serves. A deploy prepares (loads and warms) the new version
-  before the name moves, so no request fails during it.
+  before the name moves, so no request fails during it. Versions load through
+  ``isolation.load_checked_version``: checked in an isolated process first (the result
+  is kept on the version), XGBoost and LightGBM served from one. When such a process
+  crashes, the deployments it serves get a log line; after repeated crashes they are
+  marked failed (answering 503 until deployed again).
 - **The recorder** of served requests, flushed by the background thread.
 """
 
@@ -19,19 +23,23 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from maestro.identity.credential_cache import ShortMemory
+from maestro.registry import service as registry
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.serving.cache import ModelCache
 from maestro.serving.errors import ModelLoadError
+from maestro.serving.isolation import IsolatedRuntime, LoadCheck, load_checked_version
 from maestro.serving.metrics import PlatformMetrics
 from maestro.serving.models import Deployment, DeploymentStatus, LogLevel, ServingGeneration
 from maestro.serving.parallel import RowSplitter
 from maestro.serving.predictions import PredictionRecorder
-from maestro.serving.runtimes import Runtime, load_version
+from maestro.serving.runtimes import Runtime
 
 if TYPE_CHECKING:
     from maestro.config import Settings
@@ -156,7 +164,13 @@ class ServingState:
         if row is None:
             raise ModelLoadError("file_missing", "The model version no longer exists")
         try:
-            runtime = load_version(row, self.store, self.settings)
+            runtime = load_checked_version(
+                row,
+                self.store,
+                self.settings,
+                record=partial(self._record_check, version_id),
+                on_crash=partial(self._model_crashed, version_id),
+            )
         except ModelLoadError as exc:
             self._failures[version_id] = exc.reason
             self.metrics.model_loads.labels("failed").inc()
@@ -165,9 +179,53 @@ class ServingState:
         self.metrics.model_loads.labels("loaded").inc()
         return runtime
 
+    def _record_check(self, version_id: str, check: LoadCheck) -> None:
+        """Keep a load check made now on the version, so the next load need not repeat it."""
+        try:
+            with self.database.session() as session:
+                registry.record_load_check(session, version_id, check.to_dict())
+        except SQLAlchemyError:
+            logger.exception("could not record the load check of %s", version_id)
+
+    def _model_crashed(self, version_id: str, runtime: IsolatedRuntime, message: str, failed: bool) -> None:
+        """A model process crashed (the request that caused it failed): say so in the log
+        of each deployment serving it here, and once it has crashed too often, mark them
+        failed."""
+        deployment_ids = [name for name, key in self.cache.names().items() if key == version_id]
+        for deployment_id in deployment_ids:
+            self.recorder.event(
+                deployment_id,
+                LogLevel.error,
+                "model_crashed",
+                f"The model's process {message} while answering a request; that request failed"
+                + (" and the deployment stopped serving" if failed else "; a new process serves the next"),
+                version_id=version_id,
+                crashes=runtime.crash_count,
+            )
+        if failed and deployment_ids:
+            self._mark_failed(version_id, deployment_ids, runtime.failure or "The model's process crashed")
+
+    def _mark_failed(self, version_id: str, deployment_ids: list[str], message: str) -> None:
+        from maestro.serving.service import fail_serving
+
+        try:
+            with self.database.session() as session:
+                rows = fail_serving(session, version_id, deployment_ids, message)
+                names = [(deployment.organization_id, deployment.name) for deployment in rows]
+        except SQLAlchemyError:
+            logger.exception("could not mark the deployments of %s failed", version_id)
+            return
+        for organization_id, name in names:
+            self.forget(organization_id, name)
+        logger.error("deployments %s stopped serving version %s: %s", deployment_ids, version_id, message)
+
     def prepare(self, version_id: str) -> Runtime:
         """Load and warm a version for a deploy (blocking), afresh: the version's trust
-        may have changed since a failure was remembered. Raises ``ModelLoadError``."""
+        may have changed since a failure was remembered, and a model process that
+        crashed too often is given a new start. Raises ``ModelLoadError``."""
+        loaded = self.cache.peek(version_id)
+        if isinstance(loaded, IsolatedRuntime) and loaded.failure is not None:
+            loaded.revive()
         self.cache.invalidate(version_id)
         return self.cache.prepare(version_id)
 
@@ -175,9 +233,12 @@ class ServingState:
         self.cache.discard(version_id)
 
     def serve(self, deployment_id: str, version_id: str | None) -> None:
-        """Point the deployment at a prepared version (or at nothing: stop serving it)."""
+        """Point the deployment at a prepared version (or at nothing: stop serving it,
+        ending its model's isolated process unless another deployment uses it)."""
         if version_id is None:
-            self.cache.release(deployment_id)
+            released = self.cache.release(deployment_id)
+            if released is not None and isinstance(self.cache.peek(released), IsolatedRuntime):
+                self.cache.evict(released)  # refused while another name serves it
         else:
             self.cache.swap(deployment_id, version_id)
 
@@ -222,6 +283,9 @@ class ServingState:
         if status != DeploymentStatus.active:
             return "unknown"
         if version_id in self._failures:
+            return "unhealthy"
+        loaded = self.cache.peek(version_id)
+        if isinstance(loaded, IsolatedRuntime) and loaded.failure is not None:
             return "unhealthy"
         if version_id in self.cache:  # serving it, or about to once its deploy commits
             return "healthy"
@@ -271,6 +335,7 @@ class ServingState:
             gc.unfreeze()
         self.splitter.close()
         self.recorder.flush(everything=True)
+        self.cache.close()  # model processes end with the server
 
     def _run(self) -> None:
         flush_every = self.settings.prediction_log_flush_seconds

@@ -1,5 +1,9 @@
 """model isolation
 
+Every model version keeps the result of its load check: the file loaded, warmed up and
+tried in an isolated process, with what it cost in memory (``serving.isolation``).
+Versions uploaded before have no result and are checked when they are next loaded.
+
 Revision ID: b2e4f6a8c012
 Revises: a1d3e5c7b901
 Create Date: 2026-12-07 02:10:00
@@ -21,8 +25,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("model_versions") as batch:
+        batch.add_column(sa.Column("load_check", maestro.db.JSONType, nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("load_check")
