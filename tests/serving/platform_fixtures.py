@@ -13,8 +13,8 @@ from tests.factories import Factory
 from tests.serving.platform import FEATURES, Team, Tiny
 
 
-@pytest.fixture
-def team(factory: Factory) -> Team:
+def make_team(factory: Factory) -> Team:
+    """Acme (an admin, a developer, a viewer, a project and an inference key) and Globex."""
     org = factory.organization("Acme")
     admin = factory.user(org, "admin")
     other_org = factory.organization("Globex")
@@ -30,6 +30,11 @@ def team(factory: Factory) -> Team:
         other_project=factory.project(other_org, outsider, "organization", name="Globex fraud"),
         inference_key=factory.api_key(org, {"inference": ["read"]}),
     )
+
+
+@pytest.fixture
+def team(factory: Factory) -> Team:
+    return make_team(factory)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.formats import ModelFormat, detect_format
+from maestro.schemas import strip_invisible
 from maestro.storage import ArtifactStore
 
 NO_SUCH_FILE = "No such file"
@@ -76,10 +77,12 @@ def get_visible_file(session: Session, principal: Principal, file_id: str, actio
 
 
 def clean_filename(filename: str | None) -> str | None:
-    """The name a client sent, without control characters; kept for display only."""
+    """The name a client sent, without control characters nor invisible or
+    direction-changing ones (``\\u202egnp.exe`` would display as ``exe.png``); kept for
+    display only."""
     if filename is None:
         return None
-    cleaned = _CONTROL.sub("", filename).strip()[:255]
+    cleaned = strip_invisible(_CONTROL.sub("", filename)).strip()[:255]
     return cleaned or None
 
 
@@ -87,9 +90,12 @@ def _media(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def recognise_dataset(store: ArtifactStore, upload: ReceivedUpload) -> DatasetFormat:
+def recognise_dataset(
+    store: ArtifactStore, upload: ReceivedUpload, *, max_expanded_bytes: int | None = None
+) -> DatasetFormat:
     """The dataset's format from its bytes, checked against what its name and declared
-    content type claim; a 422 names the disagreement."""
+    content type claim; a 422 names the disagreement. A workbook is decompressed to
+    count the real size of its parts, refused past ``max_expanded_bytes``."""
     media = _media(upload.content_type)
     claim = claimed_format(upload.filename, upload.content_type)
     if claim is None and media not in GENERIC_CONTENT_TYPES:
@@ -99,7 +105,9 @@ def recognise_dataset(store: ArtifactStore, upload: ReceivedUpload) -> DatasetFo
         )
     try:
         with store.open(upload.stored.key) as file:
-            detected = detect_dataset_format(upload.head, file, upload.stored.size)
+            detected = detect_dataset_format(
+                upload.head, file, upload.stored.size, max_expanded_bytes=max_expanded_bytes
+            )
     except UnrecognisedDataset as exc:
         raise ValidationFailed(
             "The file is not a dataset Maestro can read",

@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ _CHILD_ENVIRONMENT = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "POLARS_MAX_THREADS": "1",
     "MALLOC_ARENA_MAX": "2",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONHASHSEED": "random",
@@ -198,6 +200,25 @@ class Child:
                 self._end(kill=True)
                 raise SandboxError(f"The isolated process sent an invalid answer ({exc})") from None
         return _checked(reply)
+
+    def hung_up(self) -> bool:
+        """Whether the process has ended (or closed its end) while idle, checked without
+        blocking, so the server can start a new one before sending it work."""
+        if self._closed:
+            return True
+        with self._lock:
+            if self._closed:
+                return True
+            try:
+                readable, _, _ = select.select([self._sock], [], [], 0)
+                ended = bool(readable) and not self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                ended = False
+            except OSError:
+                ended = True
+            if ended:
+                self._end(kill=False)
+        return ended
 
     def memory(self) -> MemoryUsage:
         """Read from the kernel, not from the process (which could lie)."""
@@ -421,11 +442,12 @@ _shared_lock = threading.Lock()
 
 
 def shared_sandbox() -> Sandbox:
-    """This process's sandbox (a new one after a fork)."""
+    """This process's sandbox (a new one after a fork). Its children import from where
+    this process imports (the code a trusted pickle names must be found there too)."""
     global _shared, _shared_pid
     with _shared_lock:
         if _shared is None or _shared_pid != os.getpid():
-            _shared = Sandbox()
+            _shared = Sandbox(python_path=[entry for entry in sys.path if entry and os.path.isabs(entry)])
             _shared_pid = os.getpid()
         return _shared
 
