@@ -263,6 +263,21 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., RunningProcess]]:
         running.stop()
 
 
+def wait_answering(running: RunningProcess, path: str, timeout: float = 90.0) -> RunningProcess:
+    """Wait until ``running`` answers 200 on ``path``; fail at once if it exits."""
+
+    def answers() -> bool:
+        if running.process.poll() is not None:
+            raise AssertionError(f"the process exited early:\n{running.output()}")
+        try:
+            return httpx.get(f"{running.base_url}{path}", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout=timeout, interval=0.1)
+    return running
+
+
 @pytest.fixture
 def serve(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningProcess]:
     """Start ``maestro serve`` on a free port and wait until /health answers."""
@@ -271,16 +286,23 @@ def serve(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningProcess]
         port = free_port()
         running = spawn(["serve", "--host", "127.0.0.1", "--port", str(port), *extra], settings)
         running.base_url = f"http://127.0.0.1:{port}"
+        return wait_answering(running, "/health")
 
-        def healthy() -> bool:
-            if running.process.poll() is not None:
-                raise AssertionError(f"maestro serve exited early:\n{running.output()}")
-            try:
-                return httpx.get(f"{running.base_url}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
+    return run
 
-        wait_until(healthy, timeout=30)
+
+@pytest.fixture
+def model_server(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningProcess]:
+    """Start ``maestro model-server`` on a free port and wait until it is ready (every
+    preloaded model loaded and warmed), or with ``ready=False`` only live, or with
+    ``wait=False`` not at all (then ``wait_answering`` it)."""
+
+    def run(settings: Settings, *, ready: bool = True, wait: bool = True) -> RunningProcess:
+        port = free_port()
+        running = spawn(["model-server", "--host", "127.0.0.1", "--port", str(port)], settings)
+        running.base_url = f"http://127.0.0.1:{port}"
+        if wait:
+            wait_answering(running, "/api/v1/health" if ready else "/v2/health/live")
         return running
 
     return run

@@ -356,9 +356,13 @@ def artifact_file(_: World) -> dict[str, Any]:
 
 # The deployment rows: reading (deployments or inference), creating and changing.
 DEPLOY_READ = "401 200 200 200 404 200 403"
-DEPLOY_CREATE = "401 403 201 201 404 201 403"
+# Deploying a version (creating, rolling back) also needs models: read, which a key
+# holding only deployments: write lacks.
+DEPLOY_CREATE = "401 403 201 201 404 403 403"
 DEPLOY_CHANGE = "401 403 200 200 404 200 403"
-DEPLOY_SUBMIT = "401 202 202 202 404 202 403"
+DEPLOY_ROLLBACK = "401 403 200 200 404 403 403"
+# Submitting a batch job stores files in the project: write access to inference.
+DEPLOY_SUBMIT = "401 403 202 202 404 202 403"
 DEPLOYMENTS = "/projects/{project_id}/deployments"
 DEPLOYMENT = "/deployments/{deployment_id}"
 INFERENCE = "/inference/{deployment_name}"
@@ -755,14 +759,14 @@ RULES = [
             ("GET", DEPLOYMENT, DEPLOY_READ, "deployments", "read", None),
             ("PUT", DEPLOYMENT, DEPLOY_CHANGE, "deployments", "write", lambda w: {"min_instances": 0}),
             ("DELETE", DEPLOYMENT, "401 403 204 204 404 204 403", "deployments", "delete", None),
-            ("POST", f"{DEPLOYMENT}/rollback", DEPLOY_CHANGE, "deployments", "write", lambda w: {}),
+            ("POST", f"{DEPLOYMENT}/rollback", DEPLOY_ROLLBACK, "deployments", "write", lambda w: {}),
             ("GET", f"{DEPLOYMENT}/logs", DEPLOY_READ, "deployments", "read", None),
             ("GET", f"{DEPLOYMENT}/metrics", DEPLOY_READ, "deployments", "read", None),
             ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
             ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
             ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),
             ("GET", f"{INFERENCE}/schema", DEPLOY_READ, "inference", "read", None),
-            ("POST", f"{INFERENCE}/batch-jobs", DEPLOY_SUBMIT, "inference", "read", instances),
+            ("POST", f"{INFERENCE}/batch-jobs", DEPLOY_SUBMIT, "inference", "write", instances),
             ("GET", BATCH_RESULT, DEPLOY_READ, "inference", "read", None),
         )
     ],

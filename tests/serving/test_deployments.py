@@ -411,14 +411,20 @@ class TestHostileModelFiles:
     def test_onnx_external_data_pointing_outside(
         self, client: TestClient, team: Team, tiny: Tiny, serving: str
     ) -> None:
-        version = upload(client, serving, team.developer.headers, onnx_with_external_data("../../etc/passwd"))
-        assert version["format"] == "onnx"
-        error = self.refused(client, team, version)
-        assert error["status"] == 422
+        # Refused already at upload, where every loadable file is loaded in an isolated process.
+        response = client.post(
+            f"/api/v1/models/{serving}/versions",
+            files={"model_file": ("m.onnx", onnx_with_external_data("../../etc/passwd"))},
+            headers=team.developer.headers,
+        )
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
         assert error["code"] == "VALIDATION_ERROR"
         assert "external data" in error["message"]
         assert "/etc/passwd" not in error["message"]
-        assert error["details"] == [{"field": "model_version_id", "message": "external_data"}]
+        assert error["details"] == [{"field": "model_file", "message": "external_data"}]
+        listed = client.get(f"/api/v1/models/{serving}/versions", headers=team.admin.headers)
+        assert listed.json()["data"] == []
         self.still_serves(client, team, tiny)
 
     def test_a_file_that_is_no_model(self, client: TestClient, team: Team, tiny: Tiny, serving: str) -> None:

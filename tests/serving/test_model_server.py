@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from maestro.config import Settings
-from tests.conftest import RunningProcess, free_port, wait_until
+from tests.conftest import RunningProcess, wait_until
 from tests.factories import Factory
 from tests.registry.conftest import new_model, new_version
 from tests.serving.conftest import Data
@@ -38,31 +38,6 @@ def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings
         model_server_models_dir=models,
         model_server_auth_cache_seconds=0.5,
     )
-
-
-@pytest.fixture
-def model_server(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningProcess]:
-    """Start ``maestro model-server`` on a free port; wait until it is live (and,
-    by default, ready: every preloaded model loaded and warmed)."""
-
-    def run(settings: Settings, *, ready: bool = True) -> RunningProcess:
-        port = free_port()
-        running = spawn(["model-server", "--host", "127.0.0.1", "--port", str(port)], settings)
-        running.base_url = f"http://127.0.0.1:{port}"
-        path = "/api/v1/health" if ready else "/v2/health/live"
-
-        def answers() -> bool:
-            if running.process.poll() is not None:
-                raise AssertionError(f"maestro model-server exited early:\n{running.output()}")
-            try:
-                return httpx.get(f"{running.base_url}{path}", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=60, interval=0.1)
-        return running
-
-    return run
 
 
 def platform_model(client: TestClient, factory: Factory, model: Any) -> dict[str, Any]:
@@ -204,8 +179,8 @@ def test_registry_model_served_over_every_protocol(
         assert metrics.status_code == 200
         text = metrics.text
         assert (
-            'maestro_model_server_predictions_total{model="fraud",status="success",version="1.0.0"} 5.0'
-            in text
+            f'maestro_model_server_predictions_total{{model="fraud",organization="{loaded["namespace"]}",'
+            'status="success",version="1.0.0"} 5.0' in text
         )
         assert 'route="/api/v1/predict/{model_name}"' in text
         assert 'le="0.0005"' in text

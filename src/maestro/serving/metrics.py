@@ -7,16 +7,22 @@ at 0.5 ms: the default ones (from 5 ms) cannot resolve a 2 ms prediction.
 
 Each process answers for itself: with several uvicorn workers, a scrape reaches one of
 them, so run one worker per container (or scrape each) when the numbers must add up.
+
+Deployment names and versions belong to their organisations: ``GET /metrics`` shows them
+only to a scraper holding ``MAESTRO_METRICS_TOKEN``. Without the token configured it serves
+the same families summed over deployments (``render(tenants=False)``), which say how busy
+and how fast the platform is and nothing about whose deployments make it so.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +33,7 @@ LATENCY_BUCKETS_MS = tuple(bound * 1000 for bound in LATENCY_BUCKETS)
 UNMATCHED_ROUTE = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TENANT_LABELS = frozenset({"deployment", "version"})  # whose deployment a series is about
 
 
 class _CacheCollector(Collector):
@@ -104,8 +111,35 @@ class PlatformMetrics:
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_CacheCollector(stats))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, *, tenants: bool = True) -> bytes:
+        """The exposition; without ``tenants``, series are summed over deployments."""
+        if tenants:
+            return generate_latest(self.registry)
+        return generate_latest(_WithoutTenants(self.registry))
+
+
+class _WithoutTenants(Collector):
+    """A registry's families with the deployment and version labels summed away.
+    Counters and histogram buckets add up; creation times do not, and are left out."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if not any(TENANT_LABELS & sample.labels.keys() for sample in family.samples):
+                yield family
+                continue
+            sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in TENANT_LABELS))
+                sums[(sample.name, labels)] = sums.get((sample.name, labels), 0.0) + sample.value
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in sums.items():
+                merged.add_sample(name, dict(labels), value)
+            yield merged
 
 
 class RequestMetricsMiddleware:

@@ -62,7 +62,9 @@ class Deployment(IdMixin, TimestampMixin, Base):
     min_instances: Mapped[int] = mapped_column(default=1)
     max_instances: Mapped[int] = mapped_column(default=1)
     auto_scaling: Mapped[bool] = mapped_column(default=False)
+    # Environment variable values shown masked; the values themselves are sealed below.
     deployment_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    env_vars_encrypted: Mapped[str | None] = mapped_column(Text)  # Fernet (deployment_secrets)
     # What answers, as the deploying process loaded it (the runtime's describe()).
     serving: Mapped[dict[str, Any] | None]
     deployed_at: Mapped[datetime | None]

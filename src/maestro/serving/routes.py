@@ -6,6 +6,8 @@ are ``async`` and touch no database on a warm request (see ``inference``)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +30,7 @@ from maestro.api.deps import (
 )
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import (
+    AuthenticationRequired,
     NotFound,
     UnsupportedMediaType,
     ValidationFailed,
@@ -517,11 +520,12 @@ async def create_batch_job(
 ) -> Envelope[BatchJobRead]:
     """Predict a whole dataset in the background: an uploaded dataset (`{"file_id": …}`)
     or the dataset itself as the body. Follow the job at `GET /api/v1/jobs/{job_id}`; its
-    result names the predictions file."""
+    result names the predictions file. The job stores files in the project, so it needs
+    write access to inference (a developer, or an API key with `inference: ["write"]`)."""
     media = _media(request)
 
     def check() -> str:
-        deployment = batch_jobs.deployment_by_name(session, principal, deployment_name)
+        deployment = batch_jobs.deployment_by_name(session, principal, deployment_name, "write")
         batch_jobs.servable(session, deployment)
         return deployment.project_id
 
@@ -533,7 +537,7 @@ async def create_batch_job(
         reference = await run_sync(_reference, store, stored, media)
 
         def record() -> batch_jobs.Submission:
-            deployment = batch_jobs.deployment_by_name(session, principal, deployment_name)
+            deployment = batch_jobs.deployment_by_name(session, principal, deployment_name, "write")
             version = batch_jobs.servable(session, deployment)
             if reference is not None:
                 dataset = batch_jobs.input_file(session, principal, deployment, reference.file_id)
@@ -541,7 +545,11 @@ async def create_batch_job(
             with store.open(stored.key) as file:
                 head = file.read(4096)
             upload = ReceivedUpload(fields={}, stored=stored, head=head, content_type=media)
-            fmt = DatasetFormat(files_service.recognise_dataset(store, upload))
+            fmt = DatasetFormat(
+                files_service.recognise_dataset(
+                    store, upload, max_expanded_bytes=settings.dataset_max_expanded_bytes
+                )
+            )
             if fmt is DatasetFormat.xlsx:
                 raise ValidationFailed(
                     "Send a workbook as an upload (POST /api/v1/upload/datasets) and name its file_id",
@@ -625,10 +633,27 @@ def download_batch_result(
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
+def _scrape_token_matches(request: Request, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``, compared in constant time."""
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(
+        hashlib.sha256(sent.strip().encode("utf-8", "surrogatepass")).digest(),
+        hashlib.sha256(token.encode("utf-8")).digest(),
+    )
+
+
 @metrics_router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics(request: Request) -> Response:
-    """Prometheus exposition of this process (unauthenticated, as scrapers expect; turn
-    it off with MAESTRO_METRICS_ENABLED=false)."""
-    if not request.app.state.settings.metrics_enabled:
+    """Prometheus exposition of this process (turn it off with MAESTRO_METRICS_ENABLED=false).
+    With MAESTRO_METRICS_TOKEN set, only a scraper sending it as a bearer token is answered,
+    with every deployment's series; without it, anyone gets totals over deployments, with no
+    deployment names or versions."""
+    settings = request.app.state.settings
+    if not settings.metrics_enabled:
         raise NotFound("No such resource or route")
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    token = settings.metrics_token
+    if token is not None and not _scrape_token_matches(request, token):
+        raise AuthenticationRequired("Send the scrape token: Authorization: Bearer <MAESTRO_METRICS_TOKEN>")
+    return Response(request.app.state.metrics.render(tenants=token is not None), media_type=CONTENT_TYPE)

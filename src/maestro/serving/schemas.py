@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.identity.schemas import StrictModel, UserRef
+from maestro.schemas import Visible
 from maestro.serving.models import DeploymentStatus, Environment, InstanceType, LogLevel
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -28,6 +29,7 @@ ObjectId = Annotated[str, StringConstraints(max_length=ID_MAX_LENGTH, pattern=ID
 Reason = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"),
+    Visible,
 ]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 EnvValue = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")]
@@ -49,7 +51,12 @@ class DeploymentConfig(StrictModel):
     server runs every deployment in its own process and does not apply them itself."""
 
     env_vars: dict[EnvName, EnvValue] = Field(
-        default_factory=dict, max_length=MAX_ENV_VARS, examples=[{"MODEL_THRESHOLD": "0.5"}]
+        default_factory=dict,
+        max_length=MAX_ENV_VARS,
+        examples=[{"MODEL_THRESHOLD": "0.5"}],
+        description="Write-only secrets: stored encrypted, and every read shows each name with "
+        '"********" for its value. On an update, leaving env_vars out keeps them, and a value sent '
+        'back as "********" keeps the stored one.',
     )
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
 

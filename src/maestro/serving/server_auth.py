@@ -4,17 +4,20 @@ Two kinds of caller:
 
 - **operators**, holding a key from ``MAESTRO_MODEL_SERVER_API_KEYS``: everything on
   this server (load from the registry or the models directory, unload, predict). The
-  keys are kept only as SHA-256 digests, so a lookup reveals nothing about them.
+  keys are kept only as SHA-256 digests, so a lookup reveals nothing about them. An
+  operator request acts on the server's own names, or on one organisation's names when
+  it sends ``X-Organization-ID``.
 - **platform principals** (``MAESTRO_MODEL_SERVER_PLATFORM_AUTH``), a Maestro API key or
   access token checked against the platform database exactly as the platform checks it
   (``identity.authn``). They predict with the models of projects whose inference they
-  may read; they load and unload registry models where they may write deployments;
-  files of the models directory are the operator's, so they may predict with them but
-  not load or unload them.
+  may read; they load and unload registry models of their organisation where they may
+  write deployments; files of the models directory are the operator's, so they may
+  predict with them but not load or unload them.
 
 Nothing on the prediction path touches the database: a checked credential, and each
-decision about it, is remembered for ``MAESTRO_MODEL_SERVER_AUTH_CACHE_SECONDS``, so a
-revoked key or an ended session stops working within that time.
+decision about it, is remembered for ``MAESTRO_MODEL_SERVER_AUTH_CACHE_SECONDS`` (1 s by
+default) and never past the credential's own expiry, so a revoked key or an ended
+session stops working within that time, and an expired one at its expiry.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from maestro.api.errors import AuthenticationRequired, ServiceUnavailable
-from maestro.identity.authn import ORGANIZATION_HEADER, authenticate, credentials
+from maestro.identity.authn import ORGANIZATION_HEADER, CredentialCache, authenticate, credentials
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.rbac import Action, Principal, Target, can
 
@@ -64,6 +67,7 @@ class Caller:
     kind: Literal["operator", "platform"]
     id: str  # what rate limits and job ownership are keyed by
     platform: Principal | None = None
+    acting_for: str | None = None  # an operator's X-Organization-ID
 
     @property
     def is_operator(self) -> bool:
@@ -71,7 +75,9 @@ class Caller:
 
     @property
     def organization_id(self) -> str | None:
-        return self.platform.organization_id if self.platform else None
+        """The organisation whose served names the caller addresses: a platform
+        principal's own; for an operator, the one it named (None: the operator's names)."""
+        return self.platform.organization_id if self.platform else self.acting_for
 
 
 class Authenticator:
@@ -84,7 +90,8 @@ class Authenticator:
         self._operators = {
             _digest(key): f"operator_{_digest(key)[:12]}" for key in settings.model_server_api_keys
         }
-        self._callers = ShortMemory(settings.model_server_auth_cache_seconds)
+        # Capped at each credential's own expiry, as on the platform.
+        self.callers = CredentialCache(settings.model_server_auth_cache_seconds)
         self._decisions = ShortMemory(settings.model_server_auth_cache_seconds)
 
     @property
@@ -106,29 +113,23 @@ class Authenticator:
         value = found[1]
         operator = self._operators.get(_digest(value))
         if operator is not None:
-            return Caller("operator", operator)
+            return Caller("operator", operator, acting_for=request.headers.get(ORGANIZATION_HEADER) or None)
         if not self.settings.model_server_platform_auth:
             raise AuthenticationRequired("Unknown key")
-        return self._callers.get(self._credential_key(request, value))
+        principal = self.callers.get(self.callers.key(value, request.headers.get(ORGANIZATION_HEADER)))
+        return None if principal is None else Caller("platform", principal.id, principal)
 
     def check_platform(self, request: Request) -> Caller:
-        """Ask the platform database (blocking: run it in a worker thread)."""
-        found = credentials(request)
-        assert found is not None
+        """Ask the platform database (blocking: run it in a worker thread); the
+        principal is remembered until the TTL or the credential's expiry."""
         try:
             with self._database().session(write=False) as session:
-                principal = authenticate(request, session, self.settings)
+                principal = authenticate(request, session, self.settings, self.callers)
         except SQLAlchemyError as exc:
             raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
         if principal is None:  # pragma: no cover - credentials() said there were some
             raise AuthenticationRequired()
-        caller = Caller("platform", principal.id, principal)
-        self._callers.put(self._credential_key(request, found[1]), caller)
-        return caller
-
-    @staticmethod
-    def _credential_key(request: Request, value: str) -> str:
-        return _digest(f"{value}\x00{request.headers.get(ORGANIZATION_HEADER, '')}")
+        return Caller("platform", principal.id, principal)
 
     def may(
         self,
@@ -191,5 +192,5 @@ class Authenticator:
             raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
 
     def forget(self) -> None:
-        self._callers.clear()
+        self.callers.clear()
         self._decisions.clear()

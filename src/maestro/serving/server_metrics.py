@@ -2,13 +2,19 @@
 also hosts the platform app never mixes the two).
 
 Base units, counters ending in ``_total``, labels with few values: the route template
-(never the raw path), the method and status, the model name and version. Latency
-buckets run from 0.5 ms, since the default ones (from 5 ms) cannot resolve a 2 ms
+(never the raw path), the method and status, the model's name, version and
+``organization`` (the namespace its name lives in, empty for the server's own models).
+Latency buckets run from 0.5 ms, since the default ones (from 5 ms) cannot resolve a 2 ms
 prediction.
+
+An operator key scrapes everything. Anyone else sees only the per-model series of the
+models they may see: no other organisation's names, versions or traffic, and none of the
+server-wide figures (requests, memory, loaded models, jobs) that add everyone's up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -20,6 +26,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from maestro.serving.metrics import LATENCY_BUCKETS
 
@@ -45,20 +53,20 @@ class ServerMetrics:
         self.predictions = Counter(
             "maestro_model_server_predictions_total",
             "Rows predicted, by model, version and outcome.",
-            ("model", "version", "status"),
+            ("organization", "model", "version", "status"),
             registry=self.registry,
         )
         self.prediction_seconds = Histogram(
             "maestro_model_server_prediction_duration_seconds",
             "Time a model call took, by model and version.",
-            ("model", "version"),
+            ("organization", "model", "version"),
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.prediction_requests = Counter(
             "maestro_model_server_prediction_requests_total",
             "Prediction requests answered, by model, version and protocol.",
-            ("model", "version", "protocol"),
+            ("organization", "model", "version", "protocol"),
             registry=self.registry,
         )
         self.models_loaded = Gauge(
@@ -102,5 +110,38 @@ class ServerMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, visible: Collection[tuple[str, str]] | None = None) -> bytes:
+        """The exposition: everything, or (``visible``: (organization, model) pairs) only
+        those models' series."""
+        if visible is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Only(self.registry, frozenset(visible)))
+
+
+MODEL_FAMILIES = frozenset(
+    {
+        "maestro_model_server_predictions",
+        "maestro_model_server_prediction_duration_seconds",
+        "maestro_model_server_prediction_requests",
+    }
+)
+
+
+class _Only(Collector):
+    """The per-model families of a registry, cut to the series of some models."""
+
+    def __init__(self, registry: CollectorRegistry, visible: frozenset[tuple[str, str]]) -> None:
+        self.registry = registry
+        self.visible = visible
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.name not in MODEL_FAMILIES:
+                continue
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [
+                sample
+                for sample in family.samples
+                if (sample.labels.get("organization", ""), sample.labels.get("model", "")) in self.visible
+            ]
+            yield kept

@@ -9,6 +9,7 @@ prediction runs on the prediction threads in one hop: parse, predict, serialise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from maestro.api.errors import (
 from maestro.serving.errors import InputError
 from maestro.serving.server import LoadRequest, ModelServer, ServedModel, utc_timestamp
 from maestro.serving.server_auth import Caller
+from maestro.serving.server_jobs import CHUNK_ROWS
 
 JSON = "application/json"
 
@@ -280,6 +282,10 @@ class ModelLoad(BaseModel):
 class ModelRead(BaseModel):
     name: str
     version: str
+    namespace: str | None = Field(
+        description="The organisation whose callers address the model by this name; null: one of the "
+        "server's own (loaded by its operator), which every caller addresses."
+    )
     default: bool
     source: dict[str, Any]
     organization_id: str | None
@@ -320,13 +326,13 @@ class StatusRead(BaseModel):
     status: str
     version: str
     uptime_seconds: float
-    models: list[dict[str, Any]]
+    models: list[dict[str, Any]] = Field(description="The models the caller may see.")
     default_model: str | None
-    preload: dict[str, Any]
-    cache: dict[str, Any]
-    async_jobs: dict[str, int]
-    memory: dict[str, Any]
-    settings: dict[str, Any]
+    preload: dict[str, Any] | None = Field(description="Operators only.")
+    cache: dict[str, Any] | None = Field(description="Operators only.")
+    async_jobs: dict[str, int] = Field(description="Operators: every job; others: their own.")
+    memory: dict[str, Any] | None = Field(description="Operators only.")
+    settings: dict[str, Any] | None = Field(description="Operators only.")
 
 
 DOCUMENTED_BODIES: dict[str, type[BaseModel]] = {}
@@ -462,6 +468,16 @@ def predict_batch(server: ModelServer, caller: Caller, body: bytes) -> Response:
     return json_response(batch_result(model, matrix, proba, "maestro"))
 
 
+def result_estimate(model: ServedModel, rows: int, proba: bool) -> int:
+    """A generous guess at the bytes of an asynchronous result, reserved when the job is
+    submitted (the real size is counted as it is written)."""
+    longest = max((len(text) for text in (model.label_names or {}).values()), default=4)
+    per_row = 96 + 2 * longest
+    if proba:
+        per_row += 32 + 26 * len(model.runtime.classes or [])
+    return 256 + rows * per_row
+
+
 def submit_async(server: ModelServer, caller: Caller, body: bytes) -> dict[str, Any]:
     doc = parse_object(body)
     features, name, proba = _fields(doc, _PREDICT_FIELDS)
@@ -470,18 +486,30 @@ def submit_async(server: ModelServer, caller: Caller, body: bytes) -> dict[str, 
         features, max_rows=server.settings.model_server_async_max_rows, prefix="features."
     )
 
-    def work(progress: Any) -> dict[str, Any]:
-        parts = []
-        for start in range(0, len(matrix), 1000):
-            parts.append(batch_result(model, matrix[start : start + 1000], proba, "async"))
-            progress((start + 1000) / len(matrix))
-        merged = parts[0]
-        merged["predictions"] = [row for part in parts for row in part["predictions"]]
-        merged["count"] = len(merged["predictions"])
-        merged["prediction_time"] = round(sum(part["prediction_time"] for part in parts), 6)
-        return merged
+    def work(progress: Callable[[float], None], write: Callable[[bytes], None]) -> None:
+        """The result as ``batch_result`` shapes it, written a chunk of rows at a time."""
+        write(b'{"predictions":[')
+        seconds, first = 0.0, True
+        for start in range(0, len(matrix), CHUNK_ROWS):
+            part = batch_result(model, matrix[start : start + CHUNK_ROWS], proba, "async")
+            seconds += part["prediction_time"]
+            rows = orjson.dumps(part["predictions"], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+            write(rows if first else b"," + rows)
+            first = False
+            progress((start + CHUNK_ROWS) / len(matrix))
+        tail = {
+            "count": len(matrix),
+            "classes": _classes(model),
+            "model_name": model.name,
+            "model_version": model.version,
+            "prediction_time": round(seconds, 6),
+            "timestamp": utc_timestamp(),
+        }
+        write(b"]," + orjson.dumps(tail, option=orjson.OPT_SERIALIZE_NUMPY)[1:])
 
-    job = server.jobs.submit(caller.id, model.name, len(matrix), work)
+    scope = caller.id if caller.is_operator else (caller.organization_id or caller.id)
+    estimate = result_estimate(model, len(matrix), proba)
+    job = server.jobs.submit(caller.id, scope, model.name, len(matrix), estimate, work)
     return job.describe()
 
 
@@ -518,7 +546,8 @@ def _load_request(doc: dict[str, Any]) -> LoadRequest:
 
 
 def _model_read(server: ModelServer, model: ServedModel) -> dict[str, Any]:
-    return {**model.describe(), "default": model.name == server.default_name}
+    default = model.namespace is None and model.name == server.default_name
+    return {**model.describe(), "default": default}
 
 
 # --- routes -------------------------------------------------------------------------------------------
@@ -592,8 +621,13 @@ async def predict_async(request: Request, caller: BatchCaller) -> Response:
     summary="An asynchronous job's status, and its result once completed",
 )
 async def job_status(job_id: str, request: Request, caller: AnyCaller) -> Response:
-    job = server_of(request).jobs.get(caller.id, job_id)
-    return json_response({**job.describe(), "status_url": f"/api/v1/jobs/{job.id}/status"})
+    jobs = server_of(request).jobs
+    job = jobs.get(caller.id, job_id)
+    result = await run_in_threadpool(jobs.result, job)
+    described = {**job.describe(), "status_url": f"/api/v1/jobs/{job.id}/status"}
+    if result is not None:
+        described["result"] = orjson.Fragment(result)  # as written: never parsed again
+    return json_response(described)
 
 
 @router.get("/models", response_model=ModelList, responses=error_responses(401, 503), summary="Loaded models")
@@ -603,7 +637,7 @@ async def list_models(request: Request, caller: AnyCaller) -> Response:
     return json_response(
         {
             "models": [_model_read(server, model) for model in models],
-            "default_model": server.default_name,
+            "default_model": server.default_for(caller),
             "count": len(models),
         }
     )
@@ -673,7 +707,7 @@ def health_document(server: ModelServer) -> tuple[int, dict[str, Any]]:
         "timestamp": utc_timestamp(),
         "checks": {
             "models": {
-                "loaded": len(server.models),
+                "loaded": len(server.models),  # the operator's only: the probe is anonymous
                 "status": "healthy" if server.ready else preload.status,
                 "preload": {"total": preload.total, "loaded": preload.loaded, "errors": preload.errors},
             },
@@ -702,30 +736,54 @@ async def health(request: Request) -> Response:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request, caller: AnyCaller) -> Response:
+    """Everything for an operator key (what Prometheus scrapes with); for anyone else only
+    the series of the models they may see."""
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(server_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    server = server_of(request)
+    if caller.is_operator and caller.organization_id is None:
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    models = await run_in_threadpool(server.visible_models, caller)
+    visible = {(model.namespace or "", model.name) for model in models}
+    return Response(server.metrics.render(visible), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/status", response_model=StatusRead, responses=error_responses(401), summary="Detailed status")
 async def status(request: Request, caller: AnyCaller) -> Response:
+    """The models the caller may see and its own jobs; to an operator key (without
+    X-Organization-ID) everything: every model and job, preloading, cache, memory, settings."""
     server = server_of(request)
     settings = server.settings
     models = await run_in_threadpool(server.visible_models, caller)
-    stats = server.cache.stats()
     counts = server.jobs.counts()
     for name, count in counts.items():
         server.metrics.async_jobs.labels(name).set(count)
-    return json_response(
+    document: dict[str, Any] = {
+        "status": {"ready": "healthy", "failed": "unhealthy"}.get(server.preload.status, "loading"),
+        "version": __version__,
+        "uptime_seconds": round(__import__("time").monotonic() - server.started, 3),
+        "models": [
+            {
+                "name": m.name,
+                "namespace": m.namespace,
+                "version": m.version,
+                "serving": m.runtime.serving,
+                "source": m.source.kind,
+            }
+            for m in models
+        ],
+        "default_model": server.default_for(caller),
+        "preload": None,
+        "cache": None,
+        "async_jobs": server.jobs.counts(caller.id),
+        "memory": None,
+        "settings": None,
+    }
+    if not (caller.is_operator and caller.organization_id is None):
+        return json_response(document)
+    stats = server.cache.stats()
+    document.update(
         {
-            "status": {"ready": "healthy", "failed": "unhealthy"}.get(server.preload.status, "loading"),
-            "version": __version__,
-            "uptime_seconds": round(__import__("time").monotonic() - server.started, 3),
-            "models": [
-                {"name": m.name, "version": m.version, "serving": m.runtime.serving, "source": m.source.kind}
-                for m in models
-            ],
-            "default_model": server.default_name,
             "preload": {
                 "status": server.preload.status,
                 "total": server.preload.total,
@@ -741,7 +799,7 @@ async def status(request: Request, caller: AnyCaller) -> Response:
                 "load_failures": stats.load_failures,
                 "evictions": stats.evictions,
             },
-            "async_jobs": counts,
+            "async_jobs": {**counts, "result_bytes": server.jobs.used_bytes()},
             "memory": _memory(),
             "settings": {
                 "authentication": server.auth.modes,
@@ -758,3 +816,4 @@ async def status(request: Request, caller: AnyCaller) -> Response:
             },
         }
     )
+    return json_response(document)

@@ -9,6 +9,10 @@ audit description in one transaction, and bump the generation counter so that ot
 processes pick the change up. The name moves to the new version once that transaction
 has committed. A version that cannot be loaded changes nothing: the deployment keeps
 serving what it served, and the failure is written to its log.
+
+Deploying a version (creating, deploying another, rolling back) needs permission to write
+deployments and to read models: an API key needs both grants. Environment variables are
+write-only secrets (``deployment_secrets``): sealed when stored, masked in every read.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
+from maestro.config import Settings
 from maestro.db import Database, flush_unique, run_after_commit, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
@@ -32,6 +37,7 @@ from maestro.identity.schemas import user_ref
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import ModelVersion, RegisteredModel
+from maestro.serving.deployment_secrets import MASK, SecretsUnreadable, masked, seal, unseal
 from maestro.serving.metrics import LATENCY_BUCKETS_MS
 from maestro.serving.models import (
     LEVEL_RANK,
@@ -87,6 +93,13 @@ def project_for_deployments(
     return project
 
 
+def authorize_deploying(session: Session, principal: Principal, project: Project) -> None:
+    """Deploying serves a model version: whoever deploys must also be allowed to read
+    the project's models (a role that writes deployments always may; a key needs
+    ``models: read`` besides ``deployments: write``)."""
+    authorize(session, principal, "read", Target("models", project.organization_id, project))
+
+
 def get_deployment(session: Session, principal: Principal, deployment_id: str, action: Action) -> Deployment:
     """The deployment, once ``principal`` may ``action`` it; another tenant's answers 404."""
     deployment = session.get(Deployment, deployment_id)
@@ -107,6 +120,69 @@ def deployable_version(session: Session, project_id: str, version_id: str, field
     if row is None:
         raise ValidationFailed(NO_SUCH_VERSION, details=[(field, NO_SUCH_VERSION)])
     return row
+
+
+# --- configuration and its secrets -------------------------------------------------------------
+def _mask_values_kept(values: dict[str, str], current: dict[str, str] | None) -> dict[str, str]:
+    """``values`` with each sent back as the mask replaced by the stored value."""
+    kept = dict(values)
+    for name, value in values.items():
+        if value != MASK:
+            continue
+        if current is None or name not in current:
+            problem = (
+                "its stored value can no longer be read (the secret key changed); send it again"
+                if current is None
+                else "there is no stored value to keep; send the value itself"
+            )
+            raise ValidationFailed(
+                f"{MASK} stands for a stored value of {name}, but {problem}",
+                details=[(f"deployment_config.env_vars.{name}", problem)],
+            )
+        kept[name] = current[name]
+    return kept
+
+
+def stored_config(
+    settings: Settings, sent: DeploymentConfig, deployment: Deployment | None = None
+) -> tuple[dict[str, Any], str | None, bool]:
+    """What to store for the configuration ``sent`` (to ``deployment``, for an update):
+    the configuration with environment values masked, the values sealed, and whether the
+    values changed. On an update, a part ``sent`` leaves out is kept (so is a value sent
+    back as the mask)."""
+    config = dict(deployment.deployment_config or {}) if deployment is not None else {}
+    sealed = deployment.env_vars_encrypted if deployment is not None else None
+    values_changed = False
+    if deployment is None or "resource_limits" in sent.model_fields_set:
+        config["resource_limits"] = sent.resource_limits.model_dump(mode="json")
+    if deployment is None or "env_vars" in sent.model_fields_set:
+        current: dict[str, str] | None = {}
+        if deployment is not None:
+            try:
+                current = unseal(settings, deployment.env_vars_encrypted)
+            except SecretsUnreadable:
+                current = None
+        values = _mask_values_kept(dict(sent.env_vars), current)
+        values_changed = values != current
+        if values_changed:
+            sealed = seal(settings, values)
+        config["env_vars"] = masked(values)
+    config.setdefault("env_vars", {})
+    config.setdefault("resource_limits", {})
+    return config, sealed, values_changed
+
+
+def config_read(stored: dict[str, Any] | None) -> DeploymentConfig:
+    """The configuration as every reader sees it: environment values masked."""
+    config = dict(stored or {})
+    config["env_vars"] = masked(config.get("env_vars") or {})
+    return DeploymentConfig.model_validate(config)
+
+
+def deployment_env_vars(settings: Settings, deployment: Deployment) -> dict[str, str]:
+    """The environment variables in clear, for whatever runs the deployment's instances
+    (never for an API answer)."""
+    return unseal(settings, deployment.env_vars_encrypted)
 
 
 def _ensure_unique_name(session: Session, organization_id: str, name: str, but: str | None = None) -> None:
@@ -154,6 +230,56 @@ def _event(
     )
 
 
+def _record_updated(
+    session: Session, deployment: Deployment, changed: list[str], previous_version_id: str | None
+) -> None:
+    events.record(
+        session,
+        deployment.organization_id,
+        "deployment.updated",
+        {
+            "deployment_id": deployment.id,
+            "name": deployment.name,
+            "changed": changed,
+            "model_version_id": deployment.model_version_id,
+            "previous_version_id": previous_version_id,
+            "status": str(deployment.status),
+        },
+    )
+
+
+def fail_serving(
+    session: Session, version_id: str, deployment_ids: list[str], message: str
+) -> list[Deployment]:
+    """Stop the active deployments among ``deployment_ids`` that serve ``version_id``,
+    whose model process crashed too often: each is marked failed, with a log line and
+    a ``deployment.updated`` event, and every serving process is told. Returns them."""
+    rows = list(
+        session.scalars(
+            select(Deployment).where(
+                Deployment.id.in_(deployment_ids),
+                Deployment.model_version_id == version_id,
+                Deployment.status == DeploymentStatus.active,
+            )
+        )
+    )
+    for deployment in rows:
+        deployment.status = DeploymentStatus.failed
+        _event(
+            session,
+            deployment,
+            LogLevel.error,
+            "failed",
+            f"Stopped serving: {message}",
+            version_id=version_id,
+            reason="model_crashed",
+        )
+        _record_updated(session, deployment, ["status"], None)
+    if rows:
+        bump_generation(session)
+    return rows
+
+
 def log_now(
     database: Database, deployment_id: str, level: LogLevel, event: str, message: str, **details: Any
 ) -> None:
@@ -188,8 +314,10 @@ def check_create(
     session: Session, principal: Principal, project_id: str, body: DeploymentCreate
 ) -> ModelVersion:
     project = project_for_deployments(session, principal, project_id, "write")
+    authorize_deploying(session, principal, project)
     version = deployable_version(session, project.id, body.model_version_id, "model_version_id")
     _ensure_unique_name(session, project.organization_id, body.name)
+    _mask_values_kept(dict(body.deployment_config.env_vars), {})  # nothing stored to keep yet
     return version
 
 
@@ -205,6 +333,7 @@ def create(
     project = project_for_deployments(session, principal, project_id, "write")
     version = deployable_version(session, project.id, body.model_version_id, "model_version_id")
     _ensure_unique_name(session, project.organization_id, body.name)
+    config, sealed, _ = stored_config(serving.settings, body.deployment_config)
     now = utcnow()
     deployment = Deployment(
         organization_id=project.organization_id,
@@ -218,7 +347,8 @@ def create(
         min_instances=body.min_instances,
         max_instances=body.max_instances,
         auto_scaling=body.auto_scaling,
-        deployment_config=body.deployment_config.model_dump(mode="json"),
+        deployment_config=config,
+        env_vars_encrypted=sealed,
         serving=described,
         deployed_at=now,
         created_by_id=principal.user_id,
@@ -284,6 +414,7 @@ def check_update(
     if body.name is not None and body.name != deployment.name:
         _ensure_unique_name(session, deployment.organization_id, body.name, but=deployment.id)
     if body.model_version_id is not None and body.model_version_id != deployment.model_version_id:
+        authorize_deploying(session, principal, projects_service.get_project(session, deployment.project_id))
         return deployment, deployable_version(
             session, deployment.project_id, body.model_version_id, "model_version_id"
         )
@@ -364,10 +495,11 @@ def update(
         if field in changes and changes[field] != getattr(deployment, field):
             setattr(deployment, field, changes[field])
             changed.append(field)
-    if "deployment_config" in changes:
-        config = body.deployment_config.model_dump(mode="json")  # type: ignore[union-attr]
-        if config != deployment.deployment_config:
+    if body.deployment_config is not None:
+        config, sealed, values_changed = stored_config(serving.settings, body.deployment_config, deployment)
+        if values_changed or config != deployment.deployment_config:
             deployment.deployment_config = config
+            deployment.env_vars_encrypted = sealed
             changed.append("deployment_config")
     if deployment.max_instances < deployment.min_instances:
         raise ValidationFailed(
@@ -408,19 +540,7 @@ def update(
         bump_generation(session)
     _flush_unique(session)
     if changed:
-        events.record(
-            session,
-            deployment.organization_id,
-            "deployment.updated",
-            {
-                "deployment_id": deployment.id,
-                "name": deployment.name,
-                "changed": changed,
-                "model_version_id": deployment.model_version_id,
-                "previous_version_id": previous_id if new_version else None,
-                "status": str(deployment.status),
-            },
-        )
+        _record_updated(session, deployment, changed, previous_id if new_version else None)
     audit.describe(
         session,
         resource_type="deployments",
@@ -453,6 +573,7 @@ def check_rollback(
     session: Session, principal: Principal, deployment_id: str, body: RollbackRequest
 ) -> tuple[Deployment, ModelVersion]:
     deployment = get_deployment(session, principal, deployment_id, "write")
+    authorize_deploying(session, principal, projects_service.get_project(session, deployment.project_id))
     if body.target_version_id is not None:
         target = deployable_version(
             session, deployment.project_id, body.target_version_id, "target_version_id"
@@ -647,7 +768,7 @@ def deployment_reads(
                 max_instances=row.max_instances,
                 current_instances=1 if status is DeploymentStatus.active else 0,
                 auto_scaling=row.auto_scaling,
-                deployment_config=DeploymentConfig.model_validate(row.deployment_config or {}),
+                deployment_config=config_read(row.deployment_config),
                 health_status=serving.health(row.model_version_id, status),  # type: ignore[arg-type]
                 serving=(serving.describe(row.id) if status is DeploymentStatus.active else None)
                 or row.serving,
