@@ -102,6 +102,10 @@ def _authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
     return found
 
 
+BUSY_DESCRIPTION = "Service unavailable: the database is busy or the request ran past its time budget"
+STALLED_DESCRIPTION = "Request timeout: the request body stopped arriving"
+
+
 def _finish_openapi(app: FastAPI) -> None:
     """FastAPI documents its own 422 body; ours is the platform error shape, so the
     document must say so or generated clients and fuzzers would be misled. It also
@@ -118,10 +122,18 @@ def _finish_openapi(app: FastAPI) -> None:
             for method, operation in path_item.items():
                 if (path, method) in authenticated:
                     operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-                response = operation.get("responses", {}).get("422")
+                responses = operation.setdefault("responses", {})
+                response = responses.get("422")
                 if response:
                     response["description"] = "Validation error"
                     response["content"] = {"application/json": {"schema": {"$ref": error_ref}}}
+                # Any route may find the database busy or run past its statement budget,
+                # and any route that reads a body may give up on a stalled one.
+                error_body = {"application/json": {"schema": {"$ref": error_ref}}}
+                if path.startswith("/api/v1/"):
+                    responses.setdefault("503", {"description": BUSY_DESCRIPTION, "content": error_body})
+                if "requestBody" in operation:
+                    responses.setdefault("408", {"description": STALLED_DESCRIPTION, "content": error_body})
         schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
         components = schema["components"].setdefault("schemas", {})
         components.pop("HTTPValidationError", None)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 
 from maestro.api.downloads import attachment
 from maestro.files.models import StoredFile
+from maestro.identity.models import ApiKey
 from maestro.organizations.models import Organization
 from maestro.projects.models import Project
 from maestro.registry import cards
@@ -119,7 +120,17 @@ def test_names_and_descriptions_of_organisations_and_projects(
         ),
         "first_name",
     )
+    keys = rows(factory, ApiKey)
+    refused(
+        client.post(
+            f"/api/v1/organizations/{world.org}/api-keys",
+            json={"name": f"CI{char}", "permissions": {"projects": ["read"]}},
+            headers=headers,
+        ),
+        "name",
+    )
     assert (rows(factory, Organization), rows(factory, Project)) == (organizations, projects)
+    assert rows(factory, ApiKey) == keys
     with factory.database.session(write=False) as session:
         assert session.get(Organization, world.org).name == "Acme"  # type: ignore[union-attr]
 

@@ -28,6 +28,7 @@ from maestro.identity.models import ApiKey, User
 from maestro.identity.rbac import ACTIONS, API_KEY_RESOURCES, Principal, Target, authorize
 from maestro.identity.schemas import StrictModel, UserRef, user_ref
 from maestro.identity.service import users_by_id
+from maestro.schemas import Visible
 
 
 # --- schemas -----------------------------------------------------------------------------
@@ -57,6 +58,7 @@ def _distinct_actions(actions: list[str]) -> list[str]:
 KeyName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Visible,
 ]
 ExpiresAt = Annotated[datetime, AfterValidator(_in_the_future)]
 GrantedActions = Annotated[

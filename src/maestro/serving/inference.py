@@ -107,6 +107,10 @@ async def find(serving: ServingState, principal: Principal, name: str, request: 
 def check_serving(live: LiveDeployment) -> None:
     if live.version_id is None:
         raise ServiceUnavailable("The deployment's model version was deleted; deploy another version")
+    if live.status == DeploymentStatus.failed:
+        raise ServiceUnavailable(
+            "The deployment failed (its logs say why); deploy a version or activate it again to serve"
+        )
     if live.status != DeploymentStatus.active:
         raise ServiceUnavailable("The deployment is inactive; activate it to serve predictions")
 
