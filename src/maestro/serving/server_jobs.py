@@ -340,8 +340,8 @@ class AsyncJobs:
                     written += len(data)
 
                 job.work(progress, write)
-            job.path, job.size = path, written
-            job.status, job.progress = "completed", 1.0
+            job.path, job.size, job.finished_at = path, written, _now()
+            job.status, job.progress = "completed", 1.0  # last: readers trust what it says
         except MaestroError as exc:
             job.status = "failed"
             job.error = {"code": exc.code, "reason": getattr(exc, "reason", None), "message": exc.message}
@@ -357,4 +357,4 @@ class AsyncJobs:
                 kept = job.size if job.status == "completed" else 0
                 self._charge(job.scope, kept - job.charged)
                 job.charged = kept
-                job.finished_at, job.finished_monotonic = _now(), self.clock()
+                job.finished_at, job.finished_monotonic = job.finished_at or _now(), self.clock()

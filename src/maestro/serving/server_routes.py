@@ -623,10 +623,13 @@ async def predict_async(request: Request, caller: BatchCaller) -> Response:
 async def job_status(job_id: str, request: Request, caller: AnyCaller) -> Response:
     jobs = server_of(request).jobs
     job = jobs.get(caller.id, job_id)
-    result = await run_in_threadpool(jobs.result, job)
+    # The status first: the job may finish meanwhile, and a "completed" answer must carry
+    # its result (the file is in place before the status says so).
     described = {**job.describe(), "status_url": f"/api/v1/jobs/{job.id}/status"}
-    if result is not None:
-        described["result"] = orjson.Fragment(result)  # as written: never parsed again
+    if described["status"] == "completed":
+        result = await run_in_threadpool(jobs.result, job)
+        if result is not None:
+            described["result"] = orjson.Fragment(result)  # as written: never parsed again
     return json_response(described)
 
 
