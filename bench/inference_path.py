@@ -56,9 +56,13 @@ def model_file() -> bytes:
 
 # --- 1. in process ---------------------------------------------------------------------------------
 CATEGORIES = {
-    "authentication and access": ("maestro/identity/", "maestro/api/deps.py", "serving/inference.py:_decide"),
-    "model call": ("maestro/serving/runtimes.py", "onnxruntime"),
-    "parsing and validation": ("maestro/serving/inputs.py",),
+    "authentication and access": (
+        "maestro/identity/",
+        "maestro/api/deps.py",
+        "deployments/inference.py:_decide",
+    ),
+    "model call": ("maestro/runtimes/", "onnxruntime"),
+    "parsing and validation": ("maestro/runtimes/inputs.py",),
 }
 
 
@@ -95,12 +99,12 @@ def _shares(root: Any) -> dict[str, float]:
 def inline_threads() -> Iterator[None]:
     """Run ``run_sync`` hops on the calling thread, so one profile holds every frame."""
     import maestro.api.deps
-    import maestro.serving.inference
+    import maestro.deployments.inference
 
     async def inline(function: Any, *args: Any, **_: Any) -> Any:
         return function(*args)
 
-    modules = (maestro.api.deps, maestro.serving.inference)
+    modules = (maestro.api.deps, maestro.deployments.inference)
     saved = [module.run_sync for module in modules]
     for module in modules:
         module.run_sync = inline  # type: ignore[attr-defined]

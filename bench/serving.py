@@ -403,7 +403,7 @@ def train() -> tuple[dict[str, Any], dict[int, np.ndarray]]:
 
 
 def raw_results(workdir: Path, batches: dict[int, np.ndarray], seconds: float) -> list[Result]:
-    from maestro.serving import load_runtime
+    from maestro.runtimes import load_runtime
 
     results = []
     for name in MODELS:
@@ -468,8 +468,8 @@ def isolation_results(
 ) -> list[Result]:
     """The same booster answering in this process and from its isolated process."""
     from maestro.config import Settings
-    from maestro.serving import load_runtime
-    from maestro.serving.isolation import IsolatedRuntime, Isolation
+    from maestro.runtimes import load_runtime
+    from maestro.runtimes.isolation import IsolatedRuntime, Isolation
 
     isolation = Isolation.from_settings(Settings(_env_file=None, data_dir=workdir / "isolation-data"))  # type: ignore[call-arg]
     results = []
@@ -490,7 +490,7 @@ def isolation_results(
 def check_times(workdir: Path, files: dict[str, tuple[str, bytes]], repeats: int = 3) -> None:
     """How long the load check takes per format, and what it measured."""
     from maestro.config import Settings
-    from maestro.serving.isolation import Isolation, check_model
+    from maestro.runtimes.isolation import Isolation, check_model
 
     isolation = Isolation.from_settings(Settings(_env_file=None, data_dir=workdir / "isolation-data"))  # type: ignore[call-arg]
     print()

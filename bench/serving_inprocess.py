@@ -3,7 +3,7 @@
     .venv/bin/python bench/serving_inprocess.py [--seconds 1.5]
 
 Trains a LogisticRegression and a 100-tree RandomForest on 20 features, loads each
-through ``maestro.serving.load_runtime`` from a skops file (which converts it to ONNX,
+through ``maestro.runtimes.load_runtime`` from a skops file (which converts it to ONNX,
 one intra-op thread), and prints p50/p99 in µs of ``predict_proba`` for 1 and 1,000
 rows: scikit-learn on the original estimator, then the runtime. Also the cost of
 turning a 1,000-row JSON body into the matrix (orjson + vectorised validation).
@@ -24,7 +24,7 @@ import skops.io as sio
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from maestro.serving import load_runtime, matrix_from_json
+from maestro.runtimes import load_runtime, matrix_from_json
 
 FEATURES = 20
 

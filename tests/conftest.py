@@ -38,6 +38,10 @@ from maestro.db import Base  # noqa: E402
 from maestro.migrations import import_models, upgrade  # noqa: E402
 from tests.factories import Factory  # noqa: E402
 
+# Fixtures shared across test folders: trained models and model files, and a platform
+# with deployments.
+pytest_plugins = ["tests.runtimes.fixtures", "tests.deployments.fixtures"]
+
 import_models()
 
 PG_URL = os.environ.get("MAESTRO_TEST_DATABASE_URL")

@@ -18,8 +18,14 @@ from maestro.api.errors import install_error_handlers
 from maestro.api.heavy import HeavyWork
 from maestro.api.middleware import RequestBodyTimeoutMiddleware, RequestContextMiddleware
 from maestro.api.ratelimit import RateLimiter
+from maestro.api.request_metrics import RequestMetricsMiddleware
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.deployments.fast_path import InferenceFastPath
+from maestro.deployments.metrics import PlatformMetrics
+from maestro.deployments.routes import inference_router, metrics_router
+from maestro.deployments.routes import router as deployments_router
+from maestro.deployments.state import ServingState
 from maestro.files.routes import router as files_router
 from maestro.identity.api_keys import router as api_keys_router
 from maestro.identity.audit_log import router as audit_log_router
@@ -34,11 +40,6 @@ from maestro.mlflow_compat.routes import router as mlflow_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
-from maestro.serving.metrics import PlatformMetrics, RequestMetricsMiddleware
-from maestro.serving.platform_fast_path import InferenceFastPath
-from maestro.serving.routes import inference_router, metrics_router
-from maestro.serving.routes import router as deployments_router
-from maestro.serving.state import ServingState
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
 from maestro.tracking.routes import router as tracking_router

@@ -126,7 +126,7 @@ def model_server(
     """Run the standalone model server: loaded models answer Maestro's prediction
     routes, the Open Inference Protocol (/v2) and MLflow's scoring protocol."""
     from maestro.logs import configure_logging
-    from maestro.serving import server
+    from maestro.model_server import app as server
 
     settings = _settings()
     configure_logging(settings)

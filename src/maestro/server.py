@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,18 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from maestro.config import Settings
+
+
+def freeze_startup_objects() -> None:
+    """Move what the process holds at startup (modules, the app, the ORM's mappers,
+    several hundred thousand objects) out of the cyclic garbage collector's sight.
+
+    A 1,000-row request allocates thousands of short-lived lists and dicts, and the
+    prediction log keeps some until it is written, so full collections come often; each
+    would scan every object of the process, costing more than the request itself. The
+    frozen objects are still freed by reference counting; ``gc.unfreeze()`` at shutdown
+    hands them back to the collector."""
+    gc.freeze()
 
 
 def enable_nodelay(transport: asyncio.BaseTransport) -> None:

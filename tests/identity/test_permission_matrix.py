@@ -219,11 +219,11 @@ SERVING_SCHEMA = {"inputs": [{"name": "x0", "type": "float"}, {"name": "x1", "ty
 def add_deployment(app: FastAPI, world: World) -> None:
     """Its own model with two ONNX versions, a deployment that served the first and now
     serves the second, and a finished batch job of it."""
+    from maestro.deployments.batch_jobs import KIND
+    from maestro.deployments.models import Deployment, DeploymentRevision
     from maestro.files.models import StoredFile
     from maestro.jobs.models import Job
     from maestro.registry.models import ModelVersion, RegisteredModel
-    from maestro.serving.batch_jobs import KIND
-    from maestro.serving.models import Deployment, DeploymentRevision
 
     with app.state.database.session() as session:
         model = RegisteredModel(

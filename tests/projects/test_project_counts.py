@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.serving.platform import Team, Tiny, deployed, onnx_file, register, upload
-
-pytest_plugins = ["tests.serving.platform_fixtures"]
+from tests.deployments.platform import Team, Tiny, deployed, onnx_file, register, upload
 
 
 def counts(client: TestClient, team: Team, project: str) -> tuple[int, int, int]:

@@ -24,8 +24,8 @@ from maestro.config import Settings
 from maestro.registry.models import ModelVersion
 from tests.factories import Factory
 from tests.registry.conftest import World, new_model, stored_files, upload
-from tests.serving import crafted
-from tests.serving.payloads import Doubler
+from tests.runtimes import crafted
+from tests.runtimes.payloads import Doubler
 
 BUDGET = 256 * 1024**2
 

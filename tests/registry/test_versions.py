@@ -24,8 +24,8 @@ from sqlalchemy import func, select
 
 from maestro.app import create_app
 from maestro.config import Settings
-from maestro.registry.formats import ModelFormat, detect_format
 from maestro.registry.models import ModelVersion, StageTransition
+from maestro.runtimes.formats import ModelFormat, detect_format
 from tests.factories import Factory
 from tests.registry.conftest import (
     World,
@@ -37,7 +37,7 @@ from tests.registry.conftest import (
     stored_files,
     upload,
 )
-from tests.serving import crafted
+from tests.runtimes import crafted
 
 VERSION_FIELDS = {
     "id",

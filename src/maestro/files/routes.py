@@ -22,7 +22,7 @@ from maestro.files.formats import SUFFIXES, DatasetFormat
 from maestro.files.models import FileKind, StoredFile
 from maestro.files.schemas import FileRead
 from maestro.projects.models import Project
-from maestro.registry.formats import ModelFormat
+from maestro.runtimes.formats import ModelFormat
 from maestro.schemas import find_invisible, invisible_message
 
 router = APIRouter(prefix="/api/v1", tags=["files"])

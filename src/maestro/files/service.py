@@ -31,7 +31,7 @@ from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
-from maestro.registry.formats import ModelFormat, detect_format
+from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.schemas import strip_invisible
 from maestro.storage import ArtifactStore
 

@@ -20,7 +20,7 @@ Handler = Callable[..., dict[str, Any] | None]
 HANDLERS: dict[str, Handler] = {}
 
 # Modules that declare job kinds; imported wherever jobs are submitted or executed.
-HANDLER_MODULES = ("maestro.jobs.maintenance", "maestro.serving.batch_jobs")
+HANDLER_MODULES = ("maestro.jobs.maintenance", "maestro.deployments.batch_jobs")
 
 
 def job_handler(kind: str) -> Callable[[Handler], Handler]:

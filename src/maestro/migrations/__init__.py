@@ -21,7 +21,7 @@ MODEL_MODULES = (
     "maestro.events.models",
     "maestro.files.models",
     "maestro.tracking.models",
-    "maestro.serving.models",
+    "maestro.deployments.models",
     "maestro.mlflow_compat.models",
 )
 

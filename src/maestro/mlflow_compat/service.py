@@ -47,7 +47,6 @@ from maestro.mlflow_compat import filters
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.projects.models import Project
 from maestro.registry import service as registry
-from maestro.registry.formats import ModelFormat, detect_format
 from maestro.registry.models import ModelAlias, ModelTag, ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.models import VersionTag as RegistryVersionTag
 from maestro.registry.schemas import (
@@ -61,6 +60,7 @@ from maestro.registry.schemas import (
     TagValue,
     VersionCreate,
 )
+from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import search as run_search

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound
 from maestro.db import flush_unique, new_id
+from maestro.deployments.models import Deployment
 from maestro.files.models import StoredFile
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
@@ -29,7 +30,6 @@ from maestro.projects.schemas import (
     ProjectUpdate,
 )
 from maestro.registry.models import ModelVersion, RegisteredModel
-from maestro.serving.models import Deployment
 from maestro.storage import ArtifactStore, delete_after_commit
 from maestro.tracking.models import Experiment, Lifecycle, Run, RunArtifact
 

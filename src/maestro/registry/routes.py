@@ -20,7 +20,6 @@ from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
 from maestro.db import run_after_rollback
 from maestro.registry import cards, schemas, service
-from maestro.registry.formats import ModelFormat, detect_format
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
     ALIAS_PATTERN,
@@ -39,6 +38,7 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
+from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.storage import ArtifactStore
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])

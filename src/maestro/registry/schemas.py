@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from maestro.identity.schemas import StrictModel, UserRef
-from maestro.registry.formats import ModelFormat
 from maestro.registry.models import ModelType, Stage
+from maestro.runtimes.formats import ModelFormat
 from maestro.schemas import JsonDepth, Visible
 
 TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"

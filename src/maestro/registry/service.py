@@ -23,7 +23,6 @@ from maestro.identity.service import users_by_id
 from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
-from maestro.registry.formats import ModelFormat
 from maestro.registry.models import (
     ModelAlias,
     ModelTag,
@@ -45,7 +44,8 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
-from maestro.serving.isolation import TRUST_REASONS, Isolation, check_model, needs_check
+from maestro.runtimes.formats import ModelFormat
+from maestro.runtimes.isolation import TRUST_REASONS, Isolation, check_model, needs_check
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ zygote (no secrets in its memory or environment), confines itself (``confine``:
 resource limits, Landlock, seccomp) and talks to the server only through
 ``wire`` messages, which the server reads as hostile.
 
-    child = shared_sandbox().spawn("maestro.serving.isolation:worker", {"threads": 1},
+    child = shared_sandbox().spawn("maestro.runtimes.isolation:worker", {"threads": 1},
                                    limits=Limits(memory_bytes=512 * 1024**2, cpu_seconds=30))
     with child:
         reply = child.request({"op": "predict"}, [matrix], timeout=10, max_reply_bytes=1 << 24)

@@ -43,7 +43,7 @@ def upgrade() -> None:
     with op.batch_alter_table("deployments", schema=None) as batch_op:
         batch_op.add_column(sa.Column("env_vars_encrypted", sa.Text(), nullable=True))
 
-    from maestro.serving.deployment_secrets import MASK, masked, seal
+    from maestro.deployments.secrets import MASK, masked, seal
 
     connection = op.get_bind()
     settings = None
@@ -62,7 +62,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    from maestro.serving.deployment_secrets import SecretsUnreadable, unseal
+    from maestro.deployments.secrets import SecretsUnreadable, unseal
 
     connection = op.get_bind()
     settings = None

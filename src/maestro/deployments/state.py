@@ -1,0 +1,345 @@
+"""What one platform process holds to serve deployments without asking the database on
+every prediction.
+
+- **The directory**: deployment name (within an organisation) → the deployment, its
+  version and project. Filled from the database on first use; an entry is dropped when
+  a deployment changes in this process, when the generation counter shows a change by
+  another process (checked every ``MAESTRO_DEPLOYMENT_CHECK_SECONDS`` by the background
+  thread), and at the latest a minute after it was read.
+- **The model cache** (``ModelCache``), where each deployment's id is a live name
+  pointing at the version it serves. A deploy prepares (loads and warms) the new version
+  before the name moves, so no request fails during it. Versions load through
+  ``isolation.load_checked_version``: checked in an isolated process first (the result
+  is kept on the version), XGBoost and LightGBM served from one. When such a process
+  crashes, the deployments it serves get a log line; after repeated crashes they are
+  marked failed (answering 503 until deployed again).
+- **The recorder** of served requests, flushed by the background thread.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from maestro.deployments.metrics import PlatformMetrics
+from maestro.deployments.models import Deployment, DeploymentStatus, LogLevel, ServingGeneration
+from maestro.deployments.predictions import PredictionRecorder
+from maestro.identity.credential_cache import ShortMemory
+from maestro.registry import service as registry
+from maestro.registry.models import ModelVersion, RegisteredModel
+from maestro.runtimes.base import Runtime
+from maestro.runtimes.cache import ModelCache
+from maestro.runtimes.errors import ModelLoadError
+from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck, load_checked_version
+from maestro.runtimes.parallel import RowSplitter
+from maestro.server import freeze_startup_objects
+
+if TYPE_CHECKING:
+    from maestro.config import Settings
+    from maestro.db import Database
+    from maestro.storage import ArtifactStore
+
+logger = logging.getLogger("maestro.serving")
+
+ENTRY_MAX_AGE = 60.0  # seconds before a directory entry is read again regardless
+GENERATION_ROW = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDeployment:
+    """A deployment as the directory knows it."""
+
+    id: str
+    name: str
+    organization_id: str
+    project_id: str
+    status: str
+    version_id: str | None
+    version: str | None
+    model_id: str | None
+    model_name: str | None
+    read_at: float
+
+
+class ServingState:
+    def __init__(
+        self, settings: Settings, database: Database, store: ArtifactStore, metrics: PlatformMetrics
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.store = store
+        self.metrics = metrics
+        self.cache = ModelCache(
+            self._load,
+            max_models=settings.serving_cache_max_models,
+            max_bytes=settings.serving_cache_max_bytes,
+        )
+        self.recorder = PredictionRecorder(database, settings, metrics)
+        self.splitter = RowSplitter()  # large batches of slow ONNX models over the cores
+        # Inference access decisions (principal, project) → allowed, as briefly as credentials.
+        self.decisions = ShortMemory(settings.auth_cache_seconds)
+        metrics.watch_cache(lambda: (len(self.cache), self.cache.total_bytes))
+        self._lock = threading.Lock()
+        self._directory: dict[tuple[str, str], tuple[LiveDeployment | None, float]] = {}
+        self._failures: dict[str, str] = {}  # version id → why it last failed to load here
+        self._generation: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the directory ---------------------------------------------------------------------------
+    def known(self, organization_id: str, name: str) -> tuple[bool, LiveDeployment | None]:
+        """(found in memory, the deployment or None when known to be missing)."""
+        found = self._directory.get((organization_id, name))
+        if found is None:
+            return False, None
+        live, read_at = found
+        age = time.monotonic() - read_at
+        if age > (ENTRY_MAX_AGE if live is not None else self.settings.deployment_check_seconds):
+            return False, None
+        return True, live
+
+    def resolve(self, organization_id: str, name: str) -> LiveDeployment | None:
+        """Read the deployment from the database (blocking) and remember it."""
+        with self.database.session(write=False) as session:
+            row = session.execute(
+                select(Deployment, ModelVersion.version, RegisteredModel.name)
+                .outerjoin(ModelVersion, ModelVersion.id == Deployment.model_version_id)
+                .outerjoin(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+                .where(Deployment.organization_id == organization_id, Deployment.name == name)
+            ).first()
+        now = time.monotonic()
+        live = None
+        if row is not None:
+            deployment: Deployment = row.Deployment
+            live = LiveDeployment(
+                id=deployment.id,
+                name=deployment.name,
+                organization_id=deployment.organization_id,
+                project_id=deployment.project_id,
+                status=deployment.status,
+                version_id=deployment.model_version_id,
+                version=row.version,
+                model_id=deployment.model_id,
+                model_name=row.name,
+                read_at=now,
+            )
+        with self._lock:
+            self._directory[(organization_id, name)] = (live, now)
+        return live
+
+    def forget(self, organization_id: str, *names: str) -> None:
+        with self._lock:
+            for name in names:
+                self._directory.pop((organization_id, name), None)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._directory.clear()
+
+    # --- models ------------------------------------------------------------------------------------
+    def _load(self, version_id: str) -> Runtime:
+        with self.database.session(write=False) as session:
+            row = session.get(ModelVersion, version_id)
+            if row is not None:
+                session.expunge(row)
+        if row is None:
+            raise ModelLoadError("file_missing", "The model version no longer exists")
+        try:
+            runtime = load_checked_version(
+                row,
+                self.store,
+                self.settings,
+                record=partial(self._record_check, version_id),
+                on_crash=partial(self._model_crashed, version_id),
+            )
+        except ModelLoadError as exc:
+            self._failures[version_id] = exc.reason
+            self.metrics.model_loads.labels("failed").inc()
+            raise
+        self._failures.pop(version_id, None)
+        self.metrics.model_loads.labels("loaded").inc()
+        return runtime
+
+    def _record_check(self, version_id: str, check: LoadCheck) -> None:
+        """Keep a load check made now on the version, so the next load need not repeat it."""
+        try:
+            with self.database.session() as session:
+                registry.record_load_check(session, version_id, check.to_dict())
+        except SQLAlchemyError:
+            logger.exception("could not record the load check of %s", version_id)
+
+    def _model_crashed(self, version_id: str, runtime: IsolatedRuntime, message: str, failed: bool) -> None:
+        """A model process crashed (the request that caused it failed): say so in the log
+        of each deployment serving it here, and once it has crashed too often, mark them
+        failed."""
+        deployment_ids = [name for name, key in self.cache.names().items() if key == version_id]
+        for deployment_id in deployment_ids:
+            self.recorder.event(
+                deployment_id,
+                LogLevel.error,
+                "model_crashed",
+                f"The model's process {message} while answering a request; that request failed"
+                + (" and the deployment stopped serving" if failed else "; a new process serves the next"),
+                version_id=version_id,
+                crashes=runtime.crash_count,
+            )
+        if failed and deployment_ids:
+            self._mark_failed(version_id, deployment_ids, runtime.failure or "The model's process crashed")
+
+    def _mark_failed(self, version_id: str, deployment_ids: list[str], message: str) -> None:
+        from maestro.deployments.service import fail_serving
+
+        try:
+            with self.database.session() as session:
+                rows = fail_serving(session, version_id, deployment_ids, message)
+                names = [(deployment.organization_id, deployment.name) for deployment in rows]
+        except SQLAlchemyError:
+            logger.exception("could not mark the deployments of %s failed", version_id)
+            return
+        for organization_id, name in names:
+            self.forget(organization_id, name)
+        logger.error("deployments %s stopped serving version %s: %s", deployment_ids, version_id, message)
+
+    def prepare(self, version_id: str) -> Runtime:
+        """Load and warm a version for a deploy (blocking), afresh: the version's trust
+        may have changed since a failure was remembered, and a model process that
+        crashed too often is given a new start. Raises ``ModelLoadError``."""
+        loaded = self.cache.peek(version_id)
+        if isinstance(loaded, IsolatedRuntime) and loaded.failure is not None:
+            loaded.revive()
+        self.cache.invalidate(version_id)
+        return self.cache.prepare(version_id)
+
+    def discard(self, version_id: str) -> None:
+        self.cache.discard(version_id)
+
+    def serve(self, deployment_id: str, version_id: str | None) -> None:
+        """Point the deployment at a prepared version (or at nothing: stop serving it,
+        ending its model's isolated process unless another deployment uses it)."""
+        if version_id is None:
+            released = self.cache.release(deployment_id)
+            if released is not None and isinstance(self.cache.peek(released), IsolatedRuntime):
+                self.cache.evict(released)  # refused while another name serves it
+        else:
+            self.cache.swap(deployment_id, version_id)
+
+    def ready_runtime(self, live: LiveDeployment) -> Runtime | None:
+        """The runtime answering for ``live`` if it is loaded (no waiting), else None."""
+        version_id = live.version_id
+        if version_id is not None and self.cache.key_for(live.id) == version_id and version_id in self.cache:
+            return self.cache.runtime_for(live.id)
+        return None
+
+    def runtime(self, live: LiveDeployment) -> tuple[LiveDeployment, Runtime]:
+        """The deployment and its loaded runtime (blocking: may load). When this process
+        serves a different version than ``live`` names, the database decides which is
+        current, so a stale directory entry never moves a deployment backwards."""
+        current = self.cache.key_for(live.id)
+        if current != live.version_id:
+            fresh = self.resolve(live.organization_id, live.name)
+            if fresh is None or fresh.id != live.id:
+                raise ModelLoadError("file_missing", "The deployment changed while this request waited")
+            live = fresh
+        if live.version_id is None:
+            raise ModelLoadError("file_missing", "The deployment's model version was deleted")
+        try:
+            if self.cache.key_for(live.id) != live.version_id:
+                self.cache.swap(live.id, live.version_id)
+            return live, self.cache.runtime_for(live.id)
+        except ModelLoadError as exc:
+            self.recorder.event(
+                live.id,
+                LogLevel.error,
+                "load_failed",
+                f"Version {live.version} could not be loaded in this process: {exc.message}",
+                version_id=live.version_id,
+                reason=exc.reason,
+            )
+            raise
+
+    def health(self, version_id: str | None, status: str) -> str:
+        """As this process sees it, without loading anything."""
+        if status == DeploymentStatus.failed or version_id is None:
+            return "unhealthy"
+        if status != DeploymentStatus.active:
+            return "unknown"
+        if version_id in self._failures:
+            return "unhealthy"
+        loaded = self.cache.peek(version_id)
+        if isinstance(loaded, IsolatedRuntime) and loaded.failure is not None:
+            return "unhealthy"
+        if version_id in self.cache:  # serving it, or about to once its deploy commits
+            return "healthy"
+        return "unknown"
+
+    def describe(self, deployment_id: str) -> dict[str, Any] | None:
+        key = self.cache.key_for(deployment_id)
+        if key is None or key not in self.cache:
+            return None
+        return self.cache.runtime_for(deployment_id).describe()
+
+    def loaded_seconds_ago(self, version_id: str) -> float | None:
+        for entry in self.cache.stats().entries:
+            if entry["key"] == version_id:
+                return float(entry["loaded_seconds_ago"])
+        return None
+
+    # --- the background thread -------------------------------------------------------------------
+    def check_generation(self) -> bool:
+        """Drop the directory when another process changed a deployment; True if so."""
+        with self.database.session(write=False) as session:
+            value = session.scalar(
+                select(ServingGeneration.value).where(ServingGeneration.id == GENERATION_ROW)
+            )
+        value = int(value or 0)
+        changed = self._generation is not None and value != self._generation
+        self._generation = value
+        if changed:
+            self.forget_all()
+        return changed
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        freeze_startup_objects()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="maestro-serving", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread and write everything still in memory."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            self.recorder.wake.set()
+            thread.join(timeout=30)
+            gc.unfreeze()
+        self.splitter.close()
+        self.recorder.flush(everything=True)
+        self.cache.close()  # model processes end with the server
+
+    def _run(self) -> None:
+        flush_every = self.settings.prediction_log_flush_seconds
+        check_every = self.settings.deployment_check_seconds
+        next_flush = next_check = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_check:
+                    next_check = now + check_every
+                    self.check_generation()
+                if now >= next_flush or self.recorder.wake.is_set():
+                    self.recorder.wake.clear()
+                    next_flush = now + flush_every
+                    self.recorder.flush(everything=False)
+            except Exception:
+                logger.exception("serving background work failed")
+            self.recorder.wake.wait(max(min(next_flush, next_check) - time.monotonic(), 0.01))
