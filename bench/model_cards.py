@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from maestro.registry import cards
+from maestro.registry import card_documents, cards
 from maestro.registry.schemas import (
     CardLineage,
     CardModelDetails,
@@ -94,9 +94,9 @@ def main() -> None:
     )
     for label, subject in (("typical", card(5, 5, typical)), ("largest", card(1000, 1000, largest))):
         for name, render in (
-            ("markdown", lambda c=subject: cards.render_markdown(c)),
-            ("pdf, Unicode font", lambda c=subject: cards.render_pdf(c)),
-            ("pdf, core font", lambda c=subject: cards.render_pdf(c, font=None)),
+            ("markdown", lambda c=subject: card_documents.render_markdown(c)),
+            ("pdf, Unicode font", lambda c=subject: card_documents.render_pdf(c)),
+            ("pdf, core font", lambda c=subject: card_documents.render_pdf(c, font=None)),
         ):
             seconds, size = median_seconds(render, repeat)
             print(f"{label:8} {name:18} {seconds * 1000:8.1f} ms  {size / 1024:8.1f} KiB")

@@ -21,6 +21,7 @@ from maestro.api.ratelimit import RateLimiter
 from maestro.api.request_metrics import RequestMetricsMiddleware
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.deployments import service as deployments_service
 from maestro.deployments.fast_path import InferenceFastPath
 from maestro.deployments.metrics import PlatformMetrics
 from maestro.deployments.routes import inference_router, metrics_router
@@ -156,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = ArtifactStore(settings.resolved_storage_url)
     queue = JobQueue(settings, database, store)
     metrics = PlatformMetrics()
-    serving = ServingState(settings, database, store, metrics)
+    serving = ServingState(settings, database, store, metrics, deployments_service.fail_serving)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

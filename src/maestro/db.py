@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -256,6 +256,32 @@ def flush_unique(session: Session, conflict: Exception) -> None:
         session.flush()
     except IntegrityError as exc:
         raise conflict from exc
+
+
+def release_write_lock(session: Session) -> None:
+    """Commit what the request has written so far, mid-request, before work that takes
+    long without the database: loading a model, streaming an upload.
+
+    SQLite has one writer at a time, and a request's transaction holds the lock from its
+    first write to its commit; seconds of loading or uploading inside it would stall every
+    other writer. Callers check and authorise first (nothing of the request is visible
+    before this point that may not be), and what follows runs in a new transaction that
+    the request's session commits or rolls back as usual. The one place that does this,
+    so that every mid-request commit is visible by name."""
+    session.commit()
+
+
+def ensure_unique(
+    session: Session, table: type[IdMixin], conflict: Exception, *, but: str | None = None, **equal: Any
+) -> None:
+    """Raise ``conflict`` when a row of ``table`` other than ``but`` already has these
+    column values (a name in its project, say): the friendly check before the unique
+    index, which ``flush_unique`` turns into the same error under a race."""
+    clash = select(table.id).filter_by(**equal)
+    if but is not None:
+        clash = clash.where(table.id != but)
+    if session.scalar(clash.limit(1)) is not None:
+        raise conflict
 
 
 def run_after_commit(session: Session, callback: Callable[[], None]) -> None:

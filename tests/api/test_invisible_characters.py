@@ -17,7 +17,7 @@ from maestro.files.models import StoredFile
 from maestro.identity.models import ApiKey
 from maestro.organizations.models import Organization
 from maestro.projects.models import Project
-from maestro.registry import cards
+from maestro.registry import card_documents
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.schemas import find_invisible, strip_invisible
 from maestro.tracking.models import Experiment, Run, RunArtifact
@@ -315,7 +315,7 @@ def test_cards_drop_them_from_text_stored_before(client: TestClient, factory: Fa
     # around them is longer still, so they cannot close it.
     assert "`````text\n````\nnumpy\n`````" in text
 
-    pdf = cards.CardPdf(None)
+    pdf = card_documents.CardPdf(None)
     assert pdf.clean(f"Safe\u200b to use {RLO}gnp.exe") == "Safe to use gnp.exe"
     assert pdf.replaced == 0
-    assert cards.md_text(f"{RLO}gnp.exe") == "gnp.exe"
+    assert card_documents.md_text(f"{RLO}gnp.exe") == "gnp.exe"

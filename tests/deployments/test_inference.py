@@ -21,6 +21,7 @@ from sqlalchemy import event, func, select
 from maestro.app import create_app
 from maestro.config import Settings
 from maestro.deployments.models import PredictionLog
+from maestro.deployments.predictions import logged_predictions
 from maestro.identity.models import AuditLog
 from maestro.jobs.models import Job
 from tests.deployments.platform import (
@@ -266,6 +267,29 @@ class TestPredictionLog:
         assert totals["totals"]["request_count"] == 3
         with factory.database.session(write=False) as session:
             assert session.scalar(select(func.count()).select_from(PredictionLog)) == 0
+
+    def test_the_log_reads_in_pages_oldest_first(
+        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, live: dict[str, Any], tiny: Tiny
+    ) -> None:
+        sent = [records(tiny.X[i : i + 1]) for i in range(5)]
+        for rows in sent:
+            assert predict(client, "fraud-api", team.key_headers, rows).status_code == 200
+        flush(app)
+        with factory.database.session(write=False) as session:
+            everything = logged_predictions(session, live["id"])
+            first = logged_predictions(session, live["id"], limit=2)
+            second = logged_predictions(session, live["id"], after=first[-1], limit=2)
+            rest = logged_predictions(session, live["id"], after=second[-1], limit=10)
+            later = logged_predictions(session, live["id"], since=everything[2].created_at)
+            before = logged_predictions(session, live["id"], until=everything[0].created_at)
+            elsewhere = logged_predictions(session, "dep_not_a_deployment")
+        assert [len(first), len(second), len(rest)] == [2, 2, 1]
+        assert [p.id for p in first + second + rest] == [p.id for p in everything]
+        assert [(p.created_at, p.id) for p in everything] == sorted((p.created_at, p.id) for p in everything)
+        assert sorted(map(str, (p.inputs for p in everything))) == sorted(map(str, sent))
+        assert all(p.status_code == 200 and p.row_count == 1 and len(p.outputs) == 1 for p in everything)
+        assert len(later) >= 3 and all(p.created_at >= everything[2].created_at for p in later)
+        assert before == [] and elsewhere == []
 
     def test_failures_are_logged_without_their_input(
         self, client: TestClient, app: FastAPI, factory: Factory, team: Team, live: dict[str, Any]

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from maestro.app import OPENAPI_URL
 from maestro.config import Settings
 from maestro.identity.models import AuditLog
-from maestro.registry import cards
+from maestro.registry import card_documents, cards
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.registry.schemas import ModelCard
 from tests.factories import Factory
@@ -741,7 +741,7 @@ class TestPdf:
         response = client.post(f"{url}/generate", json={"overrides": body}, headers=world.viewer.headers)
         assert response.status_code == 200
         text = flat(pdf_text(response.content))
-        if cards.find_unicode_font() is not None:
+        if card_documents.find_unicode_font() is not None:
             assert "Ελληνικά" in text
             assert "private ?? use" in text
             assert "2 character(s) could not be drawn" in text
@@ -756,7 +756,7 @@ class TestPdf:
         card = ModelCard.model_validate(
             client.get(card_url(model["id"], "1.0.0"), headers=world.viewer.headers).json()["data"]
         )
-        text = flat(pdf_text(cards.render_pdf(card, font=None)))
+        text = flat(pdf_text(card_documents.render_pdf(card, font=None)))
         assert "Ünïcödé Latin-1 is fine" in text
         assert "?????????" in text and "Кириллица" not in text
         assert "9 character(s) could not be drawn" in text

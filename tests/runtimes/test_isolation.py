@@ -22,7 +22,8 @@ import pytest
 from maestro.config import Settings
 from maestro.runtimes import ModelCache, ModelLoadError, PredictionError, ServingError, load_runtime
 from maestro.runtimes.formats import ModelFormat
-from maestro.runtimes.isolation import IsolatedRuntime, Isolation, LoadCheck, check_model, load_checked_file
+from maestro.runtimes.isolation import IsolatedRuntime, Isolation, LoadCheck, check_model
+from maestro.runtimes.loading import load_checked_file
 from maestro.sandbox import Sandbox
 from tests.conftest import wait_until
 from tests.runtimes import crafted

@@ -15,16 +15,24 @@ so it can authorise the upload (and refuse it) before the body is read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+from anyio.to_thread import run_sync
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from maestro.api.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from maestro.db import release_write_lock, run_after_rollback
 from maestro.storage import ArtifactStore, ArtifactWriter, StoredObject
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+Received = TypeVar("Received")
 
 HEAD_BYTES = 4096  # what is kept of a file's start for recognising its format
 MAX_FIELD_BYTES = 1024 * 1024  # per form field
@@ -248,3 +256,38 @@ async def receive_upload(
         filename=state.filename,
         content_type=state.content_type,
     )
+
+
+def stored_key(upload: ReceivedUpload) -> str:
+    return upload.stored.key
+
+
+@contextlib.asynccontextmanager
+async def staged_upload(
+    session: Session,
+    store: ArtifactStore,
+    receiving: Awaitable[Received],
+    key_of: Callable[[Received], str],
+    *,
+    release: bool = True,
+) -> AsyncIterator[Received]:
+    """Receive an upload into the store and own its file until a row records it: every
+    upload route's one way of doing so.
+
+    The database is released first (``release_write_lock``; pass ``release=False`` when
+    the receiver releases it itself once it has checked what the body names), so a slow
+    client holds no lock while the body streams in. The block records the upload in the
+    request's transaction. If the block raises, the file is removed at once (even when
+    the request is being cancelled); if it returns, the file is removed should that
+    transaction roll back, so no file outlives the row that should point at it."""
+    if release:
+        await run_sync(release_write_lock, session)
+    received = await receiving
+    key = key_of(received)
+    try:
+        yield received
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run_sync(store.delete, key)
+        raise
+    run_after_rollback(session, lambda: store.delete(key))

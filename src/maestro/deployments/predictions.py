@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from sqlalchemy import Text, bindparam, cast, insert, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from maestro.api.request_metrics import LATENCY_BUCKETS_MS
 from maestro.db import new_id
@@ -354,3 +355,67 @@ def _event_row(entry: dict[str, Any]) -> dict[str, Any]:
         "details": entry["details"],
         "created_at": _utc(entry["at"]),
     }
+
+
+# --- reading the log ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoggedPrediction:
+    """One logged request, as other domains see it (monitoring reads these, never the
+    table): ``inputs`` are records of named features, ``outputs`` the predictions."""
+
+    id: str
+    deployment_id: str
+    model_version_id: str | None
+    request_id: str | None
+    inputs: list[Any]
+    outputs: list[Any]
+    row_count: int
+    latency_ms: float
+    status_code: int
+    error: str | None
+    created_at: datetime
+
+
+def logged_predictions(
+    session: Session,
+    deployment_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: LoggedPrediction | None = None,
+    limit: int = 1000,
+) -> list[LoggedPrediction]:
+    """A deployment's logged requests with ``since <= created_at < until``, oldest first,
+    at most ``limit``; pass the last one read as ``after`` for the next page (keyset on
+    time and id, so pages neither skip nor repeat rows while the log grows)."""
+    statement = select(PredictionLog).where(PredictionLog.deployment_id == deployment_id)
+    if since is not None:
+        statement = statement.where(PredictionLog.created_at >= since)
+    if until is not None:
+        statement = statement.where(PredictionLog.created_at < until)
+    if after is not None:
+        statement = statement.where(
+            or_(
+                PredictionLog.created_at > after.created_at,
+                and_(PredictionLog.created_at == after.created_at, PredictionLog.id > after.id),
+            )
+        )
+    statement = statement.order_by(PredictionLog.created_at, PredictionLog.id).limit(
+        max(1, min(limit, 10_000))
+    )
+    return [
+        LoggedPrediction(
+            id=row.id,
+            deployment_id=row.deployment_id,
+            model_version_id=row.model_version_id,
+            request_id=row.request_id,
+            inputs=row.inputs or [],
+            outputs=row.outputs or [],
+            row_count=row.row_count,
+            latency_ms=row.latency_ms,
+            status_code=row.status_code,
+            error=row.error,
+            created_at=row.created_at,
+        )
+        for row in session.scalars(statement)
+    ]

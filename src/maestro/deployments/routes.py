@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Literal
 
-import anyio
 import orjson
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -37,11 +36,10 @@ from maestro.api.errors import (
     error_responses,
     validation_details,
 )
-from maestro.api.multipart import ReceivedUpload
+from maestro.api.multipart import ReceivedUpload, staged_upload
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, DeploymentId, ProjectId, path_id
-from maestro.db import run_after_rollback
-from maestro.deployments import batch_jobs, inference, service
+from maestro.deployments import batch_jobs, inference, reading, service
 from maestro.deployments.metrics import CONTENT_TYPE
 from maestro.deployments.models import Deployment, DeploymentStatus, Environment, LogLevel
 from maestro.deployments.schemas import (
@@ -68,8 +66,7 @@ from maestro.deployments.schemas import (
 from maestro.deployments.state import ServingState
 from maestro.files import service as files_service
 from maestro.files.formats import DatasetFormat
-from maestro.registry.models import ModelVersion
-from maestro.runtimes.errors import ModelLoadError, ServingError
+from maestro.projects import service as projects_service
 from maestro.storage import CHUNK_SIZE, ArtifactStore, StoredObject
 
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
@@ -99,16 +96,6 @@ def _utc(value: datetime | None, field: str) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _refused(exc: ModelLoadError, version: ModelVersion, field: str) -> ServingError:
-    """The load failure, naming the version, with the status its reason calls for."""
-    return ServingError(
-        exc.reason,
-        f"Version {version.version} cannot be deployed: {exc.message}",
-        status=exc.status_code,
-        details=[(field, exc.reason)],
-    )
-
-
 # --- deployments -----------------------------------------------------------------------------
 @router.get(
     "/projects/{project_id}/deployments",
@@ -129,15 +116,15 @@ def list_deployments(
     ] = None,
 ) -> Page[DeploymentRead]:
     """A project's deployments, newest first."""
-    project = service.project_for_deployments(session, principal, project_id, "read")
+    project = projects_service.project_for(session, principal, "deployments", project_id, "read")
     return paginate(
         session,
-        service.deployments_query(project, environment=environment, status=status, model_id=model_id),
+        reading.deployments_query(project, environment=environment, status=status, model_id=model_id),
         params,
         sort_column=Deployment.created_at,
         id_column=Deployment.id,
         order="desc",
-        to_item=lambda rows: service.deployment_reads(session, serving, rows),
+        to_item=lambda rows: reading.deployment_reads(session, serving, rows),
     )
 
 
@@ -158,19 +145,14 @@ def create_deployment(
     version is loaded and warmed first: a file that cannot (or may not) be loaded is
     refused with the reason, and nothing is created."""
     version = service.check_create(session, principal, project_id, body)
-    session.commit()  # release the database while the model loads
-    try:
-        runtime = serving.prepare(version.id)
-    except ModelLoadError as exc:
-        raise _refused(exc, version, "model_version_id") from exc
-    try:
-        deployment = service.create(session, principal, serving, project_id, body, runtime.describe())
-    except BaseException:
-        serving.discard(version.id)
-        raise
-    version_id = version.id
-    run_after_rollback(session, lambda: serving.discard(version_id))
-    return Envelope(data=service.deployment_detail(session, serving, deployment))
+    deployment = service.deploy_version(
+        session,
+        serving,
+        version,
+        "model_version_id",
+        lambda loaded: service.create(session, principal, serving, project_id, body, loaded),
+    )
+    return Envelope(data=reading.deployment_detail(session, serving, deployment))
 
 
 @router.get(
@@ -183,7 +165,7 @@ def get_deployment(
 ) -> Envelope[DeploymentDetail]:
     """A deployment's details: what it serves and how, and its history."""
     deployment = service.get_deployment(session, principal, deployment_id, "read")
-    return Envelope(data=service.deployment_detail(session, serving, deployment))
+    return Envelope(data=reading.deployment_detail(session, serving, deployment))
 
 
 @router.put(
@@ -202,28 +184,20 @@ def update_deployment(
     before traffic moves to it; if it cannot be loaded, the deployment keeps serving
     the version it served)."""
     deployment, version = service.check_update(session, principal, deployment_id, body)
-    prepared = None
-    if version is not None:
-        session.commit()  # release the database while the model loads
-        try:
-            runtime = serving.prepare(version.id)
-        except ModelLoadError as exc:
-            service.load_failed(serving.database, deployment, version, exc.message, exc.reason)
-            raise _refused(exc, version, "model_version_id") from exc
-        prepared = (version, runtime.describe())
-    try:
-        deployment = service.update(session, principal, serving, deployment_id, body, prepared)
-    except BaseException:
-        if version is not None:
-            serving.discard(version.id)
-        raise
-    if version is not None:
-        version_id = version.id
-        if deployment.model_version_id == version_id and deployment.status == DeploymentStatus.active:
-            run_after_rollback(session, lambda: serving.discard(version_id))
-        else:
-            serving.discard(version_id)
-    return Envelope(data=service.deployment_detail(session, serving, deployment))
+    if version is None:
+        deployment = service.update(session, principal, serving, deployment_id, body, None)
+    else:
+        deployment = service.deploy_version(
+            session,
+            serving,
+            version,
+            "model_version_id",
+            lambda loaded: service.update(
+                session, principal, serving, deployment_id, body, (version, loaded)
+            ),
+            serving_now=deployment,
+        )
+    return Envelope(data=reading.deployment_detail(session, serving, deployment))
 
 
 @router.delete(
@@ -253,22 +227,17 @@ def rollback_deployment(
     """Serve an earlier version again: `target_version_id`, or by default the version
     served before the current one. Loaded and warmed before traffic moves."""
     deployment, target = service.check_rollback(session, principal, deployment_id, body)
-    session.commit()  # release the database while the model loads
-    try:
-        runtime = serving.prepare(target.id)
-    except ModelLoadError as exc:
-        service.load_failed(serving.database, deployment, target, exc.message, exc.reason)
-        raise _refused(exc, target, "target_version_id") from exc
-    try:
-        deployment = service.rollback(
-            session, principal, serving, deployment_id, target.id, body.reason, runtime.describe()
-        )
-    except BaseException:
-        serving.discard(target.id)
-        raise
-    target_id = target.id
-    run_after_rollback(session, lambda: serving.discard(target_id))
-    return Envelope(data=service.deployment_detail(session, serving, deployment))
+    deployment = service.deploy_version(
+        session,
+        serving,
+        target,
+        "target_version_id",
+        lambda loaded: service.rollback(
+            session, principal, serving, deployment_id, target.id, body.reason, loaded
+        ),
+        serving_now=deployment,
+    )
+    return Envelope(data=reading.deployment_detail(session, serving, deployment))
 
 
 @router.get(
@@ -288,7 +257,7 @@ def get_deployment_logs(
     """The deployment's own log, newest first: creation, deploys and rollbacks with who and
     why, configuration changes, load failures and failed requests."""
     return Envelope(
-        data=service.deployment_logs(
+        data=reading.deployment_logs(
             session,
             principal,
             deployment_id,
@@ -323,7 +292,7 @@ def get_deployment_metrics(
     max, in ms) and throughput per interval, merged from every serving process's
     per-minute counts. A minute is counted once it is over."""
     return Envelope(
-        data=service.deployment_metrics(
+        data=reading.deployment_metrics(
             session,
             principal,
             deployment_id,
@@ -530,10 +499,9 @@ async def create_batch_job(
         return deployment.project_id
 
     project_id = await run_sync(check)
-    await run_sync(session.commit)  # release the database while the body streams in
     prefix = f"files/{project_id.lower()}/datasets"
-    stored = await store.put_async_stream(prefix, request.stream(), max_bytes=settings.max_dataset_bytes)
-    try:
+    receiving = store.put_async_stream(prefix, request.stream(), max_bytes=settings.max_dataset_bytes)
+    async with staged_upload(session, store, receiving, lambda stored: stored.key) as stored:
         reference = await run_sync(_reference, store, stored, media)
 
         def record() -> batch_jobs.Submission:
@@ -562,15 +530,8 @@ async def create_batch_job(
 
         submission = await run_sync(record)
         job = await run_sync(partial(batch_jobs.submit, session, principal, queue, submission))
-        if submission.keeps_body:
-            key = stored.key
-            run_after_rollback(session, lambda: store.delete(key))
-        else:
+        if not submission.keeps_body:  # the predictions need only the dataset named
             await run_sync(store.delete, stored.key)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_sync(store.delete, stored.key)
-        raise
     version = submission.version
     return Envelope(
         data=BatchJobRead(

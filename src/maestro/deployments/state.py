@@ -9,7 +9,7 @@ every prediction.
 - **The model cache** (``ModelCache``), where each deployment's id is a live name
   pointing at the version it serves. A deploy prepares (loads and warms) the new version
   before the name moves, so no request fails during it. Versions load through
-  ``isolation.load_checked_version``: checked in an isolated process first (the result
+  ``loading.load_checked_version``: checked in an isolated process first (the result
   is kept on the version), XGBoost and LightGBM served from one. When such a process
   crashes, the deployments it serves get a log line; after repeated crashes they are
   marked failed (answering 503 until deployed again).
@@ -22,12 +22,14 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from maestro.deployments.metrics import PlatformMetrics
 from maestro.deployments.models import Deployment, DeploymentStatus, LogLevel, ServingGeneration
@@ -38,7 +40,8 @@ from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.runtimes.base import Runtime
 from maestro.runtimes.cache import ModelCache
 from maestro.runtimes.errors import ModelLoadError
-from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck, load_checked_version
+from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck
+from maestro.runtimes.loading import load_checked_version
 from maestro.runtimes.parallel import RowSplitter
 from maestro.server import freeze_startup_objects
 
@@ -51,6 +54,8 @@ logger = logging.getLogger("maestro.serving")
 
 ENTRY_MAX_AGE = 60.0  # seconds before a directory entry is read again regardless
 GENERATION_ROW = 1
+# (session, version id, deployment ids, message) -> the deployments marked failed
+FailServing = Callable[[Session, str, list[str], str], list[Deployment]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +76,16 @@ class LiveDeployment:
 
 class ServingState:
     def __init__(
-        self, settings: Settings, database: Database, store: ArtifactStore, metrics: PlatformMetrics
+        self,
+        settings: Settings,
+        database: Database,
+        store: ArtifactStore,
+        metrics: PlatformMetrics,
+        fail_serving: FailServing,
     ) -> None:
+        """``fail_serving`` marks failed the deployments whose model crashed too often
+        (``service.fail_serving``: the state is below the service that writes it)."""
+        self.fail_serving = fail_serving
         self.settings = settings
         self.database = database
         self.store = store
@@ -195,11 +208,9 @@ class ServingState:
             self._mark_failed(version_id, deployment_ids, runtime.failure or "The model's process crashed")
 
     def _mark_failed(self, version_id: str, deployment_ids: list[str], message: str) -> None:
-        from maestro.deployments.service import fail_serving
-
         try:
             with self.database.session() as session:
-                rows = fail_serving(session, version_id, deployment_ids, message)
+                rows = self.fail_serving(session, version_id, deployment_ids, message)
                 names = [(deployment.organization_id, deployment.name) for deployment in rows]
         except SQLAlchemyError:
             logger.exception("could not mark the deployments of %s failed", version_id)

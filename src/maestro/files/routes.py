@@ -4,7 +4,6 @@ import re
 from functools import partial
 from typing import Annotated
 
-import anyio
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -13,10 +12,10 @@ from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, stored_file_response
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import ValidationFailed, error_responses
-from maestro.api.multipart import UploadForm, receive_upload
+from maestro.api.multipart import UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, FileId, ProjectId
-from maestro.db import run_after_rollback
+from maestro.db import release_write_lock
 from maestro.files import service
 from maestro.files.formats import SUFFIXES, DatasetFormat
 from maestro.files.models import FileKind, StoredFile
@@ -109,12 +108,11 @@ async def _receive(
         if len(named) > ID_MAX_LENGTH or not re.fullmatch(ID_PATTERN, named):
             raise ValidationFailed("Invalid upload", details=[("project_id", "not a valid id")])
         project = await run_sync(partial(service.project_for_upload, session, principal, named))
-        # Release the database (SQLite's write lock above all) while the file streams in.
-        await run_sync(session.commit)
+        await run_sync(release_write_lock, session)  # checked: now the file may stream in
         return service.files_prefix(project, kind)
 
-    upload = await receive_upload(request, store, form, before_file, max_bytes=max_bytes)
-    try:
+    receiving = receive_upload(request, store, form, before_file, max_bytes=max_bytes)
+    async with staged_upload(session, store, receiving, stored_key, release=False) as upload:
         assert project is not None  # before_file ran: the file part arrived
         description = _description(upload.fields)
         if kind is FileKind.dataset:
@@ -128,13 +126,7 @@ async def _receive(
         row = await run_sync(
             partial(service.record_upload, session, principal, project, kind, upload, fmt, description)
         )
-        key = upload.stored.key
-        run_after_rollback(session, lambda: store.delete(key))
-        return await run_sync(partial(service.file_read, session, row))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_sync(partial(store.delete, upload.stored.key))
-        raise
+    return await run_sync(partial(service.file_read, session, row))
 
 
 @router.post(

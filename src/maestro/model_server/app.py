@@ -18,7 +18,8 @@ from maestro.api.request_metrics import RequestMetricsMiddleware
 from maestro.config import Settings
 from maestro.model_server.fast_path import FastPredictions
 from maestro.model_server.protocols import mlflow_router, oip_router
-from maestro.model_server.routes import document_bodies, install_error_handlers, router
+from maestro.model_server.routes import install_error_handlers, router
+from maestro.model_server.schemas import document_bodies
 from maestro.model_server.server import ModelServer
 from maestro.server import freeze_startup_objects
 

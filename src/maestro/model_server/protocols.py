@@ -31,13 +31,13 @@ from maestro.model_server.routes import (
     JSON,
     AnyCaller,
     PredictCaller,
-    body_doc,
     check_json_content_type,
     json_response,
     parse_object,
     read_body,
     server_of,
 )
+from maestro.model_server.schemas import body_doc
 from maestro.model_server.server import ModelServer, ServedModel
 from maestro.runtimes.errors import InputError
 

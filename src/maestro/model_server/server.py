@@ -70,7 +70,8 @@ from maestro.model_server.sources import (
 from maestro.runtimes.base import Runtime
 from maestro.runtimes.cache import ModelCache
 from maestro.runtimes.errors import ModelLoadError, ServingError
-from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck, load_checked_file, load_checked_version
+from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck
+from maestro.runtimes.loading import load_checked_file, load_checked_version
 from maestro.runtimes.onnx import OnnxRuntime
 from maestro.runtimes.parallel import RowSplitter
 from maestro.server import freeze_startup_objects

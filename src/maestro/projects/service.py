@@ -65,6 +65,30 @@ def get_visible_project(session: Session, principal: Principal, project_id: str,
     return project
 
 
+def authorize_in_project(
+    session: Session,
+    principal: Principal,
+    kind: str,
+    action: Action,
+    project: Project,
+    *,
+    missing: str | None = None,
+) -> None:
+    """May ``principal`` perform ``action`` on the project's ``kind`` of resources
+    (``"models"``, ``"experiments"``, ``"deployments"``…)? Raises, 404 when the project
+    is not visible to it, unless ``missing`` names what to call absent."""
+    authorize(session, principal, action, Target(kind, project.organization_id, project), missing=missing)
+
+
+def project_for(
+    session: Session, principal: Principal, kind: str, project_id: str, action: Action
+) -> Project:
+    """The project, once ``principal`` may perform ``action`` on its ``kind`` of resources."""
+    project = get_project(session, project_id)
+    authorize_in_project(session, principal, kind, action, project)
+    return project
+
+
 # --- reading -----------------------------------------------------------------------------
 def _counts(session: Session, project_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """(models, experiments, deployments) per project, for a whole page at once.

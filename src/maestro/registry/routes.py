@@ -4,7 +4,6 @@ import json
 from functools import partial
 from typing import Annotated, Any, Literal
 
-import anyio
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -15,11 +14,11 @@ from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_respo
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
 from maestro.api.heavy import HeavyDep
-from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload
+from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
-from maestro.db import run_after_rollback
-from maestro.registry import cards, schemas, service
+from maestro.projects import service as projects_service
+from maestro.registry import card_documents, cards, schemas, service
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
     ALIAS_PATTERN,
@@ -91,7 +90,7 @@ def list_models(
     order: Annotated[Literal["asc", "desc"], Query(description="Sort direction.")] = "desc",
 ) -> Page[ModelRead]:
     """Models of a project, filtered and sorted, newest first by default."""
-    project = service.get_project_for_models(session, principal, project_id, "read")
+    project = projects_service.project_for(session, principal, "models", project_id, "read")
     statement = service.models_query(
         project, model_type=model_type, framework=framework, tags=tags or (), search=search
     )
@@ -291,16 +290,12 @@ async def create_model_version(
     """Upload a model file as a new version (multipart/form-data)."""
     model = await run_sync(partial(service.get_visible_model, session, principal, model_id, "write"))
     prefix = service.model_files_prefix(model)
-    # Release the database (SQLite's write lock above all) while the file streams in.
-    await run_sync(session.commit)
 
     async def before_file(_fields: dict[str, str]) -> str:
         return prefix
 
-    upload = await receive_upload(
-        request, store, VERSION_FORM, before_file, max_bytes=settings.max_model_bytes
-    )
-    try:
+    receiving = receive_upload(request, store, VERSION_FORM, before_file, max_bytes=settings.max_model_bytes)
+    async with staged_upload(session, store, receiving, stored_key) as upload:
         body = _version_body(upload.fields)
         detected = await run_sync(partial(_detect, store, upload))
         row = await run_sync(
@@ -316,13 +311,7 @@ async def create_model_version(
                 store=store,
             )
         )
-        key = upload.stored.key
-        run_after_rollback(session, lambda: store.delete(key))
-        read = await run_sync(partial(service.version_read, session, row))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_sync(partial(store.delete, upload.stored.key))
-        raise
+    read = await run_sync(partial(service.version_read, session, row))
     return Envelope(data=read)
 
 
@@ -559,8 +548,10 @@ def get_model_card(
     """A version's model card: what the registry knows about it and the sections people wrote."""
     card = cards.get_card(session, principal, model_id, version)
     if format_ == "markdown":
-        markdown = cards.render_markdown(card)
-        return _download(markdown, "text/markdown; charset=utf-8", cards.document_filename(card, ".md"))
+        markdown = card_documents.render_markdown(card)
+        return _download(
+            markdown, "text/markdown; charset=utf-8", card_documents.document_filename(card, ".md")
+        )
     return Envelope(data=card)
 
 
@@ -607,8 +598,8 @@ def generate_model_card(
     card = cards.get_card(session, principal, model_id, version, overrides, rendering="pdf")
     # End the read before the document renders, so no snapshot is held meanwhile.
     session.commit()
-    document = cards.render_pdf_in_turn(heavy, principal, card)
-    return _download(document, "application/pdf", cards.document_filename(card, ".pdf"))
+    document = card_documents.render_pdf_in_turn(heavy, principal, card)
+    return _download(document, "application/pdf", card_documents.document_filename(card, ".pdf"))
 
 
 @router.post(

@@ -14,10 +14,10 @@ from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from maestro.db import flush_unique, run_after_commit, utcnow
+from maestro.db import ensure_unique, flush_unique, run_after_commit, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
-from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
+from maestro.identity.rbac import Action, Principal, Target, organization_role
 from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.organizations.models import Role
@@ -61,19 +61,6 @@ DUPLICATE_NAME = "A model with this name already exists in the project"
 
 
 # --- loading and access --------------------------------------------------------------------
-def authorize_models(
-    session: Session, principal: Principal, action: Action, project: Project, *, missing: str | None = None
-) -> None:
-    authorize(session, principal, action, Target("models", project.organization_id, project), missing=missing)
-
-
-def get_project_for_models(
-    session: Session, principal: Principal, project_id: str, action: Action
-) -> Project:
-    """The project, once ``principal`` may perform ``action`` on its models."""
-    project = projects_service.get_project(session, project_id)
-    authorize_models(session, principal, action, project)
-    return project
 
 
 def get_model(session: Session, model_id: str) -> RegisteredModel:
@@ -89,12 +76,14 @@ def get_visible_model(
     """The model, once ``principal`` may perform ``action`` on it (404 when invisible)."""
     model = get_model(session, model_id)
     project = projects_service.get_project(session, model.project_id)
-    authorize_models(session, principal, action, project, missing="No such model")
+    projects_service.authorize_in_project(
+        session, principal, "models", action, project, missing="No such model"
+    )
     return model
 
 
 def get_model_by_name(session: Session, principal: Principal, project_id: str, name: str) -> RegisteredModel:
-    project = get_project_for_models(session, principal, project_id, "read")
+    project = projects_service.project_for(session, principal, "models", project_id, "read")
     model = session.scalar(
         select(RegisteredModel).where(RegisteredModel.project_id == project.id, RegisteredModel.name == name)
     )
@@ -201,24 +190,28 @@ def model_read(session: Session, model: RegisteredModel) -> ModelRead:
 
 
 # --- changing models -----------------------------------------------------------------------
+def _name_taken() -> Conflict:
+    return Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
+
+
 def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: str | None = None) -> None:
-    clash = select(RegisteredModel.id).where(
-        RegisteredModel.project_id == project_id, RegisteredModel.name == name
-    )
-    if but is not None:
-        clash = clash.where(RegisteredModel.id != but)
-    if session.scalar(clash.limit(1)) is not None:
-        raise Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
+    ensure_unique(session, RegisteredModel, _name_taken(), but=but, project_id=project_id, name=name)
+
+
+def get_project_for_models(
+    session: Session, principal: Principal, project_id: str, action: Action
+) -> Project:
+    return projects_service.project_for(session, principal, "models", project_id, action)
 
 
 def _flush_unique(session: Session) -> None:
-    flush_unique(session, Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")]))
+    flush_unique(session, _name_taken())
 
 
 def create_model(
     session: Session, principal: Principal, project_id: str, body: ModelCreate
 ) -> RegisteredModel:
-    project = get_project_for_models(session, principal, project_id, "write")
+    project = projects_service.project_for(session, principal, "models", project_id, "write")
     _ensure_unique_name(session, project.id, body.name)
     model = RegisteredModel(
         organization_id=project.organization_id,

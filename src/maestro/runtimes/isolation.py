@@ -31,12 +31,10 @@ the sandbox's pickle-free message format, which the server reads as hostile.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -54,8 +52,7 @@ from maestro.api.errors import ServiceUnavailable
 from maestro.runtimes.base import MIN_MEMORY_BYTES, Runtime
 from maestro.runtimes.errors import ModelLoadError, PredictionError, ServingError
 from maestro.runtimes.formats import CODE_EXECUTING_FORMATS, ModelFormat
-from maestro.runtimes.inputs import InputSchema, parse_model_schema, sample_matrix
-from maestro.runtimes.service import VersionFile, load_runtime, read_version_file, resolve_format
+from maestro.runtimes.inputs import InputSchema, parse_model_schema
 from maestro.sandbox import (
     Child,
     ChildDied,
@@ -65,7 +62,6 @@ from maestro.sandbox import (
     Message,
     Sandbox,
     SandboxError,
-    serve_requests,
     shared_sandbox,
 )
 from maestro.sandbox import describe_exit as _describe_exit
@@ -76,7 +72,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("maestro.serving")
 
-ENTRY = "maestro.runtimes.isolation:model_process"
+ENTRY = "maestro.runtimes.model_process:model_process"
 # Raised when what the check covers changes, so that older results are checked again.
 CHECK_VERSION = 1
 ISOLATED_FORMATS = frozenset({ModelFormat.xgboost_json, ModelFormat.lightgbm_txt})
@@ -96,7 +92,7 @@ _LOADING = threading.BoundedSemaphore(
     max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 )
 # How the libraries word a failed allocation once it reaches Python as another error.
-_OUT_OF_MEMORY = re.compile(r"MemoryError|bad_alloc|[Ff]ailed to allocate|[Oo]ut of memory")
+OUT_OF_MEMORY = re.compile(r"MemoryError|bad_alloc|[Ff]ailed to allocate|[Oo]ut of memory")
 
 
 def needs_check(fmt: ModelFormat | str | None, trusted: bool) -> bool:
@@ -283,7 +279,7 @@ def _imports(fmt: ModelFormat) -> list[str]:
     return [] if fmt in ISOLATED_FORMATS else ["onnxruntime"]
 
 
-def _json_bytes(value: Any) -> np.ndarray:
+def json_bytes(value: Any) -> np.ndarray:
     return np.frombuffer(orjson.dumps(value), dtype=np.uint8)
 
 
@@ -334,7 +330,7 @@ def _start_process(
             "check_trees": isolation.check_trees,
         }
         arrays = [
-            _json_bytes(dict(model_schema) if model_schema else None),
+            json_bytes(dict(model_schema) if model_schema else None),
             np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, dtype=np.uint8),
         ]
         try:
@@ -447,128 +443,6 @@ def _trusted_description(
         "accepts_missing": accepts_missing,
         "serving": serving,
     }
-
-
-# --- inside a model process -------------------------------------------------------------------------
-class Refused(Exception):
-    """A refusal with its reason code, as the server reads it (``ChildFailed.details``)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.sandbox_details = {"reason": reason}
-
-
-def model_process(channel: socket.socket, _args: dict[str, Any]) -> None:
-    """Inside the isolated process: load the model the first request sends, then answer
-    predictions until the server hangs up."""
-    held: list[Runtime] = []
-
-    def handle(request: Message) -> Message | None:
-        op = request.meta.get("op")
-        try:
-            if op == "load" and not held:
-                held.append(_load_here(request))
-                return Message({}, [_json_bytes(_describe_here(held[0]))])
-            if op == "predict" and held:
-                return _predict_here(held[0], request)
-            if op == "stop":
-                return None
-        except ServingError as exc:
-            if _OUT_OF_MEMORY.search(exc.message):  # a library's allocation failure, reworded
-                raise Refused("out_of_memory", exc.message) from None
-            raise Refused(exc.reason, exc.message) from None
-        raise Refused("bad_request", f"unexpected operation {str(op)[:40]!r}")
-
-    serve_requests(channel, handle)
-
-
-def _load_here(request: Message) -> Runtime:
-    meta = request.meta
-    schema_bytes, file_bytes = request.arrays
-    model_schema = orjson.loads(schema_bytes.tobytes())
-    if meta.get("path"):
-        with open(str(meta["path"]), "rb") as handle:
-            data = handle.read()
-    else:
-        data = file_bytes.tobytes()
-    request.arrays.clear()  # the received copy is no longer needed
-    runtime = load_runtime(
-        data,
-        format=str(meta["format"]),
-        trusted=bool(meta.get("trusted")),
-        model_schema=model_schema,
-        max_bytes=meta.get("max_bytes"),
-        unpacked_max_bytes=meta.get("unpacked_max_bytes"),
-        check_trees=bool(meta.get("check_trees", True)),
-    )
-    del data
-    runtime.warm_up()
-    _predict_extremes(runtime)
-    return runtime
-
-
-def _predict_extremes(runtime: Runtime) -> None:
-    """Rows at the edges of what the input types hold: a model that crashes or hangs
-    on them does so here, not in the server. A clear refusal of such a row is fine."""
-    width = runtime.n_features
-    alternating = np.where(np.arange(width) % 2 == 0, EXTREME, -EXTREME)
-    rows = [np.full(width, EXTREME), np.full(width, -EXTREME), np.zeros(width), alternating, -alternating]
-    if runtime.accepts_missing:
-        rows.append(np.full(width, np.nan))
-    for row in rows:
-        with contextlib.suppress(ServingError):
-            runtime.predict_with_proba(row.reshape(1, -1))
-
-
-def _output_width(runtime: Runtime) -> int:
-    """How many values the model answers per row (2-D answers: one per target)."""
-    plausible = sample_matrix(runtime.input_schema, 1)
-    for row in (plausible, np.zeros_like(plausible), np.ones_like(plausible)):
-        try:
-            labels = np.asarray(runtime.predict(row))
-        except ServingError:
-            continue
-        return int(labels.shape[1]) if labels.ndim == 2 else 1
-    return 1
-
-
-def _describe_here(runtime: Runtime) -> dict[str, Any]:
-    inputs = []
-    for feature in runtime.input_schema.features:
-        entry: dict[str, Any] = {"name": feature.name, "type": feature.type}
-        if feature.minimum is not None:
-            entry["min"] = feature.minimum
-        if feature.maximum is not None:
-            entry["max"] = feature.maximum
-        inputs.append(entry)
-    return {
-        "inputs": inputs,
-        "schema_source": runtime.input_schema.source,
-        "classes": runtime.classes,
-        "outputs": _output_width(runtime),
-        "supports_proba": runtime.supports_proba,
-        "accepts_missing": runtime.accepts_missing,
-        "serving": runtime.serving,
-    }
-
-
-def _predict_here(runtime: Runtime, request: Message) -> Message:
-    if len(request.arrays) != 1 or request.arrays[0].dtype != np.float64 or request.arrays[0].ndim != 2:
-        raise Refused("bad_request", "a prediction takes one matrix of float64")
-    matrix = request.arrays[0]
-    if request.meta.get("proba"):
-        labels, probabilities = runtime.predict_with_proba(matrix)
-    else:
-        labels, probabilities = runtime.predict(matrix), None
-    labels = np.asarray(labels)
-    if runtime.classes is not None:  # labels travel as their class's position
-        positions = {label: i for i, label in enumerate(runtime.classes)}
-        unique, inverse = np.unique(labels, return_inverse=True)
-        labels = np.array([positions[value] for value in unique.tolist()], dtype=np.int64)[inverse]
-    arrays = [labels]
-    if probabilities is not None:
-        arrays.append(np.asarray(probabilities, dtype=np.float64))
-    return Message({}, arrays)
 
 
 # --- serving from a model process ---------------------------------------------------------------------
@@ -817,111 +691,6 @@ class IsolatedRuntime(Runtime):
                 self._lock.release()
 
 
-# --- loading a registry version ---------------------------------------------------------------------
-def load_checked_version(
-    version: VersionFile,
-    store: ArtifactStore,
-    settings: Settings,
-    *,
-    threads: int = 1,
-    inter_op_threads: int = 1,
-    record: Callable[[LoadCheck], None] | None = None,
-    on_crash: CrashCallback | None = None,
-    sandbox: Sandbox | None = None,
-) -> Runtime:
-    """A runtime for a version's file, as servers load it: the stored load check is used
-    when it is current, else the file is checked now (and ``record`` keeps the result);
-    a file that failed is refused with the check's reason. XGBoost and LightGBM are
-    served from an isolated process, other formats in this one."""
-    data = read_version_file(version, store, settings)
-    return load_checked_file(
-        data,
-        format=version.format,
-        trusted=version.trusted,
-        model_schema=version.model_schema,
-        settings=settings,
-        store=store,
-        stored_check=getattr(version, "load_check", None),
-        sha256=version.sha256,
-        threads=threads,
-        inter_op_threads=inter_op_threads,
-        record=record,
-        on_crash=on_crash,
-        sandbox=sandbox,
-    )
-
-
-def load_checked_file(
-    data: bytes,
-    *,
-    format: ModelFormat | str | None,
-    trusted: bool,
-    model_schema: Mapping[str, Any] | None,
-    settings: Settings,
-    store: ArtifactStore | None = None,
-    stored_check: Any = None,
-    sha256: str | None = None,
-    threads: int = 1,
-    inter_op_threads: int = 1,
-    record: Callable[[LoadCheck], None] | None = None,
-    on_crash: CrashCallback | None = None,
-    sandbox: Sandbox | None = None,
-) -> Runtime:
-    """``load_checked_version`` for bytes at hand (a file of the model server's models
-    directory, say)."""
-    fmt = resolve_format(format, data)
-    isolation = Isolation.from_settings(settings, store)
-    check = None
-    if needs_check(fmt, trusted):
-        digest = sha256 or hashlib.sha256(data).hexdigest()
-        check = LoadCheck.from_dict(stored_check)
-        if check is None or not check.current_for(sha256=digest, fmt=fmt, trusted=trusted):
-            check = check_model(
-                data,
-                format=fmt,
-                trusted=trusted,
-                model_schema=model_schema,
-                isolation=isolation,
-                sha256=digest,
-                sandbox=sandbox,
-            )
-            if record is not None:
-                record(check)
-        if not check.passed:
-            raise check.refusal()
-        if check.memory_bytes is not None and check.memory_bytes > isolation.memory_bytes:
-            raise ModelLoadError(
-                "out_of_memory",
-                f"The model takes {_mib(check.memory_bytes)} of memory once loaded, over the "
-                f"{_mib(isolation.memory_bytes)} budget of a model (MAESTRO_MODEL_MEMORY_BUDGET_BYTES)",
-            )
-    if fmt in ISOLATED_FORMATS:
-        return IsolatedRuntime(
-            data,
-            format=fmt,
-            trusted=trusted,
-            model_schema=model_schema,
-            isolation=isolation,
-            sandbox=sandbox,
-            on_crash=on_crash,
-        )
-    started = time.perf_counter()
-    runtime = load_runtime(
-        data,
-        format=fmt,
-        trusted=trusted,
-        model_schema=model_schema,
-        threads=threads,
-        inter_op_threads=inter_op_threads,
-        max_bytes=settings.max_model_bytes,
-        unpacked_max_bytes=isolation.memory_bytes,
-    )
-    if check is not None and check.memory_bytes is not None:
-        runtime.memory_bytes = max(check.memory_bytes, MIN_MEMORY_BYTES)  # measured, not estimated
-    runtime.load_seconds = time.perf_counter() - started
-    return runtime
-
-
 __all__ = [
     "CHECKED_FORMATS",
     "ISOLATED_FORMATS",
@@ -930,8 +699,5 @@ __all__ = [
     "Isolation",
     "LoadCheck",
     "check_model",
-    "load_checked_file",
-    "load_checked_version",
-    "model_process",
     "needs_check",
 ]

@@ -190,7 +190,7 @@ def load_version(
 ) -> Runtime:
     """A runtime for a version's file in the artifact store, loaded in this process
     (``read_version_file`` says what is refused before loading). Servers load versions
-    through ``isolation.load_checked_version``, which checks the file in an isolated
+    through ``loading.load_checked_version``, which checks the file in an isolated
     process first and serves XGBoost and LightGBM from one."""
     return load_runtime(
         read_version_file(version, store, settings),
