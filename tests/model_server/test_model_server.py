@@ -301,7 +301,7 @@ def test_models_directory_file_and_rate_limits(
     )
     server = model_server(settings)
     rows = data.fresh[:3]
-    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+    with httpx.Client(base_url=server.base_url, timeout=120) as http:
         assert expect(http.get("/api/v1/models", headers=OPERATOR))["models"] == []
         assert (
             http.post("/api/v1/predict", json={"features": rows[0].tolist()}, headers=OPERATOR).status_code
