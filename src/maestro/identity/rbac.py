@@ -10,16 +10,13 @@ change answers 403.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import NotFound, PermissionDenied
-from maestro.organizations.models import Membership, Role
-
-if TYPE_CHECKING:
-    from maestro.projects.models import Project
+from maestro.errors import NotFound, PermissionDenied
+from maestro.identity.models import Membership, ProjectMember, Role, Visibility
 
 Action = Literal["read", "write", "delete"]
 ACTIONS: tuple[Action, ...] = ("read", "write", "delete")
@@ -93,6 +90,18 @@ class Principal:
         return self.kind == "user"
 
 
+class Project(Protocol):
+    """What authorisation reads of a project (a ``maestro.projects.models.Project``);
+    projects sit above identity, so identity names only the attributes it needs."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def organization_id(self) -> str: ...
+    @property
+    def visibility(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """What an action is about: a kind of resource, the organisation that owns it and,
@@ -124,8 +133,6 @@ def project_role(session: Session, principal: Principal, project: Project) -> Ro
     of the organisation keep their organisation role in `organization` and `public`
     projects. Anyone signed in may read a `public` project.
     """
-    from maestro.projects.models import ProjectMember, Visibility
-
     org_role = organization_role(session, principal, project.organization_id)
     if org_role is Role.admin:
         return Role.admin

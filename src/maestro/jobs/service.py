@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import NotFound, ValidationFailed
 from maestro.db import Database, run_after_commit, utcnow
+from maestro.errors import NotFound, ValidationFailed
 from maestro.jobs.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger("maestro.jobs")

@@ -15,15 +15,15 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, PermissionDenied
 from maestro.config import Settings
 from maestro.db import utcnow
+from maestro.errors import Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity import service as identity_service
-from maestro.identity.models import User
+from maestro.identity.models import Membership, Organization, Plan, ProjectMember, Role, User
 from maestro.identity.rbac import Principal, Target
 from maestro.identity.service import users_by_id
-from maestro.organizations.models import Invitation, Membership, Organization, Plan, Role
+from maestro.organizations.models import Invitation
 from maestro.organizations.schemas import (
     InvitationCreate,
     InvitationCreated,
@@ -33,7 +33,7 @@ from maestro.organizations.schemas import (
     OrganizationUpdate,
 )
 from maestro.projects import service as projects_service
-from maestro.projects.models import Project, ProjectMember
+from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
 from maestro.storage import ArtifactStore, delete_after_commit
 

@@ -10,16 +10,16 @@ from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound
 from maestro.db import flush_unique, new_id
+from maestro.errors import Conflict, NotFound
 from maestro.files.models import StoredFile
 from maestro.identity import audit
+from maestro.identity.models import Membership, Organization, ProjectMember, Role, Visibility
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
-from maestro.organizations.models import Membership, Organization, Role
-from maestro.projects.models import Project, ProjectMember, Visibility
+from maestro.projects.models import Project
 from maestro.projects.schemas import (
     ProjectCreate,
     ProjectMemberCreate,
