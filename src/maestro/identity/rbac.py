@@ -37,6 +37,9 @@ API_KEY_RESOURCES = (
 # Kinds only a person may touch: a key must never mint keys or change who has access.
 USER_ONLY_RESOURCES = ("members", "api_keys", "audit_logs", "invitations")
 
+# Where denials are noted on a session, for the audit log to write.
+DENIALS = "audit_denials"
+
 _RANK = {Role.viewer: 1, Role.developer: 2, Role.admin: 3}
 
 # Least organisation role needed, for resources that belong to the organisation itself.
@@ -178,6 +181,25 @@ def can(session: Session, principal: Principal, action: Action, target: Target) 
     return _check(principal, session, action, target)[1]
 
 
+def note_denied(
+    session: Session, principal: Principal, action: Action, target: Target, *, visible: bool = True
+) -> None:
+    """``visible``: whether the principal may see the target at all. A probe of
+    another tenant's id is logged in the prober's own organisation, never in the
+    target's (which may not even exist). The audit log writes a row for each when the
+    request fails (``audit.record_denials``)."""
+    session.info.setdefault(DENIALS, []).append(
+        {
+            "visible": visible,
+            "principal": principal,
+            "action": action,
+            "resource_type": target.kind,
+            "organization_id": target.organization_id,
+            "project_id": target.project.id if target.project is not None else None,
+        }
+    )
+
+
 def authorize(
     session: Session, principal: Principal, action: Action, target: Target, *, missing: str | None = None
 ) -> None:
@@ -189,12 +211,10 @@ def authorize(
     message the caller uses when the addressed object does not exist (by default
     that of the project or organisation holding it), so not even the wording tells
     another tenant's ids apart from unknown ones."""
-    from maestro.identity import audit
-
     visible, allowed = _check(principal, session, action, target)
     if allowed:
         return
-    audit.note_denied(session, principal, action, target, visible=visible)
+    note_denied(session, principal, action, target, visible=visible)
     if not visible:
         raise NotFound(
             missing or ("No such project" if target.project is not None else "No such organization")
