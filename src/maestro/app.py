@@ -27,6 +27,7 @@ from maestro.deployments.metrics import PlatformMetrics
 from maestro.deployments.routes import inference_router, metrics_router
 from maestro.deployments.routes import router as deployments_router
 from maestro.deployments.state import ServingState
+from maestro.domains import register_all
 from maestro.files.routes import router as files_router
 from maestro.identity.api_keys import router as api_keys_router
 from maestro.identity.audit_log import router as audit_log_router
@@ -153,6 +154,7 @@ def _finish_openapi(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
+    register_all()  # every domain's file sources and counters, before the first request
     database = Database(settings)
     store = ArtifactStore(settings.resolved_storage_url)
     queue = JobQueue(settings, database, store)

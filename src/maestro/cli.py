@@ -191,9 +191,11 @@ def openapi(
 
 def _queue(settings: Any) -> Any:
     from maestro.db import Database
+    from maestro.domains import register_all
     from maestro.jobs.queue import JobQueue
     from maestro.storage import ArtifactStore
 
+    register_all()  # jobs run here find every domain's file sources and counters
     return JobQueue(settings, Database(settings), ArtifactStore(settings.resolved_storage_url))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 # U+061C Arabic letter mark; U+200B-U+200D zero-width space, non-joiner and joiner;
 # U+200E/U+200F left-to-right and right-to-left marks; U+202A-U+202E embeddings and
@@ -81,3 +81,18 @@ def limit_json_depth(value: Any) -> Any:
 
 # Put in a free-form JSON field's Annotated[...] metadata: `Annotated[dict[str, Any], JsonDepth]`.
 JsonDepth = AfterValidator(limit_json_depth)
+
+
+class StrictModel(BaseModel):
+    """Request bodies refuse unknown fields: `role` or `organization_id` smuggled into
+    a body is a 422, never silently applied. Text may not hold NUL characters, which
+    PostgreSQL cannot store, so both databases answer the same way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value

@@ -26,8 +26,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import NotFound, PayloadTooLarge
 from maestro.db import run_after_commit
+from maestro.errors import NotFound, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 

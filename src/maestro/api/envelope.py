@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maestro.api.context import current_request_id
 from maestro.db import utcnow
+from maestro.errors import ErrorDetail
 
 T = TypeVar("T")
 
@@ -39,11 +40,6 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
     pagination: Pagination
     metadata: Metadata = Field(default_factory=Metadata)
-
-
-class ErrorDetail(BaseModel):
-    field: str | None = Field(None, description="Dotted path of the offending input, when there is one.")
-    message: str
 
 
 class ErrorBody(BaseModel):

@@ -55,6 +55,7 @@ from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
+from maestro.projects.sources import register_counter
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.runtimes.errors import ModelLoadError, ServingError
 
@@ -701,3 +702,6 @@ def delete(session: Session, principal: Principal, serving: ServingState, deploy
     session.delete(deployment)
     bump_generation(session)
     session.flush()
+
+
+register_counter("deployments", organization=Deployment.organization_id, project=Deployment.project_id)

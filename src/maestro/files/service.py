@@ -31,6 +31,7 @@ from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
+from maestro.projects.sources import register_file_source
 from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.schemas import strip_invisible
 from maestro.storage import ArtifactStore
@@ -261,3 +262,12 @@ def content_disposition(row: StoredFile, suffix: str) -> str:
     """An attachment header naming the file as it was uploaded (its last path
     component), or after its id when that name has nothing plain in it."""
     return attachment(row.filename, f"{row.id}{suffix}")
+
+
+# --- what files hold per organisation and project ----------------------------------------
+register_file_source(
+    "project_files",
+    select(StoredFile.storage_key),
+    organization=StoredFile.organization_id,
+    project=StoredFile.project_id,
+)

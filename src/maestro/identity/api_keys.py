@@ -19,16 +19,17 @@ from sqlalchemy.orm import Session
 
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope, Page
-from maestro.api.errors import NotFound, error_responses
+from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ApiKeyId, OrganizationId
 from maestro.db import utcnow
+from maestro.errors import NotFound
 from maestro.identity import audit, security
 from maestro.identity.models import ApiKey, User
 from maestro.identity.rbac import ACTIONS, API_KEY_RESOURCES, Principal, Target, authorize
-from maestro.identity.schemas import StrictModel, UserRef, user_ref
+from maestro.identity.schemas import UserRef, user_ref
 from maestro.identity.service import users_by_id
-from maestro.schemas import Visible
+from maestro.schemas import StrictModel, Visible
 
 
 # --- schemas -----------------------------------------------------------------------------

@@ -18,14 +18,18 @@ from maestro.api.context import current_request_id
 from maestro.db import new_id, utcnow
 from maestro.identity.models import AuditLog
 
+# Authorisation notes its denials on the session (``note_denied``, re-exported for the
+# services that deny on their own); this module writes them.
+from maestro.identity.rbac import DENIALS as _DENIALS
+from maestro.identity.rbac import Principal, note_denied
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from maestro.identity.rbac import Action, Principal, Target
+__all__ = ["describe", "discard", "note_denied", "record_denials", "record_success"]
 
 _INSERT = insert(AuditLog.__table__)
 _DESCRIPTION = "audit_description"
-_DENIALS = "audit_denials"
 
 
 @dataclass
@@ -66,24 +70,6 @@ def describe(
         if value is not None:
             setattr(description, name, value)
     description.details.update({key: value for key, value in details.items() if value is not None})
-
-
-def note_denied(
-    session: Session, principal: Principal, action: Action, target: Target, *, visible: bool = True
-) -> None:
-    """``visible``: whether the principal may see the target at all. A probe of
-    another tenant's id is logged in the prober's own organisation, never in the
-    target's (which may not even exist)."""
-    session.info.setdefault(_DENIALS, []).append(
-        {
-            "visible": visible,
-            "principal": principal,
-            "action": action,
-            "resource_type": target.kind,
-            "organization_id": target.organization_id,
-            "project_id": target.project.id if target.project is not None else None,
-        }
-    )
 
 
 def _request_facts(request: Request | None) -> dict[str, Any]:

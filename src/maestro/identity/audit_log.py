@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Page
-from maestro.api.errors import ValidationFailed, error_responses
+from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ID_PATTERN, OrganizationId
+from maestro.errors import ValidationFailed
 from maestro.identity.api_keys import as_utc
 from maestro.identity.models import AuditLog
 from maestro.identity.rbac import Principal, Target, authorize

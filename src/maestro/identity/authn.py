@@ -18,14 +18,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
-from maestro.api.errors import AuthenticationRequired, NotFound
 from maestro.config import Settings
 from maestro.db import run_after_commit, utcnow
+from maestro.errors import AuthenticationRequired, NotFound
 from maestro.identity import security
 from maestro.identity.credential_cache import ShortMemory
-from maestro.identity.models import ApiKey, AuthSession, User
+from maestro.identity.models import ApiKey, AuthSession, Membership, Organization, Role, User
 from maestro.identity.rbac import Principal
-from maestro.organizations.models import Membership, Organization, Role
 
 # last_used_at is kept to the minute: a busy key does not write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from maestro.db import Base, IdMixin, TimestampMixin, utcnow
@@ -96,3 +97,59 @@ class AuditLog(IdMixin, Base):
         Index("ix_audit_logs_organization_id_created_at", "organization_id", "created_at"),
         Index("ix_audit_logs_actor_id_created_at", "actor_id", "created_at"),
     )
+
+
+# --- organisations, roles and memberships ----------------------------------------------
+class Role(StrEnum):
+    """Roles in an organisation, and in a project (where they narrow or widen it)."""
+
+    admin = "admin"
+    developer = "developer"
+    viewer = "viewer"
+
+
+class Plan(StrEnum):
+    free = "free"
+    professional = "professional"
+    enterprise = "enterprise"
+
+
+class Organization(IdMixin, TimestampMixin, Base):
+    __tablename__ = "organizations"
+    id_prefix = "org"
+
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str | None] = mapped_column(String(2000))
+    subscription_plan: Mapped[str] = mapped_column(String(20), default=Plan.free)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Membership(IdMixin, Base):
+    __tablename__ = "memberships"
+    id_prefix = "mem"
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    joined_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("organization_id", "user_id"),)
+
+
+class Visibility(StrEnum):
+    private = "private"  # project members and organisation admins
+    organization = "organization"  # every member of the organisation may read
+    public = "public"  # every authenticated user may read
+
+
+class ProjectMember(IdMixin, Base):
+    __tablename__ = "project_members"
+    id_prefix = "pm"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)

@@ -10,16 +10,13 @@ change answers 403.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import NotFound, PermissionDenied
-from maestro.organizations.models import Membership, Role
-
-if TYPE_CHECKING:
-    from maestro.projects.models import Project
+from maestro.errors import NotFound, PermissionDenied
+from maestro.identity.models import Membership, ProjectMember, Role, Visibility
 
 Action = Literal["read", "write", "delete"]
 ACTIONS: tuple[Action, ...] = ("read", "write", "delete")
@@ -39,6 +36,9 @@ API_KEY_RESOURCES = (
 )
 # Kinds only a person may touch: a key must never mint keys or change who has access.
 USER_ONLY_RESOURCES = ("members", "api_keys", "audit_logs", "invitations")
+
+# Where denials are noted on a session, for the audit log to write.
+DENIALS = "audit_denials"
 
 _RANK = {Role.viewer: 1, Role.developer: 2, Role.admin: 3}
 
@@ -93,6 +93,18 @@ class Principal:
         return self.kind == "user"
 
 
+class Project(Protocol):
+    """What authorisation reads of a project (a ``maestro.projects.models.Project``);
+    projects sit above identity, so identity names only the attributes it needs."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def organization_id(self) -> str: ...
+    @property
+    def visibility(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """What an action is about: a kind of resource, the organisation that owns it and,
@@ -124,8 +136,6 @@ def project_role(session: Session, principal: Principal, project: Project) -> Ro
     of the organisation keep their organisation role in `organization` and `public`
     projects. Anyone signed in may read a `public` project.
     """
-    from maestro.projects.models import ProjectMember, Visibility
-
     org_role = organization_role(session, principal, project.organization_id)
     if org_role is Role.admin:
         return Role.admin
@@ -171,6 +181,25 @@ def can(session: Session, principal: Principal, action: Action, target: Target) 
     return _check(principal, session, action, target)[1]
 
 
+def note_denied(
+    session: Session, principal: Principal, action: Action, target: Target, *, visible: bool = True
+) -> None:
+    """``visible``: whether the principal may see the target at all. A probe of
+    another tenant's id is logged in the prober's own organisation, never in the
+    target's (which may not even exist). The audit log writes a row for each when the
+    request fails (``audit.record_denials``)."""
+    session.info.setdefault(DENIALS, []).append(
+        {
+            "visible": visible,
+            "principal": principal,
+            "action": action,
+            "resource_type": target.kind,
+            "organization_id": target.organization_id,
+            "project_id": target.project.id if target.project is not None else None,
+        }
+    )
+
+
 def authorize(
     session: Session, principal: Principal, action: Action, target: Target, *, missing: str | None = None
 ) -> None:
@@ -182,12 +211,10 @@ def authorize(
     message the caller uses when the addressed object does not exist (by default
     that of the project or organisation holding it), so not even the wording tells
     another tenant's ids apart from unknown ones."""
-    from maestro.identity import audit
-
     visible, allowed = _check(principal, session, action, target)
     if allowed:
         return
-    audit.note_denied(session, principal, action, target, visible=visible)
+    note_denied(session, principal, action, target, visible=visible)
     if not visible:
         raise NotFound(
             missing or ("No such project" if target.project is not None else "No such organization")

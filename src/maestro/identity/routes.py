@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 
 from maestro.api.deps import CurrentPrincipal, DatabaseDep, RateLimiterDep, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope
-from maestro.api.errors import AuthenticationRequired, error_responses
+from maestro.api.errors import error_responses
+from maestro.errors import AuthenticationRequired
 from maestro.identity import audit, service
 from maestro.identity.schemas import (
     LoginRequest,

@@ -10,11 +10,12 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
-    field_validator,
 )
 
-from maestro.organizations.models import Role
-from maestro.schemas import Visible
+from maestro.identity.models import Role
+
+# StrictModel lives in the foundation; re-exported for the request schemas that import it from here.
+from maestro.schemas import StrictModel, Visible
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), Visible]
 
@@ -25,21 +26,6 @@ def _normalise_email(value: str) -> str:
 
 Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(_normalise_email)]
 Password = Annotated[str, Field(min_length=8, max_length=256, description="At least 8 characters.")]
-
-
-class StrictModel(BaseModel):
-    """Request bodies refuse unknown fields: `role` or `organization_id` smuggled into
-    a body is a 422, never silently applied. Text may not hold NUL characters, which
-    PostgreSQL cannot store, so both databases answer the same way."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
 
 
 class UserRef(BaseModel):

@@ -11,13 +11,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from maestro.config import Settings
 from maestro.db import flush_unique, new_id, utcnow
+from maestro.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
-from maestro.identity.models import AuthSession, RefreshToken, User
+from maestro.identity.models import AuthSession, Membership, Organization, RefreshToken, Role, User
 from maestro.identity.schemas import CurrentOrganization, MeUpdate, RegisterRequest, TokenPair, UserRead
-from maestro.organizations.models import Membership, Organization, Role
 
 
 def slugify(name: str) -> str:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from maestro.config import Settings
     from maestro.db import Database
-    from maestro.jobs.service import ClaimedJob
     from maestro.storage import ArtifactStore
 
 Handler = Callable[..., dict[str, Any] | None]
@@ -37,6 +36,17 @@ def load_handlers() -> dict[str, Handler]:
     for module in HANDLER_MODULES:
         importlib.import_module(module)
     return HANDLERS
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker has claimed: what its handler is called with."""
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
 
 
 @dataclass

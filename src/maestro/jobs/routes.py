@@ -4,8 +4,9 @@ from fastapi import APIRouter
 
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope
-from maestro.api.errors import NotFound, error_responses
+from maestro.api.errors import error_responses
 from maestro.api.params import JobId
+from maestro.errors import NotFound
 from maestro.identity.rbac import Target, authorize
 from maestro.jobs import service
 from maestro.jobs.schemas import JobRead

@@ -15,20 +15,12 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import NotFound, ValidationFailed
 from maestro.db import Database, run_after_commit, utcnow
+from maestro.errors import NotFound, ValidationFailed
+from maestro.jobs.handlers import HANDLERS, ClaimedJob
 from maestro.jobs.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger("maestro.jobs")
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: str
-    kind: str
-    params: dict[str, Any]
-    attempt: int
-    max_attempts: int
 
 
 def submit(
@@ -43,8 +35,6 @@ def submit(
     created_by_id: str | None = None,
 ) -> Job:
     """Record a job and hand its id to the queue once the transaction commits."""
-    from maestro.jobs.handlers import HANDLERS
-
     if kind not in HANDLERS:
         raise ValidationFailed(f"Unknown job kind {kind!r}", details=[("kind", "not a registered job kind")])
     job = Job(

@@ -3,32 +3,16 @@ automatically by ``maestro serve`` on the embedded database)."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
+from maestro.db import MODEL_MODULES, ensure_sqlite_directory, import_models
+
+__all__ = ["MODEL_MODULES", "alembic_config", "current_revision", "import_models", "upgrade"]
+
 MIGRATIONS_DIR = Path(__file__).parent
-
-# Every module that declares tables; autogenerate compares against all of them.
-MODEL_MODULES = (
-    "maestro.jobs.models",
-    "maestro.organizations.models",
-    "maestro.identity.models",
-    "maestro.projects.models",
-    "maestro.registry.models",
-    "maestro.events.models",
-    "maestro.files.models",
-    "maestro.tracking.models",
-    "maestro.deployments.models",
-    "maestro.mlflow_compat.models",
-)
-
-
-def import_models() -> None:
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
 
 
 def alembic_config(database_url: str) -> Config:
@@ -43,8 +27,6 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    from maestro.db import ensure_sqlite_directory
-
     ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
@@ -52,8 +34,6 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def current_revision(database_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
-
-    from maestro.db import ensure_sqlite_directory
 
     ensure_sqlite_directory(database_url)
     engine = create_engine(database_url)

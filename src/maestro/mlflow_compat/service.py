@@ -46,6 +46,7 @@ from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat import filters
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.projects.models import Project
+from maestro.projects.sources import register_file_source
 from maestro.registry import service as registry
 from maestro.registry.models import ModelAlias, ModelTag, ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.models import VersionTag as RegistryVersionTag
@@ -2405,3 +2406,13 @@ def delete_alias(session: Session, principal: Principal, scope: Scope, body: dic
     except NotFound as exc:
         raise missing(f"Registered model alias {alias} not found.") from exc
     return {}
+
+
+# --- what logged models hold per organisation, project and experiment ---------------------
+register_file_source(
+    "logged_models",
+    select(LoggedModelFile.storage_key).join(LoggedModel, LoggedModel.id == LoggedModelFile.model_id),
+    organization=LoggedModel.organization_id,
+    project=LoggedModel.project_id,
+    experiment=LoggedModel.experiment_id,
+)

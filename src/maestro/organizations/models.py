@@ -1,50 +1,19 @@
+"""Organisation-level tables owned by this domain. The organisation itself, its plans,
+roles and memberships are identity's (``maestro.identity.models``): who a principal is
+and which roles it holds decide every authorisation, below this layer. They are
+re-exported here for the modules that import them from this one."""
+
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from maestro.db import Base, IdMixin, TimestampMixin, utcnow
+from maestro.db import Base, IdMixin, utcnow
+from maestro.identity.models import Membership, Organization, Plan, Role
 
-
-class Role(StrEnum):
-    """Roles in an organisation, and in a project (where they narrow or widen it)."""
-
-    admin = "admin"
-    developer = "developer"
-    viewer = "viewer"
-
-
-class Plan(StrEnum):
-    free = "free"
-    professional = "professional"
-    enterprise = "enterprise"
-
-
-class Organization(IdMixin, TimestampMixin, Base):
-    __tablename__ = "organizations"
-    id_prefix = "org"
-
-    name: Mapped[str] = mapped_column(String(200))
-    slug: Mapped[str] = mapped_column(String(100), unique=True)
-    description: Mapped[str | None] = mapped_column(String(2000))
-    subscription_plan: Mapped[str] = mapped_column(String(20), default=Plan.free)
-    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
-
-
-class Membership(IdMixin, Base):
-    __tablename__ = "memberships"
-    id_prefix = "mem"
-
-    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(20))
-    joined_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-    __table_args__ = (UniqueConstraint("organization_id", "user_id"),)
+__all__ = ["Invitation", "Membership", "Organization", "Plan", "Role"]
 
 
 class Invitation(IdMixin, Base):

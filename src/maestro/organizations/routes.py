@@ -9,9 +9,9 @@ from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import OrganizationId, UserId
+from maestro.identity.models import Membership, Organization, Role
 from maestro.identity.rbac import Target, authorize
 from maestro.organizations import service
-from maestro.organizations.models import Membership, Organization, Role
 from maestro.organizations.schemas import (
     InvitationAccept,
     InvitationCreate,

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from maestro.identity.schemas import Email, StrictModel
-from maestro.organizations.models import Plan, Role
-from maestro.schemas import Visible
+from maestro.identity.models import Plan, Role
+from maestro.identity.schemas import Email
+from maestro.schemas import StrictModel, Visible
 
 # Names are one line of visible text; descriptions may span lines. Neither may hold
 # control characters, nor invisible or direction-changing ones (`Visible`).

@@ -15,15 +15,15 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, PermissionDenied
 from maestro.config import Settings
 from maestro.db import utcnow
+from maestro.errors import Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity import service as identity_service
-from maestro.identity.models import User
+from maestro.identity.models import Membership, Organization, Plan, ProjectMember, Role, User
 from maestro.identity.rbac import Principal, Target
 from maestro.identity.service import users_by_id
-from maestro.organizations.models import Invitation, Membership, Organization, Plan, Role
+from maestro.organizations.models import Invitation
 from maestro.organizations.schemas import (
     InvitationCreate,
     InvitationCreated,
@@ -32,9 +32,8 @@ from maestro.organizations.schemas import (
     OrganizationRead,
     OrganizationUpdate,
 )
-from maestro.projects import service as projects_service
-from maestro.projects.models import Project, ProjectMember
-from maestro.registry.models import RegisteredModel
+from maestro.projects import sources
+from maestro.projects.models import Project
 from maestro.storage import ArtifactStore, delete_after_commit
 
 LAST_ADMIN_MESSAGE = "An organization must keep at least one admin; make another member admin first"
@@ -61,15 +60,8 @@ def _member_counts(session: Session, organization_ids: Sequence[str]) -> dict[st
 
 def _model_counts(session: Session, organization_ids: Sequence[str]) -> dict[str, int]:
     """Registered models per organisation, in one grouped query."""
-    if not organization_ids:
-        return {}
-    rows = session.execute(
-        select(RegisteredModel.organization_id, func.count())
-        .where(RegisteredModel.organization_id.in_(organization_ids))
-        .group_by(RegisteredModel.organization_id)
-    ).all()
     counts = dict.fromkeys(organization_ids, 0)
-    counts.update({organization_id: count for organization_id, count in rows})
+    counts.update(sources.counts(session, "models", "organization", organization_ids))
     return counts
 
 
@@ -176,9 +168,7 @@ def delete_organization(
     removed from the store after the commit), including its audit history; the row
     recording the deletion itself is kept outside the organisation so it survives."""
     organization_id, name = organization.id, organization.name
-    delete_after_commit(
-        session, store, projects_service.stored_keys(session, organization_id=organization_id)
-    )
+    delete_after_commit(session, store, sources.stored_keys(session, organization_id=organization_id))
     session.execute(delete(Organization).where(Organization.id == organization_id))
     if principal.organization_id == organization_id:
         # The caller no longer acts in an organisation that does not exist.

@@ -1,18 +1,16 @@
-from __future__ import annotations
+"""Projects. Project memberships and visibility are identity's
+(``maestro.identity.models``), since the role a principal holds in a project decides
+authorisation; they are re-exported here for the modules that import them from this one."""
 
-from datetime import datetime
-from enum import StrEnum
+from __future__ import annotations
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from maestro.db import Base, IdMixin, TimestampMixin, utcnow
+from maestro.db import Base, IdMixin, TimestampMixin
+from maestro.identity.models import ProjectMember, Visibility
 
-
-class Visibility(StrEnum):
-    private = "private"  # project members and organisation admins
-    organization = "organization"  # every member of the organisation may read
-    public = "public"  # every authenticated user may read
+__all__ = ["Project", "ProjectMember", "Visibility"]
 
 
 class Project(IdMixin, TimestampMixin, Base):
@@ -29,15 +27,3 @@ class Project(IdMixin, TimestampMixin, Base):
     created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     __table_args__ = (UniqueConstraint("organization_id", "slug"),)
-
-
-class ProjectMember(IdMixin, Base):
-    __tablename__ = "project_members"
-    id_prefix = "pm"
-
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(20))
-    added_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-    __table_args__ = (UniqueConstraint("project_id", "user_id"),)

@@ -9,8 +9,9 @@ from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import OrganizationId, ProjectId, UserId
+from maestro.identity.models import ProjectMember, Visibility
 from maestro.projects import service
-from maestro.projects.models import Project, ProjectMember, Visibility
+from maestro.projects.models import Project
 from maestro.projects.schemas import (
     ProjectCreate,
     ProjectMemberCreate,

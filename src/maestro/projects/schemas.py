@@ -6,10 +6,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from maestro.api.params import ID_PATTERN
-from maestro.identity.schemas import StrictModel, UserRef
-from maestro.organizations.models import Role
-from maestro.projects.models import Visibility
-from maestro.schemas import Visible
+from maestro.identity.models import Role, Visibility
+from maestro.identity.schemas import UserRef
+from maestro.schemas import StrictModel, Visible
 
 # Control characters (NUL above all, which PostgreSQL cannot store) have no place in
 # names; descriptions may span lines. Neither may hold invisible or direction-changing

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound
 from maestro.db import flush_unique, new_id
-from maestro.deployments.models import Deployment
-from maestro.files.models import StoredFile
+from maestro.errors import Conflict, NotFound
 from maestro.identity import audit
+from maestro.identity.models import Membership, Organization, ProjectMember, Role, Visibility
 from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
-from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
-from maestro.organizations.models import Membership, Organization, Role
-from maestro.projects.models import Project, ProjectMember, Visibility
+from maestro.projects import sources
+from maestro.projects.models import Project
 from maestro.projects.schemas import (
     ProjectCreate,
     ProjectMemberCreate,
@@ -29,9 +26,7 @@ from maestro.projects.schemas import (
     ProjectRead,
     ProjectUpdate,
 )
-from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.storage import ArtifactStore, delete_after_commit
-from maestro.tracking.models import Experiment, Lifecycle, Run, RunArtifact
 
 SLUG_MAX_LENGTH = 60
 
@@ -91,18 +86,15 @@ def project_for(
 
 # --- reading -----------------------------------------------------------------------------
 def _counts(session: Session, project_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-    """(models, experiments, deployments) per project, for a whole page at once.
-    Experiments the MLflow client deleted (kept for restoring) are not counted."""
+    """(models, experiments, deployments) per project, for a whole page at once, from
+    the counters those domains register (experiments the MLflow client deleted, kept
+    for restoring, are not counted)."""
     if not project_ids:
         return {}
-
-    def per_project(column: Any, *conditions: Any) -> dict[str, int]:
-        statement = select(column, func.count()).where(column.in_(project_ids), *conditions).group_by(column)
-        return {project_id: count for project_id, count in session.execute(statement).all()}
-
-    models = per_project(RegisteredModel.project_id)
-    experiments = per_project(Experiment.project_id, Experiment.lifecycle_stage == Lifecycle.active)
-    deployments = per_project(Deployment.project_id)
+    models, experiments, deployments = (
+        sources.counts(session, name, "project", project_ids)
+        for name in ("models", "experiments", "deployments")
+    )
     return {
         id_: (models.get(id_, 0), experiments.get(id_, 0), deployments.get(id_, 0)) for id_ in project_ids
     }
@@ -262,58 +254,11 @@ def update_project(session: Session, principal: Principal, project_id: str, body
     return project
 
 
-def stored_keys(
-    session: Session,
-    *,
-    organization_id: str | None = None,
-    project_id: str | None = None,
-    experiment_id: str | None = None,
-) -> list[str]:
-    """The artifact-store keys of every file held for rows in an organisation, a project
-    or an experiment (model versions, project files, run artifacts, logged models): what
-    to remove from the store once those rows are deleted, so no file outlives its row."""
-
-    def scoped(statement: Any, organization: Any, project: Any, experiment: Any = None) -> list[str]:
-        for column, value in (
-            (organization, organization_id),
-            (project, project_id),
-            (experiment, experiment_id),
-        ):
-            if value is not None:
-                if column is None:
-                    return []  # these rows never belong to an experiment
-                statement = statement.where(column == value)
-        return [key for key in session.scalars(statement) if key]
-
-    return [
-        *scoped(
-            select(ModelVersion.file_key).join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id),
-            RegisteredModel.organization_id,
-            RegisteredModel.project_id,
-        ),
-        *scoped(select(StoredFile.storage_key), StoredFile.organization_id, StoredFile.project_id),
-        *scoped(
-            select(RunArtifact.storage_key)
-            .join(Run, Run.id == RunArtifact.run_id)
-            .join(Experiment, Experiment.id == Run.experiment_id),
-            Experiment.organization_id,
-            Experiment.project_id,
-            Experiment.id,
-        ),
-        *scoped(
-            select(LoggedModelFile.storage_key).join(LoggedModel, LoggedModel.id == LoggedModelFile.model_id),
-            LoggedModel.organization_id,
-            LoggedModel.project_id,
-            LoggedModel.experiment_id,
-        ),
-    ]
-
-
 def delete_project(session: Session, principal: Principal, project_id: str, store: ArtifactStore) -> None:
     """Delete a project with everything in it (its rows cascade); its files are removed
     from the store once the deletion has committed."""
     project = get_visible_project(session, principal, project_id, "delete")
-    keys = stored_keys(session, project_id=project.id)
+    keys = sources.stored_keys(session, project_id=project.id)
     audit.describe(
         session,
         resource_type="projects",

@@ -23,6 +23,7 @@ from maestro.identity.service import users_by_id
 from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
+from maestro.projects.sources import register_counter, register_file_source
 from maestro.registry.models import (
     ModelAlias,
     ModelTag,
@@ -831,3 +832,13 @@ def delete_version_tag(session: Session, principal: Principal, model_id: str, ve
         version=row.version,
         tag=key,
     )
+
+
+# --- what the registry holds per organisation and project --------------------------------
+register_file_source(
+    "model_versions",
+    select(ModelVersion.file_key).join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id),
+    organization=RegisteredModel.organization_id,
+    project=RegisteredModel.project_id,
+)
+register_counter("models", organization=RegisteredModel.organization_id, project=RegisteredModel.project_id)

@@ -35,6 +35,7 @@ from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
+from maestro.projects.sources import register_counter, register_file_source, stored_keys
 from maestro.registry.models import RegisteredModel
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import metrics as metric_store
@@ -561,7 +562,7 @@ def delete_experiment(
     """Delete an experiment with its runs and everything logged to them (the rows
     cascade); artifact and logged-model files are removed once the deletion has committed."""
     experiment = get_visible_experiment(session, principal, experiment_id, "delete")
-    keys = projects_service.stored_keys(session, experiment_id=experiment.id)
+    keys = stored_keys(session, experiment_id=experiment.id)
     runs = (
         session.scalar(select(func.count()).select_from(Run).where(Run.experiment_id == experiment.id)) or 0
     )
@@ -1187,3 +1188,22 @@ def best_run(
     return BestRunRead(
         metric=metric, direction=direction, value=metric_value(value), run=run_read(session, run)
     )
+
+
+# --- what tracking holds per organisation and project ------------------------------------
+register_file_source(
+    "run_artifacts",
+    select(RunArtifact.storage_key)
+    .join(Run, Run.id == RunArtifact.run_id)
+    .join(Experiment, Experiment.id == Run.experiment_id),
+    organization=Experiment.organization_id,
+    project=Experiment.project_id,
+    experiment=Experiment.id,
+)
+# Experiments the MLflow client deleted (kept for restoring) are not counted.
+register_counter(
+    "experiments",
+    organization=Experiment.organization_id,
+    project=Experiment.project_id,
+    where=[Experiment.lifecycle_stage == Lifecycle.active],
+)
