@@ -93,7 +93,7 @@ class Principal:
         return self.kind == "user"
 
 
-class Project(Protocol):
+class ProjectScope(Protocol):
     """What authorisation reads of a project (a ``maestro.projects.models.Project``);
     projects sit above identity, so identity names only the attributes it needs."""
 
@@ -112,7 +112,7 @@ class Target:
 
     kind: str
     organization_id: str
-    project: Project | None = None
+    project: ProjectScope | None = None
 
 
 def organization_role(session: Session, principal: Principal, organization_id: str) -> Role | None:
@@ -128,7 +128,7 @@ def organization_role(session: Session, principal: Principal, organization_id: s
     return Role(role) if role else None
 
 
-def project_role(session: Session, principal: Principal, project: Project) -> Role | None:
+def project_role(session: Session, principal: Principal, project: ProjectScope) -> Role | None:
     """The role a user effectively holds in a project, or None when it is invisible.
 
     Organisation admins administer every project. A project member holds their
