@@ -10,7 +10,6 @@ from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import OrganizationId, UserId
 from maestro.identity.models import Membership, Organization, Role
-from maestro.identity.rbac import Target, authorize
 from maestro.organizations import service
 from maestro.organizations.schemas import (
     InvitationAccept,
@@ -33,11 +32,9 @@ def list_organizations(
     principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
 ) -> Page[OrganizationRead]:
     """Organizations you are a member of, with your role in each (an API key sees its own)."""
-    if principal.user_id is None and principal.organization_id is not None:
-        authorize(session, principal, "read", Target("organizations", principal.organization_id))
     return paginate(
         session,
-        service.organizations_query(principal),
+        service.organizations_query_for(session, principal),
         params,
         sort_column=Organization.created_at,
         id_column=Organization.id,
@@ -69,8 +66,7 @@ def get_organization(
     org_id: OrganizationId, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[OrganizationRead]:
     """An organization you belong to, with member and model counts and your role."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "read", Target("organizations", organization.id))
+    organization = service.organization_for(session, principal, org_id, "organizations", "read")
     return Envelope(data=service.organization_read(session, principal, organization))
 
 
@@ -83,8 +79,7 @@ def update_organization(
     org_id: OrganizationId, body: OrganizationUpdate, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[OrganizationRead]:
     """Rename an organization or change its description (admins only)."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "write", Target("organizations", organization.id))
+    organization = service.organization_for(session, principal, org_id, "organizations", "write")
     organization = service.update_organization(session, organization, body)
     return Envelope(data=service.organization_read(session, principal, organization))
 
@@ -94,8 +89,7 @@ def delete_organization(
     org_id: OrganizationId, principal: CurrentPrincipal, session: SessionDep, store: StoreDep
 ) -> None:
     """Delete an organization and everything in it, files included (admins only)."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "delete", Target("organizations", organization.id))
+    organization = service.organization_for(session, principal, org_id, "organizations", "delete")
     service.delete_organization(session, principal, organization, store)
 
 
@@ -112,8 +106,7 @@ def list_members(
     role: Annotated[Role | None, Query(description="Only members with this role.")] = None,
 ) -> Page[MemberRead]:
     """Members of an organization with their roles, oldest member first."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "read", Target("members", organization.id))
+    organization = service.organization_for(session, principal, org_id, "members", "read")
     return paginate(
         session,
         service.members_query(organization.id, role),
@@ -139,8 +132,7 @@ def invite_member(
     settings: SettingsDep,
 ) -> Envelope[InvitationCreated]:
     """Invite someone by email (admins only); the invitation token is returned once."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "write", Target("invitations", organization.id))
+    organization = service.organization_for(session, principal, org_id, "invitations", "write")
     return Envelope(data=service.invite(session, settings, principal, organization.id, body))
 
 
@@ -170,8 +162,7 @@ def update_member_role(
     session: SessionDep,
 ) -> Envelope[MemberRead]:
     """Change a member's role (admins only); the last admin cannot be demoted."""
-    organization = service.get_organization(session, org_id)
-    authorize(session, principal, "write", Target("members", organization.id))
+    organization = service.organization_for(session, principal, org_id, "members", "write")
     return Envelope(data=service.update_member_role(session, organization.id, user_id, body.role))
 
 
@@ -184,7 +175,8 @@ def remove_member(
     org_id: OrganizationId, user_id: UserId, principal: CurrentPrincipal, session: SessionDep
 ) -> None:
     """Remove a member (admins), or leave an organization yourself; the last admin stays."""
-    organization = service.get_organization(session, org_id)
     leaving = principal.user_id is not None and principal.user_id == user_id
-    authorize(session, principal, "read" if leaving else "delete", Target("members", organization.id))
+    organization = service.organization_for(
+        session, principal, org_id, "members", "read" if leaving else "delete"
+    )
     service.remove_member(session, organization.id, user_id)

@@ -21,7 +21,7 @@ from maestro.errors import Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity import service as identity_service
 from maestro.identity.models import Membership, Organization, Plan, ProjectMember, Role, User
-from maestro.identity.rbac import Principal, Target
+from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.identity.service import users_by_id
 from maestro.organizations.models import Invitation
 from maestro.organizations.schemas import (
@@ -45,6 +45,24 @@ def get_organization(session: Session, organization_id: str) -> Organization:
     if organization is None:
         raise NotFound("No such organization")
     return organization
+
+
+def organization_for(
+    session: Session, principal: Principal, organization_id: str, kind: str, action: Action
+) -> Organization:
+    """The organisation, once ``principal`` may perform ``action`` on its ``kind`` of
+    resources (``"organizations"``, ``"members"``, ``"invitations"``); 404 when invisible."""
+    organization = get_organization(session, organization_id)
+    authorize(session, principal, action, Target(kind, organization.id))
+    return organization
+
+
+def organizations_query_for(session: Session, principal: Principal) -> Select[tuple[Organization]]:
+    """The organisations ``principal`` may list: a member's own, or an API key's one
+    organisation once the key may read it."""
+    if principal.user_id is None and principal.organization_id is not None:
+        authorize(session, principal, "read", Target("organizations", principal.organization_id))
+    return organizations_query(principal)
 
 
 def _member_counts(session: Session, organization_ids: Sequence[str]) -> dict[str, int]:
