@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -38,12 +38,14 @@ from maestro.deployments.models import (
     DeploymentRevision,
     DeploymentStatus,
     Environment,
+    InstanceType,
     LogLevel,
     ServingGeneration,
 )
 from maestro.deployments.schemas import (
     METRIC_NAMES,
     Actor,
+    ActorType,
     DeploymentConfig,
     DeploymentCreate,
     DeploymentDetail,
@@ -52,8 +54,11 @@ from maestro.deployments.schemas import (
     DeploymentRead,
     DeploymentRevisionRead,
     DeploymentUpdate,
+    Granularity,
+    MetricName,
     MetricPoint,
     ModelVersionRef,
+    RevisionAction,
     RollbackRequest,
 )
 from maestro.deployments.secrets import MASK, SecretsUnreadable, masked, seal, unseal
@@ -201,12 +206,15 @@ def _flush_unique(session: Session) -> None:
 
 def bump_generation(session: Session) -> None:
     """Count a deployment change, so every serving process notices it."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     table = ServingGeneration.__table__
+    statement: postgresql.Insert | sqlite.Insert
     if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        statement = postgresql.insert(table)
     else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).values(id=GENERATION_ROW, value=1)
+        statement = sqlite.insert(table)
+    statement = statement.values(id=GENERATION_ROW, value=1)
     session.execute(
         statement.on_conflict_do_update(index_elements=[table.c.id], set_={"value": table.c.value + 1})
     )
@@ -693,7 +701,7 @@ def deployments_query(
     environment: Environment | None = None,
     status: DeploymentStatus | None = None,
     model_id: str | None = None,
-) -> Select[tuple[Deployment]]:
+) -> Select[Deployment]:
     statement = select(Deployment).where(Deployment.project_id == project.id)
     if environment is not None:
         statement = statement.where(Deployment.environment == environment)
@@ -763,13 +771,13 @@ def deployment_reads(
                 status=status,
                 endpoint_url=endpoint_url(public_url, row.name),
                 model_version=version_ref,
-                instance_type=row.instance_type,  # type: ignore[arg-type]
+                instance_type=InstanceType(row.instance_type),
                 min_instances=row.min_instances,
                 max_instances=row.max_instances,
                 current_instances=1 if status is DeploymentStatus.active else 0,
                 auto_scaling=row.auto_scaling,
                 deployment_config=config_read(row.deployment_config),
-                health_status=serving.health(row.model_version_id, status),  # type: ignore[arg-type]
+                health_status=serving.health(row.model_version_id, status),
                 serving=(serving.describe(row.id) if status is DeploymentStatus.active else None)
                 or row.serving,
                 deployed_at=row.deployed_at,
@@ -803,7 +811,7 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
         user = users.get(revision.actor_id or "") if revision.actor_type == "user" else None
         reads.append(
             DeploymentRevisionRead(
-                action=revision.action,  # type: ignore[arg-type]
+                action=cast(RevisionAction, revision.action),
                 model_version=ModelVersionRef(
                     id=revision.model_version_id,
                     model_id=model_id,
@@ -813,7 +821,7 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
                 previous_version_id=revision.previous_version_id,
                 reason=revision.reason,
                 actor=Actor(
-                    type=revision.actor_type,  # type: ignore[arg-type]
+                    type=cast(ActorType, revision.actor_type),
                     id=revision.actor_id,
                     name=user.full_name if user is not None else None,
                 ),
@@ -926,10 +934,10 @@ def deployment_metrics(
     principal: Principal,
     deployment_id: str,
     *,
-    names: Sequence[str] | None,
+    names: Sequence[MetricName] | None,
     start: datetime | None,
     end: datetime | None,
-    granularity: str,
+    granularity: Granularity,
 ) -> DeploymentMetrics:
     """Request metrics per interval, from the minutes every process wrote; intervals
     are aligned to multiples of the granularity (UTC), empty ones included."""
@@ -975,10 +983,10 @@ def deployment_metrics(
     ]
     return DeploymentMetrics(
         deployment_id=deployment.id,
-        granularity=granularity,  # type: ignore[arg-type]
+        granularity=granularity,
         start_time=window_start,
         end_time=window_end,
-        metrics=chosen,  # type: ignore[arg-type]
+        metrics=chosen,
         series=series,
         totals=overall.values(chosen, end_at - first),
     )
