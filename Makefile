@@ -33,6 +33,7 @@ serve: $(STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests bench
@@ -42,4 +43,4 @@ test: lint
 	$(BIN)/pytest -n auto $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
