@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
+
 def _modules(src: Path) -> dict[str, tuple[Path, bool]]:
     """Every importable module under ``src/maestro``: name -> (file, is a package)."""
     modules = {}

@@ -97,11 +97,12 @@ SECURITY_SCHEMES = {
 def _authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
     from maestro.api.deps import route_requires_principal
 
-    found = set()
+    found: set[tuple[str, str]] = set()
     for context in iter_route_contexts(app.routes):
         route = context.original_route
-        if isinstance(route, APIRoute) and route_requires_principal(route.dependant):
-            found.update((context.path_format, method.lower()) for method in route.methods)
+        path = context.path_format
+        if isinstance(route, APIRoute) and path is not None and route_requires_principal(route.dependant):
+            found.update((path, method.lower()) for method in route.methods or ())
     return found
 
 
@@ -148,7 +149,7 @@ def _finish_openapi(app: FastAPI) -> None:
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # how FastAPI documents customising it
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -73,7 +73,9 @@ def serve(
         int | None, typer.Option(min=1, help="Worker processes [default: MAESTRO_WORKERS or 1].")
     ] = None,
     reload: Annotated[bool, typer.Option(help="Restart when source files change (development).")] = False,
-    loop: Annotated[EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")] = "auto",  # type: ignore[assignment]
+    loop: Annotated[
+        EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")
+    ] = EventLoop.auto,
 ) -> None:
     """Run the API server (and, unless disabled, a job consumer inside it)."""
     from maestro import server
@@ -121,7 +123,9 @@ def model_server(
     port: Annotated[
         int | None, typer.Option(help="Port to bind [default: MAESTRO_MODEL_SERVER_PORT or 8001].")
     ] = None,
-    loop: Annotated[EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")] = "auto",  # type: ignore[assignment]
+    loop: Annotated[
+        EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")
+    ] = EventLoop.auto,
 ) -> None:
     """Run the standalone model server: loaded models answer Maestro's prediction
     routes, the Open Inference Protocol (/v2) and MLflow's scoring protocol."""

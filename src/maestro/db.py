@@ -22,9 +22,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    Result,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -94,6 +106,10 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+    if TYPE_CHECKING:
+        # Every model maps one Table; SQLAlchemy types ``__table__`` as any FromClause.
+        __table__: ClassVar[Table]
 
 
 class IdMixin:
@@ -304,14 +320,20 @@ def ensure_unique(
         raise conflict
 
 
-def run_after_commit(session: Session, callback: Callable[[], None]) -> None:
+def matched_rows(result: Result[*tuple[Any, ...]]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``Session.execute`` returns the
+    statement's CursorResult, but is typed as returning a Result, which has no rowcount."""
+    return cast("CursorResult[*tuple[Any, ...]]", result).rowcount
+
+
+def run_after_commit(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` once the session's transaction has committed, and never if it
     rolls back: how work is handed to other processes (jobs, webhooks) only after
     the rows it refers to are visible to them."""
     session.info.setdefault("after_commit", []).append(callback)
 
 
-def run_after_rollback(session: Session, callback: Callable[[], None]) -> None:
+def run_after_rollback(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` if the session's transaction rolls back instead of committing:
     how a file stored for a row is removed when the row never lands (a failed commit),
     so no file outlives the row that should point at it."""

@@ -78,7 +78,7 @@ def configure_logging(settings: Settings) -> None:
     for existing in list(root.handlers):
         if getattr(existing, "_maestro", False):
             root.removeHandler(existing)
-    handler._maestro = True  # type: ignore[attr-defined]
+    handler._maestro = True  # type: ignore[attr-defined]  # our mark, so a second call replaces it
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     # uvicorn's own access log would duplicate ours.

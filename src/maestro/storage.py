@@ -254,7 +254,7 @@ class ArtifactStore:
         self.fs.rm(probe)
 
 
-def delete_after_commit(session: Session, store: ArtifactStore, keys: Iterable[str]) -> None:
+def delete_after_commit(session: Session, store: ArtifactStore, keys: Iterable[str | None]) -> None:
     """Remove the objects under ``keys`` once the session's transaction has committed
     (never if it rolls back): how a deletion of rows takes their files with it."""
     pending = [key for key in keys if key]

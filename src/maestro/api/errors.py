@@ -6,7 +6,7 @@ from this one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -105,7 +105,7 @@ def _field_of(location: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-def validation_details(errors: Iterable[dict[str, Any]]) -> list[ErrorDetail]:
+def validation_details(errors: Iterable[Mapping[str, Any]]) -> list[ErrorDetail]:
     return [
         ErrorDetail(field=_field_of(err.get("loc", ())), message=str(err.get("msg", "invalid")))
         for err in errors

@@ -165,6 +165,6 @@ def api_route(app: FastAPI, method: str, template: str) -> APIRoute | None:
     what a plain-ASGI fast path labels its requests with (metrics, audit) and calls."""
     for context in iter_route_contexts(app.routes):
         route = context.original_route
-        if isinstance(route, APIRoute) and context.path == template and method in route.methods:
+        if isinstance(route, APIRoute) and context.path == template and method in (route.methods or ()):
             return route
     return None

@@ -153,7 +153,7 @@ def _parser(boundary: bytes, state: _State) -> MultipartParser:
 
     return MultipartParser(
         boundary,
-        {  # type: ignore[arg-type]
+        {
             "on_part_begin": on_part_begin,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,

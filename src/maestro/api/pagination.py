@@ -141,7 +141,7 @@ def decode_cursor(cursor: str, sort_key: str, kind: type | None = None) -> tuple
 
 def paginate(
     session: Session,
-    statement: Select[tuple[Row]],
+    statement: Select[Row],
     params: PageParams,
     *,
     sort_column: InstrumentedAttribute[Any],

@@ -68,6 +68,7 @@ from maestro.storage import ArtifactStore
 
 if TYPE_CHECKING:
     from maestro.config import Settings
+    from maestro.deployments.schemas import OutputFormat
 
 KIND = "serving.batch_predict"
 NO_SUCH_JOB = "No such batch job of this deployment"
@@ -161,7 +162,7 @@ class Submission:
     deployment: Deployment
     version: ModelVersion
     dataset: StoredFile
-    output_format: str
+    output_format: OutputFormat
     keeps_body: bool  # the dataset was the request body, stored for this job
 
 

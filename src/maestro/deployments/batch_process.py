@@ -148,7 +148,7 @@ class PredictionsWriter:
             data = frame.write_csv(include_header=self.written == 0).encode()
             if self.written + len(data) > self.max_bytes:
                 raise self._refuse()
-            self._guarded(lambda: self._csv.write(data))  # type: ignore[union-attr]
+            self._guarded(lambda: self._csv.write(data))
             self.written += len(data)
             return
         self._pending.append(frame)

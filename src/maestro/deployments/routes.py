@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, cast
 
 import orjson
 from anyio.to_thread import run_sync
@@ -54,9 +54,12 @@ from maestro.deployments.schemas import (
     DeploymentRead,
     DeploymentUpdate,
     FeatureRead,
+    FeatureType,
+    Granularity,
     InferenceHealth,
     InferenceResponse,
     InferenceSchema,
+    InputSource,
     MetricName,
     ModelVersionRef,
     OutputFormat,
@@ -286,7 +289,7 @@ def get_deployment_metrics(
         datetime | None, Query(description="Start (ISO 8601); default 60 intervals ago.")
     ] = None,
     end_time: Annotated[datetime | None, Query(description="End (ISO 8601); default now.")] = None,
-    granularity: Annotated[Literal["1m", "5m", "1h", "1d"], Query(description="Interval length.")] = "1m",
+    granularity: Annotated[Granularity, Query(description="Interval length.")] = "1m",
 ) -> Envelope[DeploymentMetrics]:
     """Request count, errors, error rate, predicted rows, latency (mean, p50, p95, p99,
     max, in ms) and throughput per interval, merged from every serving process's
@@ -390,8 +393,9 @@ async def deployment_schema(
             model_id=live.model_id,
             version=live.version or "",
             version_id=live.version_id,
-            inputs=[FeatureRead(name=f.name, type=f.type) for f in schema.features],  # type: ignore[arg-type]
-            input_source=schema.source,  # type: ignore[arg-type]
+            # The runtime's feature types and schema sources are these words, held as str.
+            inputs=[FeatureRead(name=f.name, type=cast(FeatureType, f.type)) for f in schema.features],
+            input_source=cast(InputSource, schema.source),
             outputs=OutputSchema(
                 prediction="label" if runtime.classes is not None else "value",
                 classes=runtime.classes,
@@ -540,7 +544,7 @@ async def create_batch_job(
             deployment=submission.deployment.name,
             model_version=ModelVersionRef(id=version.id, model_id=version.model_id, version=version.version),
             input_file_id=submission.dataset.id,
-            output_format=submission.output_format,  # type: ignore[arg-type]
+            output_format=submission.output_format,
             status_url=f"/api/v1/jobs/{job.id}",
             result_url=f"/api/v1/inference/{submission.deployment.name}/batch-jobs/{job.id}/result",
         )

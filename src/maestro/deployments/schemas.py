@@ -6,7 +6,7 @@ the inference models here describe the contract in the OpenAPI document."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
@@ -137,14 +137,22 @@ class ModelVersionRef(BaseModel):
     version: str = Field(examples=["1.2.0"])
 
 
+ActorType = Literal["user", "api_key"]
+RevisionAction = Literal["created", "deployed", "rolled_back"]
+HealthStatus = Literal["healthy", "unhealthy", "unknown"]
+Granularity = Literal["1m", "5m", "1h", "1d"]
+FeatureType = Literal["float", "integer", "boolean"]
+InputSource = Literal["model_schema", "model", "generated"]
+
+
 class Actor(BaseModel):
-    type: Literal["user", "api_key"]
+    type: ActorType
     id: str | None
     name: str | None = Field(None, description="The user's name; null for an API key.")
 
 
 class DeploymentRevisionRead(BaseModel):
-    action: Literal["created", "deployed", "rolled_back"]
+    action: RevisionAction
     model_version: ModelVersionRef
     previous_version_id: str | None
     reason: str | None
@@ -171,7 +179,7 @@ class DeploymentRead(BaseModel):
     )
     auto_scaling: bool
     deployment_config: DeploymentConfig
-    health_status: Literal["healthy", "unhealthy", "unknown"] = Field(
+    health_status: HealthStatus = Field(
         description="As this process sees it: healthy once its model is loaded and warmed, unhealthy when "
         "it cannot be loaded or is gone, unknown before its first request here."
     )
@@ -202,18 +210,6 @@ class DeploymentLogRead(BaseModel):
     details: dict[str, Any]
 
 
-METRIC_NAMES = (
-    "request_count",
-    "error_count",
-    "error_rate",
-    "prediction_count",
-    "latency_mean",
-    "latency_p50",
-    "latency_p95",
-    "latency_p99",
-    "latency_max",
-    "throughput",
-)
 MetricName = Literal[
     "request_count",
     "error_count",
@@ -226,6 +222,7 @@ MetricName = Literal[
     "latency_max",
     "throughput",
 ]
+METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
 
 class MetricPoint(BaseModel):
@@ -238,7 +235,7 @@ class MetricPoint(BaseModel):
 
 class DeploymentMetrics(BaseModel):
     deployment_id: str
-    granularity: Literal["1m", "5m", "1h", "1d"]
+    granularity: Granularity
     start_time: datetime
     end_time: datetime
     metrics: list[MetricName]
@@ -316,7 +313,7 @@ class InferenceHealth(BaseModel):
 
 class FeatureRead(BaseModel):
     name: str
-    type: Literal["float", "integer", "boolean"]
+    type: FeatureType
 
 
 class OutputSchema(BaseModel):
@@ -331,7 +328,7 @@ class InferenceSchema(BaseModel):
     version: str
     version_id: str
     inputs: list[FeatureRead]
-    input_source: Literal["model_schema", "model", "generated"] = Field(
+    input_source: InputSource = Field(
         description="Where the feature names come from: the version's model_schema, the model file, or "
         "generated (f0, f1, …) when neither names them."
     )

@@ -179,12 +179,15 @@ def _flush_unique(session: Session) -> None:
 
 def bump_generation(session: Session) -> None:
     """Count a deployment change, so every serving process notices it."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     table = ServingGeneration.__table__
+    statement: postgresql.Insert | sqlite.Insert
     if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        statement = postgresql.insert(table)
     else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).values(id=GENERATION_ROW, value=1)
+        statement = sqlite.insert(table)
+    statement = statement.values(id=GENERATION_ROW, value=1)
     session.execute(
         statement.on_conflict_do_update(index_elements=[table.c.id], set_={"value": table.c.value + 1})
     )

@@ -48,6 +48,7 @@ from maestro.server import freeze_startup_objects
 if TYPE_CHECKING:
     from maestro.config import Settings
     from maestro.db import Database
+    from maestro.deployments.schemas import HealthStatus
     from maestro.storage import ArtifactStore
 
 logger = logging.getLogger("maestro.serving")
@@ -276,7 +277,7 @@ class ServingState:
             )
             raise
 
-    def health(self, version_id: str | None, status: str) -> str:
+    def health(self, version_id: str | None, status: str) -> HealthStatus:
         """As this process sees it, without loading anything."""
         if status == DeploymentStatus.failed or version_id is None:
             return "unhealthy"

@@ -16,7 +16,7 @@ import copy
 import zipfile
 import zlib
 from enum import StrEnum
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -136,17 +136,21 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
+# zipfile's private end-record reader and its field indexes, which typeshed leaves out.
+_zip_internals: Any = zipfile
+
+
 def _directory(file: IO[bytes], what: str) -> list[zipfile.ZipInfo]:
     """The parts of a zip archive. The size of its central directory is read first from
     the end record, as ``zipfile`` reads it, so that a directory of a million entries is
     refused before it is parsed (each entry costs memory)."""
     try:
-        end = zipfile._EndRecData(file)  # the end record ZipFile itself reads
+        end = _zip_internals._EndRecData(file)  # the end record ZipFile itself reads
         if not end:
             raise UnrecognisedDataset("a damaged zip archive")
         if (
-            end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES
-            or end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY_BYTES
+            end[_zip_internals._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES
+            or end[_zip_internals._ECD_SIZE] > MAX_ZIP_DIRECTORY_BYTES
         ):
             raise UnrecognisedDataset(f"{what} with more than {MAX_ZIP_ENTRIES:,} parts")
         file.seek(0)

@@ -204,7 +204,8 @@ def _counted(batches: Iterator[pl.DataFrame], bounds: ReadBounds, path: str) -> 
     """The batches, refused as soon as their rows or decoded bytes pass the bounds."""
     import polars as pl
 
-    rows = size = 0
+    rows = 0
+    size: float = 0  # polars estimates a frame's size as an int or a float
     try:
         for batch in batches:
             rows += batch.height
@@ -282,10 +283,11 @@ def send_outcome(channel: socket.socket, work: Callable[[], dict[str, Any]]) -> 
     except Exception as exc:
         error: dict[str, Any] = {"type": type(exc).__name__, "message": _short(exc)}
         details = getattr(exc, "sandbox_details", None)
+        reason = getattr(exc, "reason", None)
         if isinstance(details, dict):
             error["details"] = details
-        elif isinstance(getattr(exc, "reason", None), str):  # a serving error's stable code
-            error["details"] = {"reason": exc.reason}  # type: ignore[attr-defined]
+        elif isinstance(reason, str):  # a serving error's stable code
+            error["details"] = {"reason": reason}
         wire.send(channel, {"error": error})
         return
     wire.send(channel, result)

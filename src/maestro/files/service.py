@@ -203,7 +203,7 @@ def record_upload(
     return row
 
 
-def files_query(project: Project, kind: FileKind | None) -> Select[tuple[StoredFile]]:
+def files_query(project: Project, kind: FileKind | None) -> Select[StoredFile]:
     statement = select(StoredFile).where(StoredFile.project_id == project.id)
     if kind is not None:
         statement = statement.where(StoredFile.kind == kind)

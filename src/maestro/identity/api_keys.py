@@ -70,11 +70,14 @@ GrantedActions = Annotated[
 
 # One optional list of actions per resource kind a key may be granted, so an unknown
 # kind (or a person-only one such as `api_keys`) is refused with its name as the field.
+_PERMISSION_FIELDS: dict[str, Any] = {
+    resource: (GrantedActions | None, None) for resource in API_KEY_RESOURCES
+}
 ApiKeyPermissions: type[StrictModel] = create_model(
     "ApiKeyPermissions",
     __base__=StrictModel,
     __doc__="Actions granted per resource kind; kinds left out are not granted.",
-    **{resource: (GrantedActions | None, None) for resource in API_KEY_RESOURCES},  # type: ignore[call-overload]
+    **_PERMISSION_FIELDS,
 )
 
 
@@ -84,7 +87,7 @@ def _grants(permissions: BaseModel) -> dict[str, list[str]]:
 
 class ApiKeyCreate(StrictModel):
     name: KeyName = Field(examples=["Production API Key"])
-    permissions: ApiKeyPermissions = Field(  # type: ignore[valid-type]
+    permissions: ApiKeyPermissions = Field(
         examples=[{"inference": ["read"], "models": ["read"], "deployments": ["read"]}]
     )
     expires_at: ExpiresAt | None = Field(None, description="When the key stops working; never if omitted.")
@@ -93,8 +96,8 @@ class ApiKeyCreate(StrictModel):
 class ApiKeyUpdate(StrictModel):
     """Fields left out keep their value; `name` and `permissions` may not be null."""
 
-    name: KeyName = Field(None, description="A new name.")  # type: ignore[assignment]
-    permissions: ApiKeyPermissions = Field(  # type: ignore[valid-type]
+    name: KeyName = Field(None, description="A new name.")  # type: ignore[assignment]  # None: left out; null is refused
+    permissions: ApiKeyPermissions = Field(  # type: ignore[assignment]  # None: left out; null is refused
         None, description="Replaces every grant of the key."
     )
     expires_at: ExpiresAt | None = Field(None, description="A new expiry; `null` makes the key never expire.")

@@ -100,11 +100,7 @@ def _note_flushed_changes(session: Session, _context: Any) -> None:
 @event.listens_for(Session, "do_orm_execute")
 def _note_bulk_changes(state: ORMExecuteState) -> None:
     mapper = state.bind_mapper
-    if (
-        (state.is_update or state.is_delete)
-        and mapper is not None
-        and mapper.local_table.name in WATCHED_TABLES
-    ):
+    if (state.is_update or state.is_delete) and mapper is not None and _watched(mapper.class_):
         state.session.info[_CHANGED] = True
 
 

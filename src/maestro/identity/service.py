@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from maestro.config import Settings
-from maestro.db import flush_unique, new_id, utcnow
+from maestro.db import flush_unique, matched_rows, new_id, utcnow
 from maestro.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity.models import AuthSession, Membership, Organization, RefreshToken, Role, User
@@ -225,7 +225,7 @@ def refresh(
         .where(RefreshToken.id == token.id, RefreshToken.rotated_at.is_(None))
         .values(rotated_at=now)
     )
-    if spent.rowcount != 1 and not _within_grace(session, settings, token.id, now):
+    if matched_rows(spent) != 1 and not _within_grace(session, settings, token.id, now):
         revoke_session(session, auth_session.id, "refresh token reused")
         audit.describe(
             session,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from maestro.db import Database, run_after_commit, utcnow
+from maestro.db import Database, matched_rows, run_after_commit, utcnow
 from maestro.errors import NotFound, ValidationFailed
 from maestro.jobs.handlers import HANDLERS, ClaimedJob
 from maestro.jobs.models import FINISHED_STATUSES, Job, JobStatus
@@ -95,7 +95,7 @@ def heartbeat(database: Database, job: ClaimedJob) -> bool:
     now = utcnow()
     with database.session() as session:
         result = session.execute(update(Job).where(*_running(job)).values(heartbeat_at=now))
-    return result.rowcount == 1
+    return matched_rows(result) == 1
 
 
 def report_progress(database: Database, job: ClaimedJob, fraction: float, message: str | None) -> None:
@@ -122,7 +122,7 @@ def finish(
         values.update(status=JobStatus.failed, error=error[:10_000])
     with database.session() as session:
         outcome = session.execute(update(Job).where(*_running(job)).values(**values))
-    if outcome.rowcount != 1:
+    if matched_rows(outcome) != 1:
         logger.warning(
             "job %s attempt %s finished after losing ownership; outcome dropped", job.id, job.attempt
         )
@@ -180,7 +180,7 @@ def reap(
                     f"{attempts} of {max_attempts}",
                 }
                 target = report.failed
-            if session.execute(update(Job).where(*condition).values(**values)).rowcount == 1:
+            if matched_rows(session.execute(update(Job).where(*condition).values(**values))) == 1:
                 target.append(job_id)
 
         stale_cutoff = now - timedelta(seconds=redeliver_after)
@@ -193,7 +193,7 @@ def reap(
                 .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at < stale_cutoff)
                 .values(enqueued_at=now)
             )
-            if moved.rowcount == 1:
+            if matched_rows(moved) == 1:
                 report.redelivered.append(job_id)
 
     for job_id in report.requeued + report.redelivered:
@@ -211,7 +211,7 @@ def reap(
 def delete_finished_before(session: Session, cutoff_days: int) -> int:
     cutoff = utcnow() - timedelta(days=cutoff_days)
     result = session.execute(delete(Job).where(Job.status.in_(FINISHED_STATUSES), Job.finished_at < cutoff))
-    return result.rowcount or 0
+    return matched_rows(result) or 0
 
 
 def last_submitted(session: Session, kind: str) -> Job | None:

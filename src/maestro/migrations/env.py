@@ -3,13 +3,16 @@ for the ``alembic`` command line, from ``MAESTRO_DATABASE_URL`` via Settings."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from alembic import context
 from sqlalchemy import JSON, create_engine, pool
 
 from maestro.db import Base
 from maestro.migrations import import_models
+
+if TYPE_CHECKING:
+    from alembic.autogenerate.api import AutogenContext
 
 import_models()
 
@@ -25,7 +28,7 @@ def _database_url() -> str:
     return Settings().resolved_database_url
 
 
-def render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render our JSON column type by name instead of its expanded variant."""
     if kind == "type" and isinstance(obj, JSON) and "postgresql" in getattr(obj, "_variant_mapping", {}):
         autogen_context.imports.add("import maestro.db")

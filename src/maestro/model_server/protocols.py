@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -110,7 +110,7 @@ def _json_tensor(name: str, data: Any, datatype: str, shape: list[int]) -> np.nd
     else:
         if not kinds <= {int}:
             raise _bad(f"Input {name!r} is {datatype}: every value must be an integer")
-        info = np.iinfo(_NUMERIC[datatype])
+        info = np.iinfo(cast("type[np.integer[Any]]", _NUMERIC[datatype]))  # the float types went above
         if flat and (min(flat) < info.min or max(flat) > info.max):
             raise _bad(f"Input {name!r} holds a value outside the {datatype} range")
         values = np.array(flat, dtype=np.float64)
@@ -246,7 +246,9 @@ def _output(name: str, values: np.ndarray, binary: bool) -> tuple[dict[str, Any]
 
 
 def _requested_outputs(doc: dict[str, Any], model: ServedModel) -> list[tuple[str, bool]]:
-    parameters = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    parameters = doc.get("parameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
     binary_default = parameters.get("binary_data_output") is True
     outputs = doc.get("outputs")
     if outputs is None:

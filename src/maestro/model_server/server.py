@@ -78,6 +78,7 @@ from maestro.server import freeze_startup_objects
 
 if TYPE_CHECKING:
     from maestro.db import Database
+    from maestro.identity.rbac import Action
     from maestro.storage import ArtifactStore
 
 logger = logging.getLogger("maestro.serving")
@@ -555,12 +556,12 @@ class ModelServer:
         )
         return served, previous
 
-    def _may_manage(self, caller: Caller, model: ServedModel, action: str = "write") -> bool:
+    def _may_manage(self, caller: Caller, model: ServedModel, action: Action = "write") -> bool:
         if model.source.kind == "file":
             return caller.is_operator
         return self.auth.may(
             caller,
-            action,  # type: ignore[arg-type]
+            action,
             kind="deployments",
             organization_id=model.source.organization_id,
             project_id=model.source.project_id,

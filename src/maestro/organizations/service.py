@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maestro.config import Settings
-from maestro.db import utcnow
+from maestro.db import matched_rows, utcnow
 from maestro.errors import Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity import service as identity_service
@@ -124,7 +124,7 @@ def organization_read(session: Session, principal: Principal, organization: Orga
     return organization_reads(session, principal, [organization])[0]
 
 
-def organizations_query(principal: Principal) -> Select[tuple[Organization]]:
+def organizations_query(principal: Principal) -> Select[Organization]:
     """The organisations a caller may list: a user's memberships, an API key's own."""
     if principal.user_id is not None:
         return (
@@ -202,7 +202,7 @@ def delete_organization(
 
 
 # --- members -------------------------------------------------------------------------------
-def members_query(organization_id: str, role: Role | None) -> Select[tuple[Membership]]:
+def members_query(organization_id: str, role: Role | None) -> Select[Membership]:
     statement = select(Membership).where(Membership.organization_id == organization_id)
     if role is not None:
         statement = statement.where(Membership.role == role)
@@ -376,7 +376,7 @@ def accept_invitation(session: Session, principal: Principal, token: str) -> Org
         .values(accepted_at=utcnow(), accepted_by_id=user.id)
         .execution_options(synchronize_session=False)
     )
-    if spent.rowcount != 1:  # accepted concurrently
+    if matched_rows(spent) != 1:  # accepted concurrently
         raise NotFound("This invitation has already been used")
     session.add(Membership(organization_id=invitation.organization_id, user_id=user.id, role=invitation.role))
     if user.current_organization_id is None:

@@ -38,9 +38,9 @@ class ProjectCreate(StrictModel):
 class ProjectUpdate(StrictModel):
     """Only the fields sent are changed; `description: null` clears the description."""
 
-    name: ProjectName = Field(None, examples=["Recommendation Engine"])  # type: ignore[assignment]
+    name: ProjectName = Field(None, examples=["Recommendation Engine"])  # type: ignore[assignment]  # None: left out; null is refused
     description: Description | None = None
-    visibility: Visibility = Field(None)  # type: ignore[assignment]
+    visibility: Visibility = Field(None)  # type: ignore[assignment]  # None: left out; null is refused
 
 
 class ProjectRead(BaseModel):

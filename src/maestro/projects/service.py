@@ -136,7 +136,7 @@ def visible_projects(
     *,
     visibility: Visibility | None = None,
     search: str | None = None,
-) -> Select[tuple[Project]]:
+) -> Select[Project]:
     """The projects of an organisation that ``principal`` may read, as one query.
 
     Mirrors ``rbac.project_role``: organisation admins and the organisation's API keys
@@ -272,7 +272,7 @@ def delete_project(session: Session, principal: Principal, project_id: str, stor
 
 
 # --- members -----------------------------------------------------------------------------
-def members_query(project: Project) -> Select[tuple[ProjectMember]]:
+def members_query(project: Project) -> Select[ProjectMember]:
     return select(ProjectMember).where(ProjectMember.project_id == project.id)
 
 

@@ -101,7 +101,7 @@ def models_query(
     framework: str | None = None,
     tags: Sequence[str] = (),
     search: str | None = None,
-) -> Select[tuple[RegisteredModel]]:
+) -> Select[RegisteredModel]:
     """The project's models matching every filter given; ``tags``: models having all
     of these tag keys."""
     statement = select(RegisteredModel).where(RegisteredModel.project_id == project.id)
@@ -442,14 +442,14 @@ def check_model_file(
     the version, or None for a format that is never loaded (a pickle, until an admin
     trusts it). A file refused only for want of trust is kept, as before: trusting it
     checks it again. Takes seconds, so it runs in no transaction."""
-    if stored is None or not needs_check(detected, trusted):
+    if stored is None or detected is None or not needs_check(detected, trusted):
         return None
     isolation = Isolation.from_settings(settings, store)
     path = store.path(stored.key) if store.is_local else None
     check = check_model(
         None if path else store.read_bytes(stored.key),
         path=path,
-        format=detected,  # type: ignore[arg-type]  # needs_check saw a format
+        format=detected,
         trusted=trusted,
         model_schema=model_schema,
         isolation=isolation,
@@ -555,7 +555,7 @@ def create_version(
     return row
 
 
-def versions_query(model: RegisteredModel) -> Select[tuple[ModelVersion]]:
+def versions_query(model: RegisteredModel) -> Select[ModelVersion]:
     return select(ModelVersion).where(ModelVersion.model_id == model.id)
 
 

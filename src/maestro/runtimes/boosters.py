@@ -138,15 +138,17 @@ class LightGBMRuntime(Runtime):
         self.memory_bytes = memory_estimate(len(data), self.format)
         header = _lightgbm_header(text)
         objective = header.get("objective", "").split(" ")[0]
-        names = booster.feature_name()
-        if names == [f"Column_{i}" for i in range(len(names))]:
-            names = None  # LightGBM's own placeholders: the model has no names
+        found: list[str] = booster.feature_name()
+        # LightGBM's own placeholders mean the model has no names.
+        names = None if found == [f"Column_{i}" for i in range(len(found))] else found
         width = booster.num_feature()
         self.input_schema = resolve_schema(declared, width, names)
         if self.input_schema.source == "generated":
             ranges = _lightgbm_ranges(header)
             features = [
-                Feature(f.name, f.type, *(ranges[i] if i < len(ranges) and ranges[i] else (None, None)))
+                Feature(
+                    f.name, f.type, *(bounds if i < len(ranges) and (bounds := ranges[i]) else (None, None))
+                )
                 for i, f in enumerate(self.input_schema.features)
             ]
             self.input_schema = InputSchema(features, "generated")

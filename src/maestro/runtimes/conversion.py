@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -250,7 +251,7 @@ def convert_estimator(
         example = matrix[:1].astype(dtype)
         try:
             candidate = OnnxRuntime(
-                _bounded(lambda example=example: _to_onnx(original.model, example), timeout),
+                _bounded(partial(_to_onnx, original.model, example), timeout),
                 fmt=original.format,
                 declared=schema,
                 classes=original.classes,

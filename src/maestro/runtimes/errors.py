@@ -36,8 +36,9 @@ class ServingError(MaestroError):
     def __init__(self, reason: str, message: str, *, status: int = 422, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.reason = reason
-        self.status_code = status  # type: ignore[misc]  # per instance: the reason decides
-        self.code = code_for_status(status)  # type: ignore[misc]
+        # MaestroError declares both as ClassVars; a serving error's reason decides them.
+        self.status_code = status  # type: ignore[misc]  # set per instance on purpose
+        self.code = code_for_status(status)  # type: ignore[misc]  # set per instance on purpose
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r}, {self.message!r})"

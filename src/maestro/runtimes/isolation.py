@@ -246,7 +246,7 @@ def check_model(
     fmt = ModelFormat(format)
     digest = sha256 or _sha256_of(data, path)
     started = time.perf_counter()
-    common = {"format": str(fmt), "trusted": trusted, "sha256": digest, "checked_at": _now()}
+    common: dict[str, Any] = {"format": str(fmt), "trusted": trusted, "sha256": digest, "checked_at": _now()}
     try:
         child, description, _baseline, cost = _start_process(
             sandbox or shared_sandbox(),
@@ -486,6 +486,7 @@ class IsolatedRuntime(Runtime):
         self.failure: str | None = None
         self._closed = False
         started = time.perf_counter()
+        self._child: Child | None
         self._child, description, self._baseline, self._cost = self._spawn()
         self.input_schema = description["schema"]
         self.classes = description["classes"]
@@ -514,7 +515,7 @@ class IsolatedRuntime(Runtime):
         return child.pid if child is not None and child.alive else None
 
     @property
-    def memory_bytes(self) -> int:  # type: ignore[override]
+    def memory_bytes(self) -> int:  # type: ignore[override]  # read live, where Runtime stores a figure
         """What the model costs its process now (resident memory beyond what the process
         held before loading), read from /proc."""
         child = self._child

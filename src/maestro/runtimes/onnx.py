@@ -110,7 +110,7 @@ def parse_onnx(data: bytes) -> onnx.ModelProto:
 
 def _graph_classes(model: onnx.ModelProto) -> list[Any] | None:
     """Class labels stored in the graph's ai.onnx.ml classifier node, if any."""
-    labels = None
+    labels: list[Any] | None = None
     for node in model.graph.node:
         for attribute in node.attribute:
             if attribute.name == "classlabels_strings" and attribute.strings:
@@ -236,7 +236,9 @@ class OnnxRuntime(Runtime):
                 field=f"{i}.{name}",
             )
 
-    def _run(self, names: list[str], matrix: np.ndarray) -> list[Any]:
+    def _run(self, names: list[str | None], matrix: np.ndarray) -> list[Any]:
+        # A name is None only where the caller forced supports_proba on a graph without a
+        # probability output; onnxruntime refuses it.
         if self._batch_of_one and matrix.shape[0] > 1:
             parts = [self._session.run(names, self._feed(matrix[i : i + 1])) for i in range(matrix.shape[0])]
             return [

@@ -260,10 +260,10 @@ def _check_lightgbm(data: bytes) -> None:
     _int(header["label_index"], "label_index", -1, INT32_MAX)
     max_feature = _int(header["max_feature_idx"], "max_feature_idx", 0, MAX_FEATURES - 1)
     features = max_feature + 1
-    for key in ("feature_names", "feature_infos"):
-        count = len(_tokens(header[key]))
+    for listed in ("feature_names", "feature_infos"):
+        count = len(_tokens(header[listed]))
         if count != features:
-            raise _invalid(f"{key} lists {count} features; max_feature_idx declares {features}")
+            raise _invalid(f"{listed} lists {count} features; max_feature_idx declares {features}")
     if "objective" in header:
         _lightgbm_objective(header["objective"], num_class)
     declared_sizes = None
@@ -609,7 +609,7 @@ def _xgboost_categories(cats: dict[str, Any], features: int) -> None:
         values = encoder.get("values")
         if "offsets" in encoder:
             offsets = _int_list(encoder["offsets"], "category offsets", None, 0, INT32_MAX)
-            _int_list(values, "category names", None, 0, 255)
+            values = _int_list(values, "category names", None, 0, 255)
             if size == 0 and not offsets:
                 pass
             elif len(offsets) != size + 1 or offsets[0] != 0 or offsets[-1] != len(values):

@@ -47,7 +47,7 @@ def _array_bytes(array: np.ndarray) -> tuple[dict[str, Any], memoryview]:
     dtype = array.dtype.str
     if dtype not in ARRAY_TYPES:
         raise WireError(f"arrays of type {array.dtype} cannot be sent")
-    return {"dtype": dtype, "shape": list(array.shape)}, memoryview(array).cast("B")
+    return {"dtype": dtype, "shape": list(array.shape)}, array.data.cast("B")
 
 
 def _little_endian() -> bool:

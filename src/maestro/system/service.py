@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import anyio.to_thread
 from sqlalchemy import text
@@ -23,7 +24,7 @@ async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyChe
     started = time.perf_counter()
     try:
         detail = await asyncio.wait_for(anyio.to_thread.run_sync(probe), CHECK_TIMEOUT_SECONDS)
-        status = "up"
+        status: Literal["up", "down"] = "up"
     except TimeoutError:
         detail, status = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s", "down"
     except Exception as exc:
