@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -24,18 +25,23 @@ from maestro.deployments.models import (
     DeploymentRevision,
     DeploymentStatus,
     Environment,
+    InstanceType,
     LogLevel,
 )
 from maestro.deployments.schemas import (
     METRIC_NAMES,
     Actor,
+    ActorType,
     DeploymentDetail,
     DeploymentLogRead,
     DeploymentMetrics,
     DeploymentRead,
     DeploymentRevisionRead,
+    Granularity,
+    MetricName,
     MetricPoint,
     ModelVersionRef,
+    RevisionAction,
 )
 from maestro.deployments.service import (
     GRANULARITY_SECONDS,
@@ -65,7 +71,7 @@ def deployments_query(
     environment: Environment | None = None,
     status: DeploymentStatus | None = None,
     model_id: str | None = None,
-) -> Select[tuple[Deployment]]:
+) -> Select[Deployment]:
     statement = select(Deployment).where(Deployment.project_id == project.id)
     if environment is not None:
         statement = statement.where(Deployment.environment == environment)
@@ -135,13 +141,13 @@ def deployment_reads(
                 status=status,
                 endpoint_url=endpoint_url(public_url, row.name),
                 model_version=version_ref,
-                instance_type=row.instance_type,  # type: ignore[arg-type]
+                instance_type=InstanceType(row.instance_type),
                 min_instances=row.min_instances,
                 max_instances=row.max_instances,
                 current_instances=1 if status is DeploymentStatus.active else 0,
                 auto_scaling=row.auto_scaling,
                 deployment_config=config_read(row.deployment_config),
-                health_status=serving.health(row.model_version_id, status),  # type: ignore[arg-type]
+                health_status=serving.health(row.model_version_id, status),
                 serving=(serving.describe(row.id) if status is DeploymentStatus.active else None)
                 or row.serving,
                 deployed_at=row.deployed_at,
@@ -175,7 +181,7 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
         user = users.get(revision.actor_id or "") if revision.actor_type == "user" else None
         reads.append(
             DeploymentRevisionRead(
-                action=revision.action,  # type: ignore[arg-type]
+                action=cast(RevisionAction, revision.action),
                 model_version=ModelVersionRef(
                     id=revision.model_version_id,
                     model_id=model_id,
@@ -185,7 +191,7 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
                 previous_version_id=revision.previous_version_id,
                 reason=revision.reason,
                 actor=Actor(
-                    type=revision.actor_type,  # type: ignore[arg-type]
+                    type=cast(ActorType, revision.actor_type),
                     id=revision.actor_id,
                     name=user.full_name if user is not None else None,
                 ),
@@ -298,10 +304,10 @@ def deployment_metrics(
     principal: Principal,
     deployment_id: str,
     *,
-    names: Sequence[str] | None,
+    names: Sequence[MetricName] | None,
     start: datetime | None,
     end: datetime | None,
-    granularity: str,
+    granularity: Granularity,
 ) -> DeploymentMetrics:
     """Request metrics per interval, from the minutes every process wrote; intervals
     are aligned to multiples of the granularity (UTC), empty ones included."""
@@ -347,10 +353,10 @@ def deployment_metrics(
     ]
     return DeploymentMetrics(
         deployment_id=deployment.id,
-        granularity=granularity,  # type: ignore[arg-type]
+        granularity=granularity,
         start_time=window_start,
         end_time=window_end,
-        metrics=chosen,  # type: ignore[arg-type]
+        metrics=chosen,
         series=series,
         totals=overall.values(chosen, end_at - first),
     )

@@ -57,7 +57,7 @@ def organization_for(
     return organization
 
 
-def organizations_query_for(session: Session, principal: Principal) -> Select[tuple[Organization]]:
+def organizations_query_for(session: Session, principal: Principal) -> Select[Organization]:
     """The organisations ``principal`` may list: a member's own, or an API key's one
     organisation once the key may read it."""
     if principal.user_id is None and principal.organization_id is not None:
