@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.context import current_request_id
-from maestro.api.deps import ReadingPrincipal
+from maestro.api.deps import ReadingPrincipal, request_transaction
 from maestro.api.downloads import stored_file_response
 from maestro.api.errors import (
     BUSY_RETRY_AFTER,
@@ -53,8 +53,6 @@ from maestro.api.errors import (
     ServiceUnavailable,
     database_pressure,
 )
-from maestro.db import Database
-from maestro.identity import audit
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
 from maestro.mlflow_compat.service import MlflowError, Scope
@@ -229,28 +227,11 @@ def query_body(request: Request) -> dict[str, Any]:
 def transact(
     request: Request, principal: Principal, write: bool, work: Callable[..., Any], *args: Any
 ) -> Any:
-    """Run ``work(session, principal, *args)`` in one transaction, with the audit row of a
-    change and the denials of a refusal, exactly as Maestro's session dependency does."""
-    database: Database = request.app.state.database
-    session: Session = database.request_session(write=write)
-    try:
-        result = work(session, principal, *args)
-        if write:
-            audit.record_success(session, request, 200)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        try:
-            if audit.record_denials(session, request):
-                session.commit()
-        except Exception:
-            logger.exception("could not record denied authorisation")
-            session.rollback()
-        raise
-    finally:
-        audit.discard(session)
-        session.close()
+    """Run ``work(session, principal, *args)`` in the request's transaction
+    (``request_transaction``: the audit row of a change, the denials of a refusal, what
+    waits for the commit), as Maestro's session dependency does."""
+    with request_transaction(request, write=write) as session:
+        return work(session, principal, *args)
 
 
 def answer(data: dict[str, Any]) -> Response:

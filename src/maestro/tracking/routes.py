@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from maestro.api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from maestro.api.deps import (
+    CurrentPrincipal,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    release_write_lock,
+)
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
 from maestro.api.errors import (
@@ -722,8 +729,7 @@ async def upload_run_artifact(
         partial(service.writable_run_for_upload, session, principal, experiment_id, run_id)
     )
     prefix = service.artifacts_prefix(experiment)
-    # Release the database (SQLite's write lock above all) while the file streams in.
-    await run_sync(session.commit)
+    await run_sync(release_write_lock, session)  # while the file streams in
 
     async def before_file(fields: dict[str, str]) -> str:
         """Fields sent ahead of the file are checked before a byte of it is stored (the
