@@ -57,7 +57,7 @@ from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
 from maestro.mlflow_compat.service import MlflowError, Scope
 from maestro.tracking.models import Lifecycle
-from maestro.tracking.routes import artifact_path
+from maestro.tracking.service import artifact_path
 
 logger = logging.getLogger("maestro.mlflow")
 

@@ -90,7 +90,6 @@ from maestro.tracking.schemas import (
     Params,
     RunCreate,
     RunName,
-    RunStatusUpdate,
     Tags,
 )
 
@@ -638,10 +637,7 @@ def set_experiment_lifecycle(
     """MLflow deletes experiments softly (a deleted one can be restored); Maestro's own
     API lists active experiments only."""
     experiment = get_experiment_row(session, principal, scope, required_text(body, "experiment_id"), "delete")
-    if experiment.lifecycle_stage != stage:
-        experiment.lifecycle_stage = stage
-        experiment.updated_at = utcnow()
-        session.flush()
+    tracking.set_experiment_lifecycle(session, experiment, stage)
     audit.describe(
         session,
         resource_type="experiments",
@@ -657,13 +653,7 @@ def set_experiment_tag(session: Session, principal: Principal, scope: Scope, bod
     key = required_text(body, "key", max_length=250)
     value = text(body, "value", required=False, max_length=5000) or ""
     tags = checked(_EXPERIMENT_TAGS, {key: value}, "tag")
-    tag = session.get(ExperimentTag, (experiment.id, key))
-    if tag is None:
-        session.add(ExperimentTag(experiment_id=experiment.id, key=key, value=tags[key]))
-    else:
-        tag.value = tags[key]
-    experiment.updated_at = utcnow()
-    flush_unique(session, Conflict("This tag was set at the same time; try again"))
+    tracking.set_experiment_tag(session, experiment, key, tags[key])
     audit.describe(
         session,
         resource_type="experiments",
@@ -677,11 +667,8 @@ def set_experiment_tag(session: Session, principal: Principal, scope: Scope, bod
 def delete_experiment_tag(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
     experiment = get_experiment_row(session, principal, scope, required_text(body, "experiment_id"), "write")
     key = required_text(body, "key", max_length=250)
-    tag = session.get(ExperimentTag, (experiment.id, key))
-    if tag is None:
+    if not tracking.delete_experiment_tag(session, experiment, key):
         raise missing(f"No tag with name: {key[:100]} in experiment with id {experiment.id}")
-    session.delete(tag)
-    session.flush()
     audit.describe(
         session,
         resource_type="experiments",
@@ -834,8 +821,7 @@ def create_run(session: Session, principal: Principal, scope: Scope, body: dict[
         ),
     )
     if RUN_NAME_TAG not in tags:
-        session.add(RunTag(run_id=created.id, key=RUN_NAME_TAG, value=created.name))
-        session.flush()
+        tracking.set_run_tag(session, created, RUN_NAME_TAG, created.name)
     return {"run": run_dicts(session, [created])[0]}
 
 
@@ -859,14 +845,7 @@ def update_run(session: Session, principal: Principal, scope: Scope, body: dict[
     name = text(body, "run_name", required=False, max_length=250)
     if name:
         name = checked(_RUN_NAME, name, "run_name")
-        if name != run.name:
-            run.name = name
-            tag = session.get(RunTag, (run.id, RUN_NAME_TAG))
-            if tag is None:
-                session.add(RunTag(run_id=run.id, key=RUN_NAME_TAG, value=name))
-            else:
-                tag.value = name
-            session.flush()
+        if tracking.rename_run(session, run, name, name_tag=RUN_NAME_TAG):
             audit.describe(
                 session,
                 resource_type="runs",
@@ -878,42 +857,15 @@ def update_run(session: Session, principal: Principal, scope: Scope, body: dict[
         target = FROM_MLFLOW_STATUS.get(raw_status.upper())
         if target is None:
             raise invalid(f"Invalid run status {raw_status[:20]!r}; one of {', '.join(FROM_MLFLOW_STATUS)}.")
-        current = RunStatus(run.status)
-        if current in (RunStatus.completed, RunStatus.failed, RunStatus.killed) and target != current:
-            _reopen(session, experiment, run)
-        if target != RunStatus(run.status):
-            if target == RunStatus.scheduled:
-                run.status = RunStatus.scheduled
-                session.flush()
-            else:
-                tracking.change_run_status(
-                    session,
-                    principal,
-                    experiment.id,
-                    run.id,
-                    RunStatusUpdate(status=target, end_time=end_time),
-                )
+        tracking.resume_or_change_run_status(session, principal, experiment, run, target, end_time)
     return {"run_info": run_info(run)}
-
-
-def _reopen(session: Session, experiment: Experiment, run: Run) -> None:
-    run.status = RunStatus.running
-    run.end_time = None
-    session.flush()
-    tracking.refresh_status(session, experiment)
-    audit.describe(
-        session, resource_type="runs", resource_id=run.id, organization_id=run.organization_id, reopened=True
-    )
 
 
 def set_run_lifecycle(
     session: Session, principal: Principal, scope: Scope, body: dict[str, Any], stage: Lifecycle
 ) -> dict:
     experiment, run = get_run_row(session, principal, scope, _run_id(body), "delete")
-    if run.lifecycle_stage != stage:
-        run.lifecycle_stage = stage
-        session.flush()
-        tracking.refresh_status(session, experiment)
+    tracking.set_run_lifecycle(session, experiment, run, stage)
     audit.describe(
         session,
         resource_type="runs",
@@ -1051,7 +1003,7 @@ def _store_points(session: Session, run: Run | RunRef, batch: list[Point]) -> No
     if not batch:
         return
     try:
-        names = metric_store.log_points(session, run, batch)  # type: ignore[arg-type]
+        names = tracking.log_metric_points(session, run, batch)
     except ValidationFailed as exc:
         raise invalid(exc.details[0].message if exc.details else exc.message) from exc
     audit.describe(
@@ -1094,8 +1046,7 @@ def _set_tags(
         return
     tracking.set_tags(session, principal, experiment.id, run.id, checked(_TAGS, tags, "tags"))
     if RUN_NAME_TAG in tags and tags[RUN_NAME_TAG] and tags[RUN_NAME_TAG] != run.name:
-        run.name = checked(_RUN_NAME, tags[RUN_NAME_TAG], "tags")
-        session.flush()
+        tracking.rename_run(session, run, checked(_RUN_NAME, tags[RUN_NAME_TAG], "tags"))
 
 
 def log_batch(
@@ -1161,11 +1112,8 @@ def set_tag(session: Session, principal: Principal, scope: Scope, body: dict[str
 def delete_tag(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
     key = required_text(body, "key", max_length=250)
     _, run = writable_run(session, principal, scope, _run_id(body))
-    tag = session.get(RunTag, (run.id, key))
-    if tag is None:
+    if not tracking.delete_run_tag(session, run, key):
         raise missing(f"No tag with name: {key[:100]} in run with id {run.id}")
-    session.delete(tag)
-    session.flush()
     audit.describe(
         session,
         resource_type="runs",
@@ -1474,7 +1422,7 @@ def delete_artifacts(
     paths = [path for path, _, _ in files]
     keys = [key for _, _, key in files]
     if run is not None:
-        session.execute(delete(RunArtifact).where(RunArtifact.run_id == run.id, RunArtifact.path.in_(paths)))
+        tracking.delete_run_artifacts(session, run, paths)
     else:
         assert model is not None
         session.execute(

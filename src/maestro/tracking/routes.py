@@ -619,9 +619,8 @@ def get_metric_history(
 
 
 # --- artifacts -----------------------------------------------------------------------------
+MAX_PATH_LENGTH = service.MAX_PATH_LENGTH
 ARTIFACT_FORM = UploadForm(file_field="file", text_fields=frozenset({"artifact_type", "description", "path"}))
-MAX_PATH_LENGTH = 500
-MAX_SEGMENT_LENGTH = 255
 DESCRIPTION_LIMIT = 2000
 ARTIFACT_BODY = {
     "requestBody": {
@@ -647,37 +646,6 @@ ARTIFACT_BODY = {
         },
     }
 }
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def artifact_path(path: str, field: str = "path") -> str:
-    """A user's name for an artifact, checked so it can never be read as a location:
-    relative, `/`-separated, no `.` or `..` parts, no backslashes, drive letters or
-    control characters. It is metadata only; files live under generated keys."""
-
-    def refuse(message: str) -> ValidationFailed:
-        return ValidationFailed("Invalid artifact path", details=[(field, message)])
-
-    if not path:
-        raise refuse("must not be empty")
-    if len(path) > MAX_PATH_LENGTH:
-        raise refuse(f"at most {MAX_PATH_LENGTH} characters")
-    if any(ord(char) < 32 or ord(char) == 127 for char in path):
-        raise refuse("must not contain control characters")
-    if (char := find_invisible(path)) is not None:
-        raise refuse(invisible_message(char))
-    if "\\" in path:
-        raise refuse("must not contain backslashes; separate parts with /")
-    if path.startswith("/") or _DRIVE.match(path):
-        raise refuse("must be relative")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise refuse("must not contain empty, '.' or '..' parts")
-        if len(part) > MAX_SEGMENT_LENGTH:
-            raise refuse(f"each part at most {MAX_SEGMENT_LENGTH} characters")
-        if part != part.strip():
-            raise refuse("parts must not begin or end with spaces")
-    return path
 
 
 def _artifact_fields(fields: dict[str, str], filename: str | None) -> tuple[str, ArtifactType, str | None]:
@@ -698,9 +666,9 @@ def _artifact_fields(fields: dict[str, str], filename: str | None) -> tuple[str,
     if (char := find_invisible(description)) is not None:
         raise ValidationFailed("Invalid upload", details=[("description", invisible_message(char))])
     if "path" in fields:
-        path = artifact_path(fields["path"])
+        path = service.artifact_path(fields["path"])
     elif filename:
-        path = artifact_path(filename, "file")
+        path = service.artifact_path(filename, "file")
     else:
         raise ValidationFailed("Invalid upload", details=[("path", "send a path, or a file with a name")])
     return path, ArtifactType(raw_type), description or None

@@ -17,12 +17,13 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select, tuple_
+from sqlalchemy import Select, case, delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
@@ -36,6 +37,7 @@ from maestro.identity.service import users_by_id
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
+from maestro.schemas import find_invisible, invisible_message
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import search
@@ -606,6 +608,36 @@ def refresh_status(session: Session, experiment: Experiment) -> None:
         experiment.updated_at = utcnow()
 
 
+def set_experiment_lifecycle(session: Session, experiment: Experiment, stage: Lifecycle) -> None:
+    """Delete an experiment softly, or restore it (MLflow's delete and restore): its rows
+    stay, and Maestro's own API lists active experiments only."""
+    if experiment.lifecycle_stage != stage:
+        experiment.lifecycle_stage = stage
+        experiment.updated_at = utcnow()
+        session.flush()
+
+
+def set_experiment_tag(session: Session, experiment: Experiment, key: str, value: str) -> None:
+    """Set one tag of an experiment, adding it or replacing its value."""
+    tag = session.get(ExperimentTag, (experiment.id, key))
+    if tag is None:
+        session.add(ExperimentTag(experiment_id=experiment.id, key=key, value=value))
+    else:
+        tag.value = value
+    experiment.updated_at = utcnow()
+    flush_unique(session, Conflict("This tag was set at the same time; try again"))
+
+
+def delete_experiment_tag(session: Session, experiment: Experiment, key: str) -> bool:
+    """Remove one tag of an experiment; False when it has none by that key."""
+    tag = session.get(ExperimentTag, (experiment.id, key))
+    if tag is None:
+        return False
+    session.delete(tag)
+    session.flush()
+    return True
+
+
 # --- runs ----------------------------------------------------------------------------------
 def runs_query(experiment: Experiment, status: RunStatus | None) -> Select[tuple[Run]]:
     statement = select(Run).where(Run.experiment_id == experiment.id, Run.lifecycle_stage == Lifecycle.active)
@@ -773,6 +805,89 @@ def _iso(ms: int | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
+def reopen_run(session: Session, experiment: Experiment, run: Run) -> None:
+    """An ended run running again, with no end time (MLflow lets a client resume a run
+    it ended, and end it anew); the experiment's status follows."""
+    run.status = RunStatus.running
+    run.end_time = None
+    session.flush()
+    refresh_status(session, experiment)
+    audit.describe(
+        session, resource_type="runs", resource_id=run.id, organization_id=run.organization_id, reopened=True
+    )
+
+
+def resume_or_change_run_status(
+    session: Session,
+    principal: Principal,
+    experiment: Experiment,
+    run: Run,
+    target: RunStatus,
+    end_time: datetime | None,
+) -> None:
+    """A status change as MLflow's clients make them: an ended run asked for another
+    status is first reopened (``reopen_run``), a run may be put back to scheduled, and
+    every other change follows ``change_run_status`` (its end time, events and audit)."""
+    current = RunStatus(run.status)
+    if current in ENDED_STATUSES and target != current:
+        reopen_run(session, experiment, run)
+    if target == RunStatus(run.status):
+        return
+    if target == RunStatus.scheduled:
+        run.status = RunStatus.scheduled
+        session.flush()
+        return
+    change_run_status(
+        session, principal, experiment.id, run.id, RunStatusUpdate(status=target, end_time=end_time)
+    )
+
+
+def set_run_lifecycle(session: Session, experiment: Experiment, run: Run, stage: Lifecycle) -> None:
+    """Delete a run softly, or restore it; the experiment's status counts active runs only."""
+    if run.lifecycle_stage != stage:
+        run.lifecycle_stage = stage
+        session.flush()
+        refresh_status(session, experiment)
+
+
+def rename_run(session: Session, run: Run, name: str, *, name_tag: str | None = None) -> bool:
+    """Give a run a new name, also written to the tag ``name_tag`` when one is named (the
+    tag MLflow keeps a run's name in); False when the name is already the run's."""
+    if name == run.name:
+        return False
+    run.name = name
+    if name_tag is not None:
+        set_run_tag(session, run, name_tag, name)
+    session.flush()
+    return True
+
+
+def set_run_tag(session: Session, run: Run, key: str, value: str) -> None:
+    """Set one tag of a run the caller may already write, adding or replacing it."""
+    tag = session.get(RunTag, (run.id, key))
+    if tag is None:
+        session.add(RunTag(run_id=run.id, key=key, value=value))
+    else:
+        tag.value = value
+    session.flush()
+
+
+def delete_run_tag(session: Session, run: Run, key: str) -> bool:
+    """Remove one tag of a run; False when it has none by that key."""
+    tag = session.get(RunTag, (run.id, key))
+    if tag is None:
+        return False
+    session.delete(tag)
+    session.flush()
+    return True
+
+
+def log_metric_points(session: Session, run: Any, points: Sequence[Any]) -> list[str]:
+    """Store metric points of a run the caller may write (``tracking.metrics.log_points``:
+    one bulk insert, the latest values kept up to date); the names logged."""
+    return metric_store.log_points(session, run, points)
+
+
 def log_params(
     session: Session, principal: Principal, experiment_id: str, run_id: str, params: dict[str, str]
 ) -> list[str]:
@@ -866,6 +981,50 @@ def log_metrics(
 
 
 # --- artifacts -----------------------------------------------------------------------------
+MAX_PATH_LENGTH = 500
+MAX_SEGMENT_LENGTH = 255
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def artifact_path(path: str, field: str = "path") -> str:
+    """A user's name for an artifact, checked so it can never be read as a location:
+    relative, `/`-separated, no `.` or `..` parts, no backslashes, drive letters or
+    control characters. It is metadata only; files live under generated keys."""
+
+    def refuse(message: str) -> ValidationFailed:
+        return ValidationFailed("Invalid artifact path", details=[(field, message)])
+
+    if not path:
+        raise refuse("must not be empty")
+    if len(path) > MAX_PATH_LENGTH:
+        raise refuse(f"at most {MAX_PATH_LENGTH} characters")
+    if any(ord(char) < 32 or ord(char) == 127 for char in path):
+        raise refuse("must not contain control characters")
+    if (char := find_invisible(path)) is not None:
+        raise refuse(invisible_message(char))
+    if "\\" in path:
+        raise refuse("must not contain backslashes; separate parts with /")
+    if path.startswith("/") or _DRIVE.match(path):
+        raise refuse("must be relative")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise refuse("must not contain empty, '.' or '..' parts")
+        if len(part) > MAX_SEGMENT_LENGTH:
+            raise refuse(f"each part at most {MAX_SEGMENT_LENGTH} characters")
+        if part != part.strip():
+            raise refuse("parts must not begin or end with spaces")
+    return path
+
+
+def delete_run_artifacts(session: Session, run: Run, paths: Sequence[str]) -> None:
+    """Forget a run's artifacts at ``paths``; the caller removes their files once this
+    commits (``storage.delete_after_commit``)."""
+    if paths:
+        session.execute(
+            delete(RunArtifact).where(RunArtifact.run_id == run.id, RunArtifact.path.in_(list(paths)))
+        )
+
+
 def artifacts_prefix(experiment: Experiment) -> str:
     return f"runs/{experiment.project_id.lower()}"
 
