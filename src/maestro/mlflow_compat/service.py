@@ -584,7 +584,7 @@ def search_experiments(session: Session, principal: Principal, scope: Scope, bod
         "creation_time": Experiment.created_at,
         "last_update_time": Experiment.updated_at,
     }
-    for condition in _filter(body, {"name": "text", "creation_time": "time", "last_update_time": "time"}):
+    for condition in _filter(body, filters.EXPERIMENTS):
         if condition.kind == "tag":
             statement = statement.where(
                 select(ExperimentTag.experiment_id)
@@ -1142,12 +1142,6 @@ def _searched_experiments(
     ]
 
 
-_BARE_ATTRIBUTES = re.compile(
-    r"(?<![\w.`\"'])(run_name|run_id|status|start_time|end_time|user_id|created|lifecycle_stage)(?=\s*(?:!=|<>|<=|>=|=|<|>|\s(?:not\s+)?i?like\s|\s(?:not\s+)?in\s))",
-    re.IGNORECASE,
-)
-
-
 _RUN_COLUMNS = (
     Run.id,
     Run.experiment_id,
@@ -1640,7 +1634,7 @@ def search_logged_models(session: Session, principal: Principal, scope: Scope, b
         "source_run_id": LoggedModel.source_run_id,
         "model_type": LoggedModel.model_type,
     }
-    for condition in _filter(body, dict.fromkeys(fields, "text"), tags=False):
+    for condition in _filter(body, filters.LOGGED_MODELS, tags=False):
         statement = statement.where(_compare(fields[condition.key], condition.operator, condition.value))
     rows = list(
         session.scalars(
@@ -1833,7 +1827,7 @@ def search_registered_models(
     project = registry.get_project_for_models(session, principal, scope.required(), "read")
     limit, offset = _page(body, 100, 1000)
     statement = select(RegisteredModel).where(RegisteredModel.project_id == project.id)
-    for condition in _filter(body, {"name": "text"}):
+    for condition in _filter(body, filters.REGISTERED_MODELS):
         if condition.kind == "tag":
             statement = statement.where(
                 select(ModelTag.id)
@@ -2268,8 +2262,7 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
         "version_number": ModelVersion.number,
         "model_id": ModelVersion.logged_model_id,
     }
-    types: dict[str, filters.FieldType] = {**dict.fromkeys(fields, "text"), "version_number": "integer"}
-    for condition in _filter(body, types):
+    for condition in _filter(body, filters.MODEL_VERSIONS):
         if condition.kind == "tag":
             statement = statement.where(
                 select(RegistryVersionTag.id)
