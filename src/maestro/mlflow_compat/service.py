@@ -20,8 +20,6 @@ JSON shape. Errors are ``MlflowError`` (or Maestro's own, which the routes trans
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import posixpath
@@ -39,6 +37,7 @@ from sqlalchemy import bindparam, delete, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
+from maestro.api.pagination import TokenError, decode_token, encode_token
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
 from maestro.identity import audit
@@ -315,18 +314,18 @@ def pairs(values: dict[str, str]) -> list[dict[str, str]]:
 
 
 def _encode_offset(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+    return encode_token(["o", offset])
 
 
 def _decode_offset(token: str | None) -> int:
     if not token:
         return 0
     try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        _, offset = decode_token(token, kind="o", length=2)
         if type(offset) is not int or not 0 <= offset <= 10_000_000:
-            raise ValueError("out of range")
+            raise TokenError("out of range")
         return offset
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
+    except TokenError as exc:
         raise invalid("Invalid page token; start again without it.") from exc
 
 

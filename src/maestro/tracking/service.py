@@ -13,8 +13,6 @@ hand (the tracker API's update).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -27,6 +25,7 @@ from sqlalchemy import Select, case, delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
+from maestro.api.pagination import TokenError, decode_token, encode_token
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
 from maestro.events import service as events
 from maestro.identity import audit
@@ -1141,16 +1140,16 @@ def _fingerprint(experiment_ids: Sequence[str], body: RunSearch) -> str:
 
 
 def _encode_offset(offset: int, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(["s", offset, fingerprint]).encode()).decode().rstrip("=")
+    return encode_token(["s", offset, fingerprint])
 
 
 def _decode_offset(cursor: str, fingerprint: str) -> int:
     try:
-        kind, offset, seen = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if kind != "s" or type(offset) is not int or not 0 <= offset <= 10_000_000 or seen != fingerprint:
-            raise ValueError("not a cursor of this search")
+        _, offset, seen = decode_token(cursor, kind="s", length=3)
+        if type(offset) is not int or not 0 <= offset <= 10_000_000 or seen != fingerprint:
+            raise TokenError("not a cursor of this search")
         return offset
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except TokenError as exc:
         raise ValidationFailed(
             "The cursor does not belong to this search; start again without it",
             details=[("cursor", "malformed or from a different search")],
