@@ -43,6 +43,7 @@ from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcno
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat import filters
+from maestro.mlflow_compat.errors import EXISTS, MlflowError, invalid, missing
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.projects.models import Project
 from maestro.registry import service as registry
@@ -95,30 +96,8 @@ from maestro.tracking.schemas import (
 if TYPE_CHECKING:
     from maestro.config import Settings
 
+
 # --- errors --------------------------------------------------------------------------------
-INVALID = "INVALID_PARAMETER_VALUE"
-MISSING = "RESOURCE_DOES_NOT_EXIST"
-EXISTS = "RESOURCE_ALREADY_EXISTS"
-
-
-class MlflowError(Exception):
-    """An error in MLflow's shape: ``{"error_code", "message"}`` with an HTTP status."""
-
-    def __init__(self, message: str, code: str = INVALID, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-
-
-def invalid(message: str) -> MlflowError:
-    return MlflowError(message, INVALID, 400)
-
-
-def missing(message: str) -> MlflowError:
-    return MlflowError(message, MISSING, 404)
-
-
 def _validation_message(exc: ValidationError, what: str) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ()))
