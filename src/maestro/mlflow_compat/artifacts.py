@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
@@ -16,8 +16,11 @@ from maestro.api.params import ID_MAX_LENGTH
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
+from maestro.mlflow_compat.common import Scope, text
 from maestro.mlflow_compat.errors import invalid, missing
+from maestro.mlflow_compat.logged_models import get_logged_model_row
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
+from maestro.mlflow_compat.runs import get_run_row, run_id_of, run_uri, writable_run
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
 from maestro.tracking import service as tracking
 from maestro.tracking.models import (
@@ -26,12 +29,6 @@ from maestro.tracking.models import (
     Run,
     RunArtifact,
 )
-
-if TYPE_CHECKING:
-    pass
-from maestro.mlflow_compat.common import Scope, text
-from maestro.mlflow_compat.logged_models import get_logged_model_row
-from maestro.mlflow_compat.runs import get_run_row, run_id_of, run_uri, writable_run
 
 
 # --- artifacts -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,9 +22,7 @@ from maestro.registry.schemas import (
     TagKey,
     TagValue,
 )
-from maestro.tracking.models import (
-    RunStatus,
-)
+from maestro.tracking.models import RunStatus
 from maestro.tracking.schemas import (
     INT64_MAX,
     INT64_MIN,
@@ -35,9 +33,6 @@ from maestro.tracking.schemas import (
     RunName,
     Tags,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 # --- errors --------------------------------------------------------------------------------

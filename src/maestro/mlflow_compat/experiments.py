@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import func, literal, select, union_all
@@ -16,20 +16,6 @@ from maestro.api.params import ID_MAX_LENGTH
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat import filters
-from maestro.mlflow_compat.errors import EXISTS, MlflowError, invalid, missing
-from maestro.tracking import service as tracking
-from maestro.tracking.models import (
-    Experiment,
-    ExperimentTag,
-    Lifecycle,
-)
-from maestro.tracking.schemas import (
-    ExperimentCreate,
-    ExperimentUpdate,
-)
-
-if TYPE_CHECKING:
-    pass
 from maestro.mlflow_compat.common import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
@@ -53,6 +39,17 @@ from maestro.mlflow_compat.common import (
     required_text,
     strings,
     text,
+)
+from maestro.mlflow_compat.errors import EXISTS, MlflowError, invalid, missing
+from maestro.tracking import service as tracking
+from maestro.tracking.models import (
+    Experiment,
+    ExperimentTag,
+    Lifecycle,
+)
+from maestro.tracking.schemas import (
+    ExperimentCreate,
+    ExperimentUpdate,
 )
 
 # --- experiments ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ and runs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import TypeAdapter
 from sqlalchemy import select
@@ -13,17 +13,6 @@ from maestro.db import utcnow
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat import filters
-from maestro.mlflow_compat.errors import invalid, missing
-from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
-from maestro.projects.models import Project
-from maestro.storage import ArtifactStore, delete_after_commit
-from maestro.tracking import service as tracking
-from maestro.tracking.models import (
-    Experiment,
-)
-
-if TYPE_CHECKING:
-    pass
 from maestro.mlflow_compat.common import (
     ID_RE,
     MAX_RESULTS,
@@ -40,6 +29,7 @@ from maestro.mlflow_compat.common import (
     strings,
     text,
 )
+from maestro.mlflow_compat.errors import invalid, missing
 from maestro.mlflow_compat.experiments import (
     compare,
     filter_conditions,
@@ -48,7 +38,12 @@ from maestro.mlflow_compat.experiments import (
     paged,
     within_budget,
 )
+from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.mlflow_compat.runs import get_run_row, searched_experiments
+from maestro.projects.models import Project
+from maestro.storage import ArtifactStore, delete_after_commit
+from maestro.tracking import service as tracking
+from maestro.tracking.models import Experiment
 
 # --- logged models -------------------------------------------------------------------------
 NO_LOGGED_MODEL = "No such logged model"

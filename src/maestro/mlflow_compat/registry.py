@@ -34,9 +34,7 @@ from maestro.registry.schemas import (
     VersionCreate,
 )
 from maestro.storage import ArtifactStore, StoredObject
-from maestro.tracking.models import (
-    Run,
-)
+from maestro.tracking.models import Run
 
 if TYPE_CHECKING:
     from maestro.config import Settings

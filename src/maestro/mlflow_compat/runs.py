@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -17,29 +17,6 @@ from maestro.api.errors import Conflict, ValidationFailed
 from maestro.api.params import ID_MAX_LENGTH
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
-from maestro.mlflow_compat.errors import MlflowError, invalid, missing
-from maestro.projects.models import Project
-from maestro.tracking import metrics as metric_store
-from maestro.tracking import search as run_search
-from maestro.tracking import service as tracking
-from maestro.tracking.models import (
-    Experiment,
-    LatestMetric,
-    Lifecycle,
-    MetricPoint,
-    Run,
-    RunParam,
-    RunTag,
-)
-from maestro.tracking.schemas import (
-    INT64_MAX,
-    INT64_MIN,
-    NON_FINITE,
-    RunCreate,
-)
-
-if TYPE_CHECKING:
-    pass
 from maestro.mlflow_compat.common import (
     DEFAULT_EXPERIMENT_ID,
     FROM_MLFLOW_STATUS,
@@ -62,6 +39,7 @@ from maestro.mlflow_compat.common import (
     strings,
     text,
 )
+from maestro.mlflow_compat.errors import MlflowError, invalid, missing
 from maestro.mlflow_compat.experiments import (
     affordable,
     get_experiment_row,
@@ -69,6 +47,25 @@ from maestro.mlflow_compat.experiments import (
     paged,
     text_bytes,
     within_budget,
+)
+from maestro.projects.models import Project
+from maestro.tracking import metrics as metric_store
+from maestro.tracking import search as run_search
+from maestro.tracking import service as tracking
+from maestro.tracking.models import (
+    Experiment,
+    LatestMetric,
+    Lifecycle,
+    MetricPoint,
+    Run,
+    RunParam,
+    RunTag,
+)
+from maestro.tracking.schemas import (
+    INT64_MAX,
+    INT64_MIN,
+    NON_FINITE,
+    RunCreate,
 )
 
 # --- runs ----------------------------------------------------------------------------------

@@ -20,9 +20,7 @@ from maestro.tracking.models import (
     Lifecycle,
     Run,
 )
-from maestro.tracking.schemas import (
-    RunSearch,
-)
+from maestro.tracking.schemas import RunSearch
 
 
 # --- search --------------------------------------------------------------------------------
