@@ -100,13 +100,13 @@ class TestParse:
             parse(text, fields)
 
     def test_limits(self) -> None:
-        with pytest.raises(FilterError, match="at most 4000 characters"):
+        with pytest.raises(FilterError, match="longer than 4000 characters"):
             parse("name = '" + "x" * 4000 + "'", {"name": "text"})
-        with pytest.raises(FilterError, match="at most 20 conditions"):
+        with pytest.raises(FilterError, match="more than 20 conditions"):
             parse(" and ".join(["name = 'a'"] * 21), {"name": "text"})
         with pytest.raises(FilterError, match="LIKE or ILIKE conditions"):
             parse(" and ".join(["name LIKE 'a%'"] * 11), {"name": "text"})
-        with pytest.raises(FilterError, match="pattern is at most 250"):
+        with pytest.raises(FilterError, match="pattern longer than 250"):
             parse("name LIKE '" + "%a" * 130 + "'", {"name": "text"})
         with pytest.raises(FilterError, match="more than 100 values"):
             parse("name IN (" + ",".join(["'a'"] * 101) + ")", {"name": "text"})
@@ -117,9 +117,9 @@ class TestParse:
         """What a splitter on ``\\s+and\\s+`` and an operator pattern with ``\\s*`` on both
         sides of ``\\s+`` took quadratic time over (0.18 s for 5,000 characters): the
         scanner reads each space once and answers at once."""
-        with pytest.raises(FilterError, match="at most 4000 characters"):
+        with pytest.raises(FilterError, match="longer than 4000 characters"):
             parse("a" + " " * 4998 + "x", {"a": "text"})
-        with pytest.raises(FilterError, match="expected an operator") as refused:
+        with pytest.raises(FilterError, match="expected a comparison operator") as refused:
             parse("a" + " " * 3998 + "x", {"a": "text"})
         assert "position 3999" in str(refused.value)
         spaced = "name" + " " * 1300 + "=" + " " * 1300 + "'v'" + " " * 1300 + "and name = 'w'"
@@ -261,3 +261,77 @@ class TestHttp:
             assert response.status_code in (200, 400), (path, text, response.text)
             if response.status_code == 400:
                 assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+class TestQuotedAnd:
+    """``and`` inside quotes is text, never a joint: a filter is read quote by quote
+    before anything looks for ``AND`` (a splitter on `` and `` once refused these)."""
+
+    def test_experiments_by_a_name_and_a_tag_holding_and(self, client: TestClient, world: World) -> None:
+        created = {}
+        for name, tag in (("rock and roll", "a AND b"), ("rock", "a"), ("roll", "b")):
+            body = {"name": name, "tags": [{"key": "x", "value": tag}]}
+            created[name] = ok(mlflow_call(client, "POST", "experiments/create", world.headers(), body))[
+                "experiment_id"
+            ]
+
+        def names(text: str) -> list[str]:
+            found = ok(mlflow_call(client, "POST", "experiments/search", world.headers(), {"filter": text}))
+            return sorted(experiment["name"] for experiment in found.get("experiments", []))
+
+        assert names("name = 'rock and roll'") == ["rock and roll"]
+        assert names("tags.x = 'a AND b'") == ["rock and roll"]
+        assert names("name LIKE '% and %' AND tags.x = 'a AND b'") == ["rock and roll"]
+        assert names("name = 'rock' and tags.x = 'a'") == ["rock"]
+        assert names("name = 'rock and roll' and name = 'rock'") == []
+
+    def test_runs_by_a_param_a_tag_and_a_name_holding_and(self, client: TestClient, world: World) -> None:
+        experiment_id = ok(
+            mlflow_call(client, "POST", "experiments/create", world.headers(), {"name": "quoted"})
+        )["experiment_id"]
+        runs = {}
+        for name, param, tag in (("rock and roll", "sand", "a AND b"), ("other", "xyz", "a")):
+            run = ok(
+                mlflow_call(
+                    client,
+                    "POST",
+                    "runs/create",
+                    world.headers(),
+                    {"experiment_id": experiment_id, "run_name": name, "tags": [{"key": "x", "value": tag}]},
+                )
+            )["run"]
+            runs[name] = run["info"]["run_id"]
+            ok(
+                mlflow_call(
+                    client,
+                    "POST",
+                    "runs/log-parameter",
+                    world.headers(),
+                    {"run_id": runs[name], "key": "p", "value": param},
+                )
+            )
+
+        def found(text: str) -> list[str]:
+            body = {"experiment_ids": [experiment_id], "filter": text}
+            answer = ok(mlflow_call(client, "POST", "runs/search", world.headers(), body))
+            return sorted(run["info"]["run_id"] for run in answer.get("runs", []))
+
+        assert found("params.p LIKE '%and%'") == [runs["rock and roll"]]
+        assert found("tags.x = 'a AND b'") == [runs["rock and roll"]]
+        assert found("attributes.run_name = 'rock and roll'") == [runs["rock and roll"]]
+        assert found("params.p LIKE '%and%' and tags.x = 'a AND b'") == [runs["rock and roll"]]
+        assert found("params.p = 'xyz' and tags.x = 'a'") == [runs["other"]]
+
+    def test_registered_models_by_a_name_holding_and(self, client: TestClient, world: World) -> None:
+        for name in ("rock and roll", "rock"):
+            ok(mlflow_call(client, "POST", "registered-models/create", world.headers(), {"name": name}))
+
+        def names(text: str) -> list[str]:
+            found = ok(
+                mlflow_call(client, "GET", "registered-models/search", world.headers(), {"filter": text})
+            )
+            return sorted(model["name"] for model in found.get("registered_models", []))
+
+        assert names("name = 'rock and roll'") == ["rock and roll"]
+        assert names("name LIKE 'rock and%'") == ["rock and roll"]
+        assert names("name = 'rock'") == ["rock"]

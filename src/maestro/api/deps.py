@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from anyio.to_thread import run_sync
@@ -38,7 +39,17 @@ async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def _unit_of_work(request: Request, *, write: bool) -> Iterator[Session]:
+@contextmanager
+def request_transaction(request: Request, *, write: bool) -> Iterator[Session]:
+    """The one place a request's transaction is opened and closed: a session for the
+    request (a writer or a reader), committed when the work returns, rolled back when
+    it raises. Committing also runs what waits for the commit (jobs to enqueue, files
+    to delete, an API key's last use: ``db.run_after_commit``); rolling back runs what
+    waits for a rollback instead. A change is recorded in the audit log in the same
+    transaction; a refusal's denied authorisations are written after the rollback, so
+    the attempt is on record even though nothing changed. Used by ``get_session`` for
+    Maestro's routes and by the MLflow facade, which runs its work in a worker thread
+    of its own."""
     database: Database = request.app.state.database
     session = database.request_session(write=write)
     try:
@@ -61,6 +72,19 @@ def _unit_of_work(request: Request, *, write: bool) -> Iterator[Session]:
         session.close()
 
 
+def release_write_lock(session: Session) -> None:
+    """Commit what the request has done so far, in the middle of the request: the one
+    sanctioned commit outside ``request_transaction``. A writer holds SQLite's
+    database-wide write lock (and on PostgreSQL its row locks) from its first query to
+    its commit, so a route that then waits on something slow — a body streaming in, a
+    model loading — would hold every other writer up for as long. Such a route checks
+    what it must, releases the lock here, does the slow part, and goes on in a new
+    transaction on the same session (which ``request_transaction`` commits at the end).
+    Whatever it checked before may have changed by then, so the work after the release
+    checks again what must still hold."""
+    session.commit()
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """One request, one transaction: commit when the route returns, roll back when it
     raises. Services flush but never commit, so a change, its audit row and its
@@ -71,14 +95,16 @@ def get_session(request: Request) -> Iterator[Session]:
     database-wide write lock) begins at the route's first query, never earlier: the
     caller is authenticated on a session of its own, and a route that streams a body
     commits before reading it."""
-    yield from _unit_of_work(request, write=request.method not in _READ_ONLY_METHODS)
+    with request_transaction(request, write=request.method not in _READ_ONLY_METHODS) as session:
+        yield session
 
 
 def get_read_session(request: Request) -> Iterator[Session]:
     """For a POST that only reads (a search, a validation, a rendering): a reader, so
     however long it takes it holds no write lock, and no audit row, since nothing
     changes. Denied authorisations are still recorded, as for any read."""
-    yield from _unit_of_work(request, write=False)
+    with request_transaction(request, write=False) as session:
+        yield session
 
 
 async def get_rate_limiter(request: Request) -> RateLimiter:

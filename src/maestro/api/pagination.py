@@ -113,20 +113,46 @@ def _decode_value(value: Any, kind: type | None) -> Any:
     raise ValueError("not a value of this list's sort order")
 
 
-def encode_cursor(sort_key: str, value: Any, row_id: str) -> str:
-    raw = json.dumps([sort_key, _encode_value(value), row_id], separators=(",", ":"))
+class TokenError(ValueError):
+    """A cursor or page token this server did not issue: garbled, forged or for another
+    list. Each API answers it in its own error shape."""
+
+
+def encode_token(parts: Sequence[Any]) -> str:
+    """The one encoding of every cursor and page token (Maestro's lists, a metric's
+    history, run search, the MLflow facade's ``page_token``): a JSON array, in URL-safe
+    base64 without padding. Opaque to clients; whoever reads it checks every part."""
+    raw = json.dumps(list(parts), separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, *, kind: Any = None, length: int | None = None) -> list[Any]:
+    """The JSON array ``token`` carries (padding optional), of ``length`` items whose
+    first is ``kind`` when they are given; anything else, however it was crafted, is a
+    ``TokenError``. The items themselves are the caller's to check."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError, RecursionError, binascii.Error) as exc:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors.
+        raise TokenError("not a token") from exc
+    if type(decoded) is not list:
+        raise TokenError("not a token")
+    if length is not None and len(decoded) != length:
+        raise TokenError("a token of another kind")
+    if kind is not None and (not decoded or decoded[0] != kind):
+        raise TokenError("a token of another kind")
+    return decoded
+
+
+def encode_cursor(sort_key: str, value: Any, row_id: str) -> str:
+    return encode_token([sort_key, _encode_value(value), row_id])
 
 
 def decode_cursor(cursor: str, sort_key: str, kind: type | None = None) -> tuple[Any, str]:
     """The sort value and id a cursor carries; ``kind`` is the sort column's Python type.
     Anything else, however it was crafted, is a 422 naming ``cursor``."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = json.loads(raw)
-        if type(decoded) is not list or len(decoded) != 3:
-            raise ValueError("not a cursor")
-        key, value, row_id = decoded
+        key, value, row_id = decode_token(cursor, length=3)
         if key != sort_key or type(row_id) is not str or not _ROW_ID.fullmatch(row_id):
             raise ValueError("cursor belongs to another ordering")
         return _decode_value(value, kind), row_id

@@ -38,28 +38,21 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.context import current_request_id
-from maestro.api.deps import ReadingPrincipal
+from maestro.api.deps import ReadingPrincipal, request_transaction
 from maestro.api.downloads import stored_file_response
 from maestro.api.errors import (
     BUSY_RETRY_AFTER,
     CANCELLED_RETRY_AFTER,
-    AuthenticationRequired,
-    Conflict,
     MaestroError,
-    NotFound,
     PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    ServiceUnavailable,
     database_pressure,
 )
-from maestro.db import Database
-from maestro.identity import audit
+from maestro.api.mlflow_errors import INVALID, MISSING, MlflowError, mlflow_error
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
-from maestro.mlflow_compat.service import MlflowError, Scope
+from maestro.mlflow_compat.service import Scope
 from maestro.tracking.models import Lifecycle
-from maestro.tracking.routes import artifact_path
+from maestro.tracking.service import artifact_path
 
 logger = logging.getLogger("maestro.mlflow")
 
@@ -79,35 +72,24 @@ def _detail(exc: MaestroError) -> str:
     return exc.message
 
 
+# Errors whose message says it all; the others add their first detail.
+_PLAIN_MESSAGE = frozenset({401, 403, 404, 429}) | frozenset(range(500, 600))
+
+
 def error_of(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
     """(status, MLflow error code, message, headers) for an error raised anywhere below."""
     if isinstance(exc, MlflowError):
         return exc.status, exc.code, exc.message, {}
     if isinstance(exc, MaestroError):
-        headers = dict(exc.headers)
-        if isinstance(exc, AuthenticationRequired):
-            return 401, "UNAUTHENTICATED", exc.message, headers
-        if isinstance(exc, PermissionDenied):
-            return 403, "PERMISSION_DENIED", exc.message, headers
-        if isinstance(exc, NotFound):
-            return 404, service.MISSING, exc.message, headers
-        if isinstance(exc, Conflict):
-            return 400, "INVALID_STATE", _detail(exc), headers
-        if isinstance(exc, RateLimited):
-            return 429, "REQUEST_LIMIT_EXCEEDED", exc.message, headers
-        if isinstance(exc, ServiceUnavailable):
-            return 503, "TEMPORARILY_UNAVAILABLE", exc.message, headers
-        if isinstance(exc, PayloadTooLarge):
-            return 413, service.INVALID, _detail(exc), headers
-        if exc.status_code >= 500:
-            return exc.status_code, "INTERNAL_ERROR", exc.message, headers
-        return (413 if exc.status_code == 413 else 400), service.INVALID, _detail(exc), headers
+        status, code = mlflow_error(exc.status_code)
+        message = exc.message if exc.status_code in _PLAIN_MESSAGE else _detail(exc)
+        return status, code, message, dict(exc.headers)
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return 400, service.INVALID, f"Invalid request ({where}): {first.get('msg', 'invalid')}", {}
+        return 400, INVALID, f"Invalid request ({where}): {first.get('msg', 'invalid')}", {}
     if isinstance(exc, DataError):
-        return 400, service.INVALID, "The request holds a value the database cannot store", {}
+        return 400, INVALID, "The request holds a value the database cannot store", {}
     if isinstance(exc, OperationalError) and (pressure := database_pressure(exc)) is not None:
         if pressure == "busy":
             message, retry_after = "The database is busy with other writes; retry shortly", BUSY_RETRY_AFTER
@@ -116,7 +98,7 @@ def error_of(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
             retry_after = CANCELLED_RETRY_AFTER
         return 503, "TEMPORARILY_UNAVAILABLE", message, {"Retry-After": retry_after}
     if isinstance(exc, StarletteHTTPException):
-        code = service.MISSING if exc.status_code == 404 else service.INVALID
+        code = MISSING if exc.status_code == 404 else INVALID
         return exc.status_code, code, str(exc.detail), dict(exc.headers or {})
     raise exc
 
@@ -229,28 +211,11 @@ def query_body(request: Request) -> dict[str, Any]:
 def transact(
     request: Request, principal: Principal, write: bool, work: Callable[..., Any], *args: Any
 ) -> Any:
-    """Run ``work(session, principal, *args)`` in one transaction, with the audit row of a
-    change and the denials of a refusal, exactly as Maestro's session dependency does."""
-    database: Database = request.app.state.database
-    session: Session = database.request_session(write=write)
-    try:
-        result = work(session, principal, *args)
-        if write:
-            audit.record_success(session, request, 200)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        try:
-            if audit.record_denials(session, request):
-                session.commit()
-        except Exception:
-            logger.exception("could not record denied authorisation")
-            session.rollback()
-        raise
-    finally:
-        audit.discard(session)
-        session.close()
+    """Run ``work(session, principal, *args)`` in the request's transaction
+    (``request_transaction``: the audit row of a change, the denials of a refusal, what
+    waits for the commit), as Maestro's session dependency does."""
+    with request_transaction(request, write=write) as session:
+        return work(session, principal, *args)
 
 
 def answer(data: dict[str, Any]) -> Response:

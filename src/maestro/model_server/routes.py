@@ -31,6 +31,7 @@ from maestro.api.errors import (
     error_responses,
     validation_details,
 )
+from maestro.api.mlflow_errors import mlflow_error
 from maestro.model_server.auth import Caller
 from maestro.model_server.jobs import CHUNK_ROWS
 from maestro.model_server.schemas import (
@@ -132,18 +133,6 @@ ManagementCaller = Annotated[Caller, Depends(caller_for("management"))]
 
 
 # --- errors in each protocol's shape ----------------------------------------------------------
-MLFLOW_CODES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    409: "INVALID_STATE",
-    413: "INVALID_PARAMETER_VALUE",
-    415: "BAD_REQUEST",
-    422: "INVALID_PARAMETER_VALUE",
-    429: "RESOURCE_EXHAUSTED",
-    503: "TEMPORARILY_UNAVAILABLE",
-}
 MLFLOW_PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})
 
 
@@ -164,11 +153,9 @@ def protocol_error(
         status = 400 if status == 422 else status
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     if path in MLFLOW_PATHS:
+        status, error_code = mlflow_error(status)
         if reason in ("invalid_json", "not_an_object", "malformed"):
             error_code = "BAD_REQUEST"
-        else:
-            error_code = MLFLOW_CODES.get(status, "INTERNAL_ERROR")
-        status = 400 if status == 422 else status
         return JSONResponse(
             {"error_code": error_code, "message": message}, status_code=status, headers=headers
         )

@@ -14,10 +14,7 @@ a NaN value matches no comparison in a search and never makes a run the best one
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from maestro.api.errors import ValidationFailed
+from maestro.api.pagination import TokenError, decode_token, encode_token
 from maestro.tracking.models import LatestMetric, MetricPoint, Run
 from maestro.tracking.schemas import KEY_PATTERN, NON_FINITE, MetricIn, path_safe_key
 
@@ -183,18 +181,18 @@ class HistoryPage:
 
 
 def _encode_cursor(step: int, point_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps(["h", step, point_id]).encode()).decode().rstrip("=")
+    return encode_token(["h", step, point_id])
 
 
 def _decode_cursor(cursor: str) -> tuple[int, int]:
     try:
-        kind, step, point_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if kind != "h" or type(step) is not int or type(point_id) is not int:
-            raise ValueError("not a history cursor")
+        _, step, point_id = decode_token(cursor, kind="h", length=3)
+        if type(step) is not int or type(point_id) is not int:
+            raise TokenError("not a history cursor")
         if not (-(2**63) <= step < 2**63 and 0 <= point_id < 2**63):
-            raise ValueError("out of range")
+            raise TokenError("out of range")
         return step, point_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except TokenError as exc:
         raise ValidationFailed(
             "The cursor is not valid for this history; start again without it",
             details=[("cursor", "malformed")],

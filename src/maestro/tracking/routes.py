@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from maestro.api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
+from maestro.api.deps import (
+    CurrentPrincipal,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    release_write_lock,
+)
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
 from maestro.api.errors import (
@@ -612,9 +619,8 @@ def get_metric_history(
 
 
 # --- artifacts -----------------------------------------------------------------------------
+MAX_PATH_LENGTH = service.MAX_PATH_LENGTH
 ARTIFACT_FORM = UploadForm(file_field="file", text_fields=frozenset({"artifact_type", "description", "path"}))
-MAX_PATH_LENGTH = 500
-MAX_SEGMENT_LENGTH = 255
 DESCRIPTION_LIMIT = 2000
 ARTIFACT_BODY = {
     "requestBody": {
@@ -640,37 +646,6 @@ ARTIFACT_BODY = {
         },
     }
 }
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def artifact_path(path: str, field: str = "path") -> str:
-    """A user's name for an artifact, checked so it can never be read as a location:
-    relative, `/`-separated, no `.` or `..` parts, no backslashes, drive letters or
-    control characters. It is metadata only; files live under generated keys."""
-
-    def refuse(message: str) -> ValidationFailed:
-        return ValidationFailed("Invalid artifact path", details=[(field, message)])
-
-    if not path:
-        raise refuse("must not be empty")
-    if len(path) > MAX_PATH_LENGTH:
-        raise refuse(f"at most {MAX_PATH_LENGTH} characters")
-    if any(ord(char) < 32 or ord(char) == 127 for char in path):
-        raise refuse("must not contain control characters")
-    if (char := find_invisible(path)) is not None:
-        raise refuse(invisible_message(char))
-    if "\\" in path:
-        raise refuse("must not contain backslashes; separate parts with /")
-    if path.startswith("/") or _DRIVE.match(path):
-        raise refuse("must be relative")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise refuse("must not contain empty, '.' or '..' parts")
-        if len(part) > MAX_SEGMENT_LENGTH:
-            raise refuse(f"each part at most {MAX_SEGMENT_LENGTH} characters")
-        if part != part.strip():
-            raise refuse("parts must not begin or end with spaces")
-    return path
 
 
 def _artifact_fields(fields: dict[str, str], filename: str | None) -> tuple[str, ArtifactType, str | None]:
@@ -691,9 +666,9 @@ def _artifact_fields(fields: dict[str, str], filename: str | None) -> tuple[str,
     if (char := find_invisible(description)) is not None:
         raise ValidationFailed("Invalid upload", details=[("description", invisible_message(char))])
     if "path" in fields:
-        path = artifact_path(fields["path"])
+        path = service.artifact_path(fields["path"])
     elif filename:
-        path = artifact_path(filename, "file")
+        path = service.artifact_path(filename, "file")
     else:
         raise ValidationFailed("Invalid upload", details=[("path", "send a path, or a file with a name")])
     return path, ArtifactType(raw_type), description or None
@@ -722,8 +697,7 @@ async def upload_run_artifact(
         partial(service.writable_run_for_upload, session, principal, experiment_id, run_id)
     )
     prefix = service.artifacts_prefix(experiment)
-    # Release the database (SQLite's write lock above all) while the file streams in.
-    await run_sync(session.commit)
+    await run_sync(release_write_lock, session)  # while the file streams in
 
     async def before_file(fields: dict[str, str]) -> str:
         """Fields sent ahead of the file are checked before a byte of it is stored (the

@@ -1,4 +1,8 @@
-"""The run search language, a superset of MLflow's ``filter_string``:
+"""The one search language: runs' filters, a superset of MLflow's ``filter_string``, and
+the simpler filters of MLflow's other searches (experiments, logged models, registered
+models, model versions), read by the same tokenizer and parser.
+
+Runs:
 
     metrics.accuracy > 0.9 and params.optimizer = 'adam' and tags.team != 'x'
     (attributes.status = 'completed' or attributes.status = 'running') and metrics.`val loss` < 0.3
@@ -18,6 +22,22 @@ Ordering (``order_by``) takes the same keys with ``ASC`` (the default) or ``DESC
 runs without the key come last either way, NaN metrics just before them. Ties, and
 the default order, are the newest start first, then the id.
 
+The other searches (``parse_conditions``, with a table of the fields each search takes:
+``mlflow_compat.filters``) take conditions joined by AND only, such as
+
+    name LIKE 'fraud%' AND tags.`team name` = 'risk' AND creation_time > 1700000000000
+
+where a key is a field (bare, backquoted, double-quoted, or after ``attributes.``) or
+``tags.<key>``; each field has a type (text, time as epoch milliseconds, integer) and a
+condition must fit it: text takes strings, LIKE and IN, times and integers numbers (or
+numeric strings) with the six comparisons only, as MLflow's own server.
+
+The text is read once, left to right, in time linear in its length: whitespace, words
+and numbers by regular expressions with no nested quantifier that could backtrack over
+what they read, quoted text character by character (a doubled quote is one quote), and
+quoted text is read before anything looks for ``and``, so ``name = 'rock and roll'`` is
+one condition.
+
 Cost is bounded before any SQL runs: a filter is at most ``MAX_FILTER_LENGTH``
 characters, with at most ``MAX_CONDITIONS`` conditions, of which at most
 ``MAX_PATTERN_CONDITIONS`` are pattern matches (``LIKE``/``ILIKE``, which read every
@@ -28,10 +48,10 @@ request's statement budget bounds the rest.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, case, exists, or_, true
 from sqlalchemy.orm import aliased
@@ -79,6 +99,8 @@ STATUS_ALIASES = {"finished": RunStatus.completed}
 NUMERIC_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 TEXT_OPERATORS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN", "NOT LIKE", "NOT ILIKE")
 KEYWORDS = {"AND", "OR", "NOT", "LIKE", "ILIKE", "IN", "ASC", "DESC"}
+# The prefixes of the other searches' keys: ``attributes.`` for a field, ``tags.``.
+FIELD_ENTITIES = {"attribute": "attribute", "attributes": "attribute", "tag": "tag", "tags": "tag"}
 
 
 class SearchError(ValueError):
@@ -97,7 +119,8 @@ class Token:
     kind: str  # IDENT, KEYWORD, STRING, NUMBER, OP, LPAREN, RPAREN, COMMA, END
     value: Any
     position: int
-    entity: str | None = None  # for IDENT: metric, param, tag or attribute
+    entity: str | None = None  # for IDENT: metric, param, tag, attribute, or field (no prefix)
+    quote: str = ""  # for STRING: the quote it was written between
 
 
 _SPACE = re.compile(r"\s+")
@@ -124,7 +147,11 @@ def _quoted(text: str, start: int, quote: str, what: str) -> tuple[str, int]:
     raise SearchError(f"unterminated {what} (opening {quote} never closed)", start)
 
 
-def tokenize(text: str) -> list[Token]:
+def tokenize(text: str, *, fields: bool = False) -> list[Token]:
+    """The tokens of ``text``. With ``fields`` (the other searches), a key needs no prefix
+    (a bare or backquoted name is a field) and only ``attributes.`` and ``tags.`` prefix
+    one; otherwise every key has a prefix (``metrics.``, ``params.``, ``tags.``, ``attributes.``)."""
+    entities = FIELD_ENTITIES if fields else ENTITIES
     tokens: list[Token] = []
     index = 0
     while index < len(text):
@@ -135,9 +162,14 @@ def tokenize(text: str) -> list[Token]:
         start = index
         if char in "'\"":
             value, index = _quoted(text, index, char, "string")
-            tokens.append(Token("STRING", value, start))
+            tokens.append(Token("STRING", value, start, quote=char))
         elif char == "`":
-            raise SearchError("a backquoted key needs a prefix such as metrics.", start)
+            if not fields:
+                raise SearchError("a backquoted key needs a prefix such as metrics.", start)
+            key, index = _quoted(text, index, char, "key")
+            if not key:
+                raise SearchError("empty key", start)
+            tokens.append(Token("IDENT", key, start, "field"))
         elif char == "(":
             tokens.append(Token("LPAREN", char, start))
             index += 1
@@ -149,6 +181,8 @@ def tokenize(text: str) -> list[Token]:
             index += 1
         elif operator := _OPERATOR.match(text, index):
             value = {"<>": "!=", "==": "="}.get(operator.group(), operator.group())
+            if fields and operator.group() == "==":
+                raise SearchError("unknown operator '=='; use =", start)
             tokens.append(Token("OP", value, start))
             index = operator.end()
         elif number := _NUMBER.match(text, index):
@@ -161,10 +195,12 @@ def tokenize(text: str) -> list[Token]:
             index = word.end()
             name = word.group()
             if index < len(text) and text[index] == ".":
-                entity = ENTITIES.get(name.lower())
+                entity = entities.get(name.lower())
                 if entity is None:
                     raise SearchError(
-                        f"unknown prefix {name!r}; use metrics., params., tags. or attributes.", start
+                        f"unknown prefix {name[:50]!r}; use "
+                        + ("tags. or attributes." if fields else "metrics., params., tags. or attributes."),
+                        start,
                     )
                 index += 1
                 if index < len(text) and text[index] in '`"':
@@ -178,6 +214,8 @@ def tokenize(text: str) -> list[Token]:
                 tokens.append(Token("IDENT", key, start, entity))
             elif name.upper() in KEYWORDS:
                 tokens.append(Token("KEYWORD", name.upper(), start))
+            elif fields:
+                tokens.append(Token("IDENT", name, start, "field"))
             else:
                 raise SearchError(
                     f"unexpected word {name[:50]!r}; keys start with metrics., params., tags. or attributes.",
@@ -296,9 +334,16 @@ class _Parser:
 
     def condition(self) -> Condition:
         ident = self.expect("IDENT", "a key such as metrics.accuracy")
+        operator, operator_position, value = self.comparison(ident)
+        assert ident.entity is not None
+        return _typed(ident, operator, operator_position, value)
+
+    def comparison(self, key: Token) -> tuple[str, int, Any]:
+        """(operator, its position, the value token or tuple of them) of the condition on
+        ``key``, within the limits on conditions, patterns and lists."""
         self.conditions += 1
         if self.conditions > MAX_CONDITIONS:
-            raise SearchError(f"more than {MAX_CONDITIONS} conditions", ident.position)
+            raise SearchError(f"more than {MAX_CONDITIONS} conditions", key.position)
         operator_position = self.token.position
         operator = self.operator()
         if operator in ("IN", "NOT IN"):
@@ -321,8 +366,7 @@ class _Parser:
                 raise SearchError(
                     f"a LIKE or ILIKE pattern longer than {MAX_PATTERN_LENGTH} characters", value.position
                 )
-        assert ident.entity is not None
-        return _typed(ident, operator, operator_position, value)
+        return operator, operator_position, value
 
     def value_list(self) -> tuple[Token, ...]:
         self.expect("LPAREN", "'(' opening the list of values")
@@ -407,6 +451,105 @@ def parse_filter(text: str) -> Node | None:
     if len(text) > MAX_FILTER_LENGTH:
         raise SearchError(f"a filter longer than {MAX_FILTER_LENGTH} characters", MAX_FILTER_LENGTH)
     return _Parser(tokenize(text)).parse()
+
+
+# --- the other searches' filters ----------------------------------------------------------
+FieldType = Literal["text", "time", "integer"]
+FieldValue = str | int | float | datetime
+COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
+OPERATORS_FOR: dict[str, frozenset[str]] = {
+    "text": frozenset({*COMPARISONS, "LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE", "IN", "NOT IN"}),
+    "time": frozenset(COMPARISONS),  # as MLflow's server: no IN or LIKE for numbers
+    "integer": frozenset(COMPARISONS),
+}
+MAX_INTEGER = 2**31 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class FieldCondition:
+    kind: Literal["field", "tag"]
+    key: str  # the field's name, or the tag's key
+    operator: str  # one of OPERATORS_FOR's, with <> spelled !=
+    value: FieldValue | tuple[FieldValue, ...]  # a tuple for IN and NOT IN
+
+
+def _field_value(token: Token, field_type: FieldType, key: str) -> FieldValue:
+    """A value token read as its field's type."""
+    if field_type == "text":
+        if token.kind != "STRING":
+            raise SearchError(f"{key[:100]!r} takes a 'quoted' string, not {token.value}", token.position)
+        return str(token.value)
+    literal = str(token.value).strip()
+    value: int | float
+    try:
+        if token.kind == "STRING":
+            value = int(literal) if field_type == "integer" else float(literal)
+        else:
+            value = float(literal) if any(char in literal for char in ".eE") else int(literal)
+    except ValueError:
+        raise SearchError(f"{key[:100]!r} takes a number, not {literal[:50]!r}", token.position) from None
+    if field_type == "integer":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise SearchError(f"{key[:100]!r} takes a whole number, not {literal[:50]}", token.position)
+            value = int(value)
+        if not 0 <= value <= MAX_INTEGER:
+            raise SearchError(f"{key[:100]!r} takes a number from 0 to {MAX_INTEGER}", token.position)
+        return value
+    if not (0 <= value <= MAX_TIME_MS):  # NaN fails this too
+        raise SearchError(f"{key[:100]!r} takes epoch milliseconds from 0 to {MAX_TIME_MS}", token.position)
+    return EPOCH + timedelta(milliseconds=value)
+
+
+def parse_conditions(
+    text: str, fields: Mapping[str, FieldType], *, tags: bool = True
+) -> list[FieldCondition]:
+    """The conditions of a filter of one of the other searches (empty: none), joined by
+    AND, each checked against the type of its field (``fields``; tags are text, and are
+    refused when ``tags`` is false); raises ``SearchError``."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise SearchError(f"a filter longer than {MAX_FILTER_LENGTH} characters", MAX_FILTER_LENGTH)
+    parser = _Parser(tokenize(text, fields=True))
+    found: list[FieldCondition] = []
+    while parser.token.kind != "END":
+        if found:
+            if not parser.is_keyword("AND"):
+                raise SearchError(
+                    f"expected AND between conditions, found {parser.describe(parser.token)}",
+                    parser.token.position,
+                )
+            parser.advance()
+        key = parser.token
+        if key.kind == "IDENT" or (key.kind == "STRING" and key.quote == '"'):
+            parser.advance()
+        else:
+            raise SearchError(f"expected a key such as name, found {parser.describe(key)}", key.position)
+        kind: Literal["field", "tag"] = "tag" if key.entity == "tag" else "field"
+        name = str(key.value)
+        if kind == "tag":
+            if not tags:
+                raise SearchError("this search takes no conditions on tags", key.position)
+            field_type: FieldType = "text"
+        elif name in fields:
+            field_type = fields[name]
+        else:
+            raise SearchError(
+                f"unknown key {name[:100]!r}; one of {', '.join(sorted(fields))}"
+                + (" or tags.<key>" if tags else ""),
+                key.position,
+            )
+        operator, operator_position, value = parser.comparison(key)
+        if operator not in OPERATORS_FOR[field_type]:
+            raise SearchError(f"{name[:100]!r} cannot be compared with {operator}", operator_position)
+        typed: FieldValue | tuple[FieldValue, ...]
+        if isinstance(value, tuple):
+            typed = tuple(_field_value(item, field_type, name) for item in value)
+        else:
+            typed = _field_value(value, field_type, name)
+        found.append(FieldCondition(kind, name, operator, typed))
+    return found
 
 
 @dataclass(frozen=True)
