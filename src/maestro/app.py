@@ -203,8 +203,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
-    app.add_middleware(InferenceFastPath, fastapi_app=app)  # POST /api/v1/inference/{name}[/batch]
-    app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
+    if settings.fast_paths:
+        app.add_middleware(InferenceFastPath, fastapi_app=app)  # POST /api/v1/inference/{name}[/batch]
+        app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
     # Outside every route and fast path; inside CORS, metrics and the request context.
     app.add_middleware(RequestBodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     if settings.cors_origins:

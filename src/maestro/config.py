@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Base URL clients use to reach this server (for links such as endpoint URLs)."
     )
+    fast_paths: bool = Field(
+        True,
+        description="Answer the hottest routes (platform inference, the model server's predictions, "
+        "MLflow metric logging and run reads) with plain ASGI layers that skip FastAPI's routing and "
+        "dependency solving. Off: the FastAPI routes answer them, with the same answers, more slowly.",
+    )
 
     # --- identity and access ---------------------------------------------------------------
     allow_registration: bool = Field(

@@ -23,8 +23,8 @@ VOLATILE = frozenset({"request_id", "prediction_id", "latency_ms", "timestamp"})
 
 
 def without_fast_path(settings: Settings) -> FastAPI:
-    app = create_app(settings)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not InferenceFastPath]
+    app = create_app(settings.model_copy(update={"fast_paths": False}))
+    assert not any(m.cls is InferenceFastPath for m in app.user_middleware)
     return app
 
 

@@ -9,7 +9,8 @@ running exactly what those routes run: the reading principal dependency
 ``inference.predict`` (deployment lookup, project permission, body checks, prediction
 log), with errors rendered by the app's own exception handlers. A name the route's
 pattern would refuse, and every other request, goes on to FastAPI, whose routes stay
-in the app for the OpenAPI document.
+in the app for the OpenAPI document. ``MAESTRO_FAST_PATHS=false`` leaves this layer out;
+``tests/deployments/test_fast_path_equality.py`` sends the same requests both ways.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from anyio.to_thread import run_sync
 from fastapi import Request
 from fastapi.responses import Response
 
+from maestro.api.bodies import read_limited
 from maestro.api.context import current_request_id
 from maestro.api.errors import (
     MaestroError,
@@ -146,18 +147,10 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused as soon as it passes ``limit`` bytes."""
+    """The whole body: its content type checked first (415), then refused as soon as it
+    passes ``limit`` bytes (413). The route and the fast path both read it here."""
     _check_media(request)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, limit, _too_large)
 
 
 # --- predicting ----------------------------------------------------------------------------------

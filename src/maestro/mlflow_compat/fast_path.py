@@ -15,6 +15,8 @@ transaction with its audit row, the response bytes and the errors are therefore 
 of the FastAPI routes; only the lookup of the route and of its one dependency is
 skipped. Every other request, and any request whose ASGI scope asks for more than this
 layer knows (a root path, FastAPI's own telemetry), goes on to the app unchanged.
+``MAESTRO_FAST_PATHS=false`` leaves this layer out;
+``tests/mlflow_compat/test_fast_path_equality.py`` sends the same requests both ways.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(oip_router)
     app.include_router(mlflow_router)
-    app.add_middleware(FastPredictions, fastapi_app=app)  # innermost: inside ids, timing and metrics
+    if settings.fast_paths:
+        app.add_middleware(FastPredictions, fastapi_app=app)  # innermost: inside ids, timing and metrics
     app.add_middleware(RequestBodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     app.add_middleware(RequestMetricsMiddleware, observe=server.metrics.observe_request, until_last_byte=True)

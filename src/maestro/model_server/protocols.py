@@ -472,20 +472,27 @@ async def version_ready(model_name: str, model_version: str, request: Request, c
 
 def header_length_of(request: Request, body: bytes) -> int | None:
     """The JSON header's length under the binary tensor extension; None for a plain
-    JSON body (whose content type is then checked)."""
+    JSON body."""
     header = request.headers.get(HEADER_LENGTH)
     if header is None:
-        check_json_content_type(request)
         return None
     if not header.isdigit() or int(header) > len(body):
         raise _bad("Inference-Header-Content-Length must be the length of the JSON header")
     return int(header)
 
 
-async def _infer(request: Request, caller: Caller, model_name: str, version: str | None) -> Response:
-    server = server_of(request)
+async def answer_infer(
+    server: ModelServer, request: Request, caller: Caller, model_name: str, version: str | None
+) -> Response:
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` once the caller is known, for the
+    routes and the fast path alike. A plain JSON body's content type is checked before
+    the body is read (a body under the binary tensor extension may be of any type)."""
+    if request.headers.get(HEADER_LENGTH) is None:
+        check_json_content_type(request)
     body = await read_body(request, server.settings.model_server_max_body_bytes)
     header_length = header_length_of(request, body)
+    if server.runs_inline(caller, model_name, len(body)):
+        return infer(server, caller, model_name, version, body, header_length)
     return await server.run(infer, server, caller, model_name, version, body, header_length)
 
 
@@ -497,7 +504,7 @@ async def _infer(request: Request, caller: Caller, model_name: str, version: str
     summary="Open Inference Protocol inference",
 )
 async def infer_route(model_name: str, request: Request, caller: PredictCaller) -> Response:
-    return await _infer(request, caller, model_name, None)
+    return await answer_infer(server_of(request), request, caller, model_name, None)
 
 
 @oip_router.post(
@@ -510,7 +517,7 @@ async def infer_route(model_name: str, request: Request, caller: PredictCaller) 
 async def infer_version_route(
     model_name: str, model_version: str, request: Request, caller: PredictCaller
 ) -> Response:
-    return await _infer(request, caller, model_name, model_version)
+    return await answer_infer(server_of(request), request, caller, model_name, model_version)
 
 
 # --- MLflow's scoring protocol ---------------------------------------------------------------------
@@ -633,6 +640,16 @@ def mlflow_content_type(request: Request) -> None:
         )
 
 
+async def answer_invocations(server: ModelServer, request: Request, caller: Caller) -> Response:
+    """``POST /invocations`` once the caller is known, for the route and the fast path:
+    the content type (415), then the body (413), then the work."""
+    mlflow_content_type(request)
+    body = await read_body(request, server.settings.model_server_max_body_bytes)
+    if server.runs_inline(caller, None, len(body)):
+        return invocations(server, caller, body)
+    return await server.run(invocations, server, caller, body)
+
+
 @mlflow_router.post(
     "/invocations",
     response_model=MlflowPredictions,
@@ -641,7 +658,4 @@ def mlflow_content_type(request: Request) -> None:
     summary="MLflow scoring: predict with the default model",
 )
 async def invocations_route(request: Request, caller: PredictCaller) -> Response:
-    server = server_of(request)
-    mlflow_content_type(request)
-    body = await read_body(request, server.settings.model_server_max_body_bytes)
-    return await server.run(invocations, server, caller, body)
+    return await answer_invocations(server_of(request), request, caller)

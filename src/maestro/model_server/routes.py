@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro import __version__
+from maestro.api.bodies import read_limited
 from maestro.api.envelope import ErrorDetail
 from maestro.api.errors import (
     MaestroError,
@@ -70,22 +71,22 @@ def check_json_content_type(request: Request) -> None:
         raise UnsupportedMediaType(f"Send the body as {JSON}, not {mime or 'an empty content type'}")
 
 
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body may have at most {limit:,} bytes")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused past ``limit`` bytes (by its Content-Length, else while reading)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ValidationFailed("Content-Length must be a number of bytes")
-        if int(length) > limit:
-            raise PayloadTooLarge(f"The body may have at most {limit:,} bytes")
-        return await request.body()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The body may have at most {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body, refused past ``limit`` bytes (by its Content-Length, else while reading).
+    Callers check the content type before (415 comes before 413)."""
+    return await read_limited(request, limit, _too_large)
+
+
+async def read_json_body(request: Request, server: ModelServer) -> bytes:
+    """A prediction body: its content type checked (415), then read under
+    ``MAESTRO_MODEL_SERVER_MAX_BODY_BYTES`` (413). The routes and the fast path
+    (``model_server.fast_path``) both read it here."""
+    check_json_content_type(request)
+    return await read_body(request, server.settings.model_server_max_body_bytes)
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -107,20 +108,26 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     )
 
 
+async def authenticated(request: Request, server: ModelServer, group: str | None) -> Caller:
+    """The caller, authenticated (the platform is asked only when the credential is not
+    remembered), with the request counted against ``group``'s rate limit. What the
+    routes' caller dependencies and the fast path both call."""
+    caller = server.auth.cached(request)
+    if caller is None:
+        caller = await run_in_threadpool(server.auth.check_platform, request)
+    request.state.caller = caller
+    if group is not None:
+        request.state.rate_limit_headers = {}
+        request.state.rate_limit_headers = server.rate_limit(group, caller)
+    return caller
+
+
 def caller_for(group: str | None) -> Any:
-    """A dependency authenticating the caller (the platform is asked only when the
-    credential is not remembered) and counting the request against ``group``'s limit."""
+    """A dependency authenticating the caller and counting the request against
+    ``group``'s limit (``authenticated``)."""
 
     async def dependency(request: Request) -> Caller:
-        server = server_of(request)
-        caller = server.auth.cached(request)
-        if caller is None:
-            caller = await run_in_threadpool(server.auth.check_platform, request)
-        request.state.caller = caller
-        if group is not None:
-            request.state.rate_limit_headers = {}
-            request.state.rate_limit_headers = server.rate_limit(group, caller)
-        return caller
+        return await authenticated(request, server_of(request), group)
 
     dependency.__name__ = f"model_server_caller_{group or 'any'}"
     return dependency
@@ -162,7 +169,7 @@ def protocol_error(
     return error_response(status, message, code=code, details=details or [], headers=headers)
 
 
-async def _on_maestro_error(request: Request, exc: Exception) -> Response:
+async def on_maestro_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MaestroError)
     return protocol_error(
         request,
@@ -191,7 +198,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(MaestroError, _on_maestro_error)
+    app.add_exception_handler(MaestroError, on_maestro_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
 
@@ -295,6 +302,24 @@ def predict_batch(server: ModelServer, caller: Caller, body: bytes) -> Response:
     return json_response(batch_result(model, matrix, proba, "maestro"))
 
 
+async def answer_predict(
+    server: ModelServer, request: Request, caller: Caller, path_name: str | None
+) -> Response:
+    """``POST /api/v1/predict[/{model_name}]`` once the caller is known, for the routes
+    and the fast path alike. A small body for an ONNX model named in the path, whose
+    access decision is known, runs on the event loop (``ModelServer.runs_inline``)."""
+    body = await read_json_body(request, server)
+    if path_name is not None and server.runs_inline(caller, path_name, len(body)):
+        return predict_one(server, caller, body, path_name)
+    return await server.run(predict_one, server, caller, body, path_name)
+
+
+async def answer_batch(server: ModelServer, request: Request, caller: Caller) -> Response:
+    """``POST /api/v1/batch-predict`` once the caller is known (routes and fast path)."""
+    body = await read_json_body(request, server)
+    return await server.run(predict_batch, server, caller, body)
+
+
 def result_estimate(model: ServedModel, rows: int, proba: bool) -> int:
     """A generous guess at the bytes of an asynchronous result, reserved when the job is
     submitted (the real size is counted as it is written)."""
@@ -390,10 +415,7 @@ PREDICT_ERRORS = error_responses(401, 404, 413, 415, 422, 429, 503)
     summary="Predict one row with the default model (or the body's model_name)",
 )
 async def predict(request: Request, caller: PredictCaller) -> Response:
-    server = server_of(request)
-    check_json_content_type(request)
-    body = await read_body(request, server.settings.model_server_max_body_bytes)
-    return await server.run(predict_one, server, caller, body, None)
+    return await answer_predict(server_of(request), request, caller, None)
 
 
 @router.post(
@@ -404,10 +426,7 @@ async def predict(request: Request, caller: PredictCaller) -> Response:
     summary="Predict one row with a named model",
 )
 async def predict_with(model_name: str, request: Request, caller: PredictCaller) -> Response:
-    server = server_of(request)
-    check_json_content_type(request)
-    body = await read_body(request, server.settings.model_server_max_body_bytes)
-    return await server.run(predict_one, server, caller, body, model_name)
+    return await answer_predict(server_of(request), request, caller, model_name)
 
 
 @router.post(
@@ -418,10 +437,7 @@ async def predict_with(model_name: str, request: Request, caller: PredictCaller)
     summary="Predict up to 1,000 rows",
 )
 async def batch_predict(request: Request, caller: BatchCaller) -> Response:
-    server = server_of(request)
-    check_json_content_type(request)
-    body = await read_body(request, server.settings.model_server_max_body_bytes)
-    return await server.run(predict_batch, server, caller, body)
+    return await answer_batch(server_of(request), request, caller)
 
 
 @router.post(
@@ -434,8 +450,7 @@ async def batch_predict(request: Request, caller: BatchCaller) -> Response:
 )
 async def predict_async(request: Request, caller: BatchCaller) -> Response:
     server = server_of(request)
-    check_json_content_type(request)
-    body = await read_body(request, server.settings.model_server_max_body_bytes)
+    body = await read_json_body(request, server)
     job = await server.run(submit_async, server, caller, body)
     url = f"/api/v1/jobs/{job['job_id']}/status"
     return json_response({**job, "status_url": url}, status_code=202, headers={"Location": url})
