@@ -36,7 +36,7 @@ from maestro.app import create_app  # noqa: E402
 from maestro.config import Settings  # noqa: E402
 from maestro.db import Base  # noqa: E402
 from maestro.migrations import import_models, upgrade  # noqa: E402
-from tests.factories import Factory  # noqa: E402
+from tests.factories import Factory, World  # noqa: E402
 
 # Fixtures shared across test folders: trained models and model files, and a platform
 # with deployments.
@@ -181,6 +181,13 @@ def app(settings: Settings) -> FastAPI:
 @pytest.fixture
 def factory(app: FastAPI) -> Factory:
     return Factory(app)
+
+
+@pytest.fixture
+def world(factory: Factory) -> World:
+    """Who is who: Acme with one person per role, its projects and an inference key, and
+    Globex (see ``World``). A test area needing more overrides it with a subclass."""
+    return World.build(factory)
 
 
 @pytest.fixture

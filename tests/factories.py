@@ -1,11 +1,13 @@
 """Small factories that create users, organisations, API keys and projects directly
-through the services, so tests spend their time on the behaviour under test."""
+through the services, so tests spend their time on the behaviour under test; and the
+one builder of who is who in a test: ``Org`` (an organisation and its admin) and
+``World`` (the usual two organisations, one person per role, their projects)."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 from fastapi import FastAPI
 
@@ -121,3 +123,109 @@ class Factory:
 
         with self.database.session() as session:
             session.add(ProjectMember(project_id=project_id, user_id=actor.user_id, role=role))
+
+
+# --- who is who --------------------------------------------------------------------------------
+@dataclass
+class Org:
+    """An organisation as a test sees it: its id and its admin, and methods that add
+    members, projects and API keys to it."""
+
+    id: str
+    admin: Actor
+    factory: Factory = field(repr=False)
+
+    @classmethod
+    def new(cls, factory: Factory, name: str | None = None, plan: str = "enterprise") -> Org:
+        organization_id = factory.organization(name, plan=plan)
+        return cls(organization_id, factory.user(organization_id, "admin"), factory)
+
+    def user(self, role: str = "developer") -> Actor:
+        """A new member with ``role`` in the organisation."""
+        return self.factory.user(self.id, role)
+
+    def project(
+        self,
+        visibility: str = "organization",
+        *,
+        name: str | None = None,
+        creator: Actor | None = None,
+        members: dict[str, Actor] | None = None,
+    ) -> str:
+        """A project created by ``creator`` (the admin by default); ``members`` maps a
+        project role to each person added as a project member (nobody by default)."""
+        project_id = self.factory.project(self.id, creator or self.admin, visibility, name=name)
+        for role, actor in (members or {}).items():
+            self.add_to_project(project_id, actor, role)
+        return project_id
+
+    def add_to_project(self, project_id: str, actor: Actor, role: str) -> None:
+        """Make ``actor`` a member of one of the organisation's projects with ``role``."""
+        self.factory.add_project_member(project_id, actor, role)
+
+    def api_key(self, permissions: dict[str, list[str]], **values: Any) -> str:
+        return self.factory.api_key(self.id, permissions, **values)
+
+
+@dataclass
+class World:
+    """The usual cast: Acme, where the test acts, with one person per organisation role,
+    a project the whole organisation sees ("Fraud"), a private project with no members
+    but its creator, the admin ("Secret"), and an API key that may only run inference;
+    and Globex, another organisation, with its admin (the outsider) and its own project.
+
+    ``World.build(factory)`` makes one; a test area that needs more people or projects
+    subclasses it and adds them in ``extend`` with the ``acme``/``globex`` methods."""
+
+    acme: Org
+    globex: Org
+    developer: Actor
+    viewer: Actor
+    project: str  # visibility "organization"
+    private: str  # visibility "private", no members
+    other_project: str  # Globex's, visibility "organization"
+    inference_key: str  # an Acme API key with inference read only
+
+    @classmethod
+    def build(cls, factory: Factory) -> Self:
+        acme, globex = Org.new(factory, "Acme"), Org.new(factory, "Globex")
+        world = cls(
+            acme=acme,
+            globex=globex,
+            developer=acme.user("developer"),
+            viewer=acme.user("viewer"),
+            project=acme.project("organization", name="Fraud"),
+            private=acme.project("private", name="Secret"),
+            other_project=globex.project("organization", name="Globex models"),
+            inference_key=acme.api_key({"inference": ["read"]}),
+        )
+        world.extend()
+        return world
+
+    def extend(self) -> None:
+        """Add what a test area needs beyond the usual cast (nothing here)."""
+
+    @property
+    def org(self) -> str:
+        return self.acme.id
+
+    @property
+    def admin(self) -> Actor:
+        return self.acme.admin
+
+    @property
+    def other_org(self) -> str:
+        return self.globex.id
+
+    @property
+    def outsider(self) -> Actor:
+        """Globex's admin: signed in, and a stranger to everything of Acme's."""
+        return self.globex.admin
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        return api_key_headers(self.inference_key)
+
+
+def api_key_headers(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}

@@ -39,7 +39,7 @@ from sqlalchemy import select
 from maestro.app import OPENAPI_URL
 from maestro.config import Settings
 from maestro.identity.models import ApiKey
-from tests.factories import Factory
+from tests.factories import Factory, Org
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 FUZZ_SETTINGS = hypothesis.settings(
@@ -66,31 +66,38 @@ def api_schema(app: FastAPI, settings: Settings) -> Iterator[schemathesis.BaseSc
 
 
 @dataclass
-class World:
-    """A fresh organisation for each operation and mode, so that one operation's side
-    effects (logging out, deleting the organisation) cannot starve the others."""
+class Targets:
+    """What valid requests act on: a fresh organisation for each operation and mode, so
+    that one operation's side effects (logging out, deleting the organisation) cannot
+    starve the others."""
 
     headers: dict[str, str]
     path_parameters: dict[str, str]
 
 
-def make_world(factory: Factory) -> World:
-    org = factory.organization()
-    admin = factory.user(org, role="admin")
-    member = factory.user(org, role="developer")
-    project = factory.project(org, admin)
-    factory.add_project_member(project, member, "viewer")
-    factory.api_key(org, {"projects": ["read"]})
+def make_targets(factory: Factory) -> Targets:
+    org = Org.new(factory)
+    member = org.user("developer")
+    project = org.project("private", members={"viewer": member})
+    org.api_key({"projects": ["read"]})
     with factory.database.session() as session:
-        key_id = session.scalars(select(ApiKey.id).where(ApiKey.organization_id == org)).one()
-    return World(
-        headers=admin.headers,
-        path_parameters={"org_id": org, "user_id": member.user_id, "project_id": project, "key_id": key_id},
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.organization_id == org.id)).one()
+    return Targets(
+        headers=org.admin.headers,
+        path_parameters={
+            "org_id": org.id,
+            "user_id": member.user_id,
+            "project_id": project,
+            "key_id": key_id,
+        },
     )
 
 
 def fuzz(
-    operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode, world: World, findings: Findings
+    operation: schemathesis.APIOperation,
+    mode: schemathesis.GenerationMode,
+    world: Targets,
+    findings: Findings,
 ) -> None:
     """Record every distinct failure instead of stopping at the first one."""
     positive = mode is schemathesis.GenerationMode.POSITIVE
@@ -125,7 +132,7 @@ def test_every_response_honours_the_openapi_document(
     for result in api_schema.get_all_operations():
         operation = result.ok()
         for mode in schemathesis.GenerationMode:
-            fuzz(operation, mode, make_world(factory), findings)
+            fuzz(operation, mode, make_targets(factory), findings)
     assert not findings, f"{len(findings)} distinct failures:\n\n" + "\n".join(
         f"{' | '.join(key)}\n{message}" for key, message in sorted(findings.items())
     )

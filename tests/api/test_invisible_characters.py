@@ -21,11 +21,9 @@ from maestro.registry import card_documents
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.schemas import find_invisible, strip_invisible
 from maestro.tracking.models import Experiment, Run, RunArtifact
-from tests.factories import Factory
-from tests.registry.conftest import World, new_model, new_version, upload, world
+from tests.factories import Factory, World
+from tests.registry.conftest import new_model, new_version, upload
 from tests.tracking.conftest import new_experiment, new_run
-
-__all__ = ["world"]  # the registry tests' organisation, people and projects
 
 RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: "\u202egnp.exe" displays as "exe.png"
 HIDDEN = [

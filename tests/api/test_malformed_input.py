@@ -161,7 +161,7 @@ def test_crafted_cursors_of_run_searches_and_metric_histories_are_refused(
     logged = client.post(
         f"{run}/metrics", json={"metrics": [{"name": "loss", "value": 1.0}]}, headers=headers
     )
-    assert logged.status_code in (200, 201), logged.text
+    assert logged.status_code == 200, logged.text
     for cursor in [*crafted("s"), *crafted("h"), cursor_of(["s", 10**30, "x"]), cursor_of(["h", 1e30, 1])]:
         searched = client.post(
             f"/api/v1/experiments/{lists.experiment}/runs/search", json={"cursor": cursor}, headers=headers

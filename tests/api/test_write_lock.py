@@ -27,7 +27,7 @@ from maestro.identity.models import AuditLog
 from maestro.registry.models import ModelVersion
 from maestro.storage import TEMP_DIR, ArtifactStore
 from tests.conftest import RunningProcess, wait_until
-from tests.factories import Actor, Factory
+from tests.factories import Actor, Factory, Org
 
 
 @dataclass
@@ -40,17 +40,13 @@ class Tenants:
 
 
 def tenants(factory: Factory) -> Tenants:
-    victim_org = factory.organization("Victim")
-    victim = factory.user(victim_org, "admin")
-    attacker_org = factory.organization("Attacker")
-    attacker = factory.user(attacker_org, "admin")
-    third_org = factory.organization("Bystander")
+    victim, attacker, bystander = (Org.new(factory, name) for name in ("Victim", "Attacker", "Bystander"))
     return Tenants(
-        victim=victim,
-        victim_project=factory.project(victim_org, victim, "private"),
-        attacker=attacker,
-        attacker_project=factory.project(attacker_org, attacker, "private"),
-        foreign_jobs_key=factory.api_key(third_org, {"jobs": ["read"]}),
+        victim=victim.admin,
+        victim_project=victim.project("private"),
+        attacker=attacker.admin,
+        attacker_project=attacker.project("private"),
+        foreign_jobs_key=bystander.api_key({"jobs": ["read"]}),
     )
 
 

@@ -1,7 +1,6 @@
-"""Fixtures for deployments and inference: an organisation with one person per role and
-an inference-only API key, another organisation, and two tiny LogisticRegressions on four
-named features that answer opposite classes. Test modules load them with
-``pytest_plugins = ["tests.deployments.fixtures"]``."""
+"""Fixtures for deployments and inference: two tiny LogisticRegressions on four named
+features that answer opposite classes. (Who is who, the ``world`` fixture, is the
+suite's own.) Loaded by ``pytest_plugins`` in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -9,32 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.deployments.platform import FEATURES, Team, Tiny
-from tests.factories import Factory
-
-
-def make_team(factory: Factory) -> Team:
-    """Acme (an admin, a developer, a viewer, a project and an inference key) and Globex."""
-    org = factory.organization("Acme")
-    admin = factory.user(org, "admin")
-    other_org = factory.organization("Globex")
-    outsider = factory.user(other_org, "admin")
-    return Team(
-        org=org,
-        admin=admin,
-        developer=factory.user(org, "developer"),
-        viewer=factory.user(org, "viewer"),
-        project=factory.project(org, admin, "organization", name="Fraud"),
-        other_org=other_org,
-        outsider=outsider,
-        other_project=factory.project(other_org, outsider, "organization", name="Globex fraud"),
-        inference_key=factory.api_key(org, {"inference": ["read"]}),
-    )
-
-
-@pytest.fixture
-def team(factory: Factory) -> Team:
-    return make_team(factory)
+from tests.deployments.platform import FEATURES, Tiny
 
 
 @pytest.fixture(scope="session")

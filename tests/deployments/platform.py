@@ -1,6 +1,7 @@
-"""Helpers for deployments and inference on the platform: who is who (``Team``), tiny real
-models (``Tiny``) as files of each format, and calls that register, upload, deploy and
-predict through the API. The fixtures building them are in ``platform_fixtures``."""
+"""Helpers for deployments and inference on the platform: tiny real models (``Tiny``) as
+files of each format, and calls that register, upload, deploy and predict through the API
+as the people of a ``World`` (``tests.factories``). The ``tiny`` fixture is in
+``tests.deployments.fixtures``."""
 
 from __future__ import annotations
 
@@ -19,27 +20,10 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
 from maestro.deployments.predictions import FlushReport
-from tests.factories import Actor
+from tests.factories import World
 
 FEATURES = ("amount", "time_of_day", "day_of_week", "merchant_risk")
 SCHEMA = {"inputs": [{"name": name, "type": "float"} for name in FEATURES]}
-
-
-@dataclass
-class Team:
-    org: str
-    admin: Actor
-    developer: Actor
-    viewer: Actor
-    project: str  # visibility "organization"
-    other_org: str
-    outsider: Actor  # admin of the other organisation
-    other_project: str
-    inference_key: str  # an API key of the organisation with inference read only
-
-    @property
-    def key_headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.inference_key}
 
 
 @dataclass(frozen=True)
@@ -69,11 +53,13 @@ def records(matrix: np.ndarray) -> list[dict[str, float]]:
 
 
 # --- the API ---------------------------------------------------------------------------------
-def register(client: TestClient, team: Team, name: str = "Fraud Detector", project: str | None = None) -> str:
+def register(
+    client: TestClient, world: World, name: str = "Fraud Detector", project: str | None = None
+) -> str:
     response = client.post(
-        f"/api/v1/projects/{project or team.project}/models",
+        f"/api/v1/projects/{project or world.project}/models",
         json={"name": name, "model_type": "classification"},
-        headers=team.developer.headers if project is None else team.outsider.headers,
+        headers=world.developer.headers if project is None else world.outsider.headers,
     )
     assert response.status_code == 201, response.text
     return response.json()["data"]["id"]
@@ -101,21 +87,21 @@ def upload(
 
 def deploy(
     client: TestClient,
-    team: Team,
+    world: World,
     name: str,
     version_id: str,
     headers: dict[str, str] | None = None,
     **body: Any,
 ) -> Response:
     return client.post(
-        f"/api/v1/projects/{team.project}/deployments",
+        f"/api/v1/projects/{world.project}/deployments",
         json={"name": name, "model_version_id": version_id, **body},
-        headers=headers or team.developer.headers,
+        headers=headers or world.developer.headers,
     )
 
 
-def deployed(client: TestClient, team: Team, name: str, version_id: str, **body: Any) -> dict[str, Any]:
-    response = deploy(client, team, name, version_id, **body)
+def deployed(client: TestClient, world: World, name: str, version_id: str, **body: Any) -> dict[str, Any]:
+    response = deploy(client, world, name, version_id, **body)
     assert response.status_code == 201, response.text
     return response.json()["data"]
 

@@ -33,11 +33,9 @@ from maestro.jobs.models import Job
 from maestro.jobs.service import ClaimedJob
 from maestro.sandbox import ChildFailed, Limits, shared_sandbox
 from tests.conftest import wait_until
-from tests.deployments.fixtures import make_team
 from tests.deployments.platform import (
     FEATURES,
     SCHEMA,
-    Team,
     Tiny,
     deployed,
     onnx_file,
@@ -45,7 +43,7 @@ from tests.deployments.platform import (
     skops_file,
     upload,
 )
-from tests.factories import Factory
+from tests.factories import Factory, World
 from tests.files.bombs import PeakMemory, lying_parquet, parquet_bomb, workbook
 from tests.registry.conftest import stored_files
 
@@ -59,10 +57,10 @@ JOBS = "/api/v1/inference/fraud-api/batch-jobs"
 
 
 @pytest.fixture
-def live(client: TestClient, team: Team, tiny: Tiny) -> dict[str, Any]:
-    model = register(client, team)
-    version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-    return deployed(client, team, "fraud-api", version["id"])
+def live(client: TestClient, world: World, tiny: Tiny) -> dict[str, Any]:
+    model = register(client, world)
+    version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+    return deployed(client, world, "fraud-api", version["id"])
 
 
 def rows_of(tiny: Tiny, count: int) -> pl.DataFrame:
@@ -108,12 +106,18 @@ def prediction_files(app: FastAPI) -> list[str]:
 # --- who may submit -------------------------------------------------------------------------------------
 class TestLeastPrivilege:
     def test_reading_credentials_predict_but_do_not_submit_jobs(
-        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, tiny: Tiny, live: dict[str, Any]
+        self,
+        client: TestClient,
+        app: FastAPI,
+        factory: Factory,
+        world: World,
+        tiny: Tiny,
+        live: dict[str, Any],
     ) -> None:
         frame = rows_of(tiny, 20)
         parquet = io.BytesIO()
         frame.write_parquet(parquet)
-        for headers in (team.key_headers, team.viewer.headers):
+        for headers in (world.key_headers, world.viewer.headers):
             predicted = client.post(
                 "/api/v1/inference/fraud-api/batch", json={"instances": frame.to_dicts()}, headers=headers
             )
@@ -134,17 +138,17 @@ class TestLeastPrivilege:
             assert session.scalar(select(func.count()).select_from(StoredFile)) == 0
         assert dataset_objects(app) == []
 
-        writer = {"X-API-Key": factory.api_key(team.org, {"inference": ["write"]})}
+        writer = {"X-API-Key": factory.api_key(world.org, {"inference": ["write"]})}
         assert csv_job(client, writer, frame).status_code == 202
-        assert csv_job(client, team.developer.headers, frame).status_code == 202
-        outsider = csv_job(client, team.outsider.headers, frame)
+        assert csv_job(client, world.developer.headers, frame).status_code == 202
+        outsider = csv_job(client, world.outsider.headers, frame)
         assert refusal(outsider, 404)["code"] == "RESOURCE_NOT_FOUND"
 
 
 # --- the isolated process -----------------------------------------------------------------------------------
 class TestIsolatedJobs:
     def test_a_parquet_output_in_several_parts_holds_every_prediction(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any]
     ) -> None:
         frame = rows_of(tiny, 2 * batch_process.PART_ROWS + 1234)
         buffer = io.BytesIO()
@@ -153,21 +157,21 @@ class TestIsolatedJobs:
             JOBS,
             content=buffer.getvalue(),
             params={"output_format": "parquet"},
-            headers={**team.developer.headers, "Content-Type": "application/vnd.apache.parquet"},
+            headers={**world.developer.headers, "Content-Type": "application/vnd.apache.parquet"},
         )
         assert submitted.status_code == 202, submitted.text
         app.state.queue.execute(submitted.json()["data"]["job_id"])
         job = job_of(app, submitted.json()["data"]["job_id"])
         assert job.status == "succeeded", job.error
         assert job.result["rows"] == frame.height and job.result["peak_memory_bytes"] > 0
-        download = client.get(submitted.json()["data"]["result_url"], headers=team.viewer.headers)
+        download = client.get(submitted.json()["data"]["result_url"], headers=world.viewer.headers)
         result = pl.read_parquet(io.BytesIO(download.content))
         assert result.columns == [*FEATURES, "prediction", "probability_0", "probability_1"]
         assert result["prediction"].to_list() == tiny.first.predict(frame.to_numpy()).tolist()
 
     @pytest.mark.parametrize("fmt", ["tsv", "jsonl", "xlsx"])
     def test_uploaded_datasets_of_other_formats(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any], fmt: str
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any], fmt: str
     ) -> None:
         if fmt == "xlsx":
             content, expected = workbook(300, value=0.25), [int(tiny.first.predict([[0.25] * 4])[0])] * 300
@@ -180,34 +184,34 @@ class TestIsolatedJobs:
             content, expected = buffer.getvalue(), tiny.first.predict(frame.to_numpy()).tolist()
         uploaded = client.post(
             "/api/v1/upload/datasets",
-            data={"project_id": team.project},
+            data={"project_id": world.project},
             files={"file": (f"rows.{fmt}", content, "application/octet-stream")},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
         assert uploaded.status_code == 201, uploaded.text
         submitted = client.post(
-            JOBS, json={"file_id": uploaded.json()["data"]["id"]}, headers=team.developer.headers
+            JOBS, json={"file_id": uploaded.json()["data"]["id"]}, headers=world.developer.headers
         )
         assert submitted.status_code == 202, submitted.text
         app.state.queue.execute(submitted.json()["data"]["job_id"])
         job = job_of(app, submitted.json()["data"]["job_id"])
         assert job.status == "succeeded", job.error
-        download = client.get(submitted.json()["data"]["result_url"], headers=team.viewer.headers)
+        download = client.get(submitted.json()["data"]["result_url"], headers=world.viewer.headers)
         assert pl.read_csv(download.content)["prediction"].to_list() == expected
 
     def test_a_skops_model_is_converted_inside_the_jobs_process(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny
     ) -> None:
-        model = register(client, team)
-        version = upload(client, model, team.developer.headers, skops_file(tiny.first))
-        deployed(client, team, "fraud-api", version["id"])
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, skops_file(tiny.first))
+        deployed(client, world, "fraud-api", version["id"])
         frame = rows_of(tiny, 300)
-        submitted = csv_job(client, team.developer.headers, frame)
+        submitted = csv_job(client, world.developer.headers, frame)
         app.state.queue.execute(submitted.json()["data"]["job_id"])
         job = job_of(app, submitted.json()["data"]["job_id"])
         assert job.status == "succeeded", job.error
         assert job.result["serving"] == "onnx (converted from skops)"
-        download = client.get(submitted.json()["data"]["result_url"], headers=team.viewer.headers)
+        download = client.get(submitted.json()["data"]["result_url"], headers=world.viewer.headers)
         predicted = pl.read_csv(download.content)["prediction"].to_list()
         assert predicted == tiny.first.predict(frame.to_numpy()).tolist()
 
@@ -216,13 +220,13 @@ class TestIsolatedJobs:
         self, make_settings: Any, tiny: Tiny, output_format: str
     ) -> None:
         app = create_app(make_settings(batch_job_max_output_bytes=10_000))
-        team, factory = make_team(Factory(app)), Factory(app)
+        world, factory = World.build(Factory(app)), Factory(app)
         with TestClient(app, raise_server_exceptions=False) as client:
-            model = register(client, team)
-            version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-            deployed(client, team, "fraud-api", version["id"])
+            model = register(client, world)
+            version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+            deployed(client, world, "fraud-api", version["id"])
             submitted = csv_job(
-                client, team.developer.headers, rows_of(tiny, 2500), output_format=output_format
+                client, world.developer.headers, rows_of(tiny, 2500), output_format=output_format
             )
             assert submitted.status_code == 202, submitted.text
             app.state.queue.execute(submitted.json()["data"]["job_id"])
@@ -230,7 +234,7 @@ class TestIsolatedJobs:
             assert job.status == "failed"
             assert job.error == "ValueError: The predictions file would be larger than 10,000 bytes"
             assert refusal(
-                client.get(submitted.json()["data"]["result_url"], headers=team.viewer.headers), 409
+                client.get(submitted.json()["data"]["result_url"], headers=world.viewer.headers), 409
             )
         assert prediction_files(app) == []
         with factory.database.session(write=False) as session:
@@ -271,11 +275,11 @@ class TestIsolatedJobs:
             assert Path(scratch, "predictions.csv").stat().st_size <= 20_000
 
     def test_a_process_killed_mid_way_fails_the_job_and_stores_nothing(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any]
     ) -> None:
         """The process waits for the server's go-ahead after each chunk, so killing it
         while the first progress report is being recorded holds it mid-flight."""
-        submitted = csv_job(client, team.developer.headers, rows_of(tiny, 35_000))
+        submitted = csv_job(client, world.developer.headers, rows_of(tiny, 35_000))
         job_id = submitted.json()["data"]["job_id"]
         params = dict(job_of(app, job_id).params)
         killed: list[int] = []
@@ -303,7 +307,7 @@ class TestIsolatedJobs:
         assert prediction_files(app) == []
         assert len(dataset_objects(app)) == 1  # the input only
 
-        again = csv_job(client, team.developer.headers, rows_of(tiny, 100))
+        again = csv_job(client, world.developer.headers, rows_of(tiny, 100))
         app.state.queue.execute(again.json()["data"]["job_id"])
         assert job_of(app, again.json()["data"]["job_id"]).status == "succeeded"
 
@@ -318,37 +322,37 @@ class TestIsolatedJobs:
                 max_dataset_bytes=100 * MiB,
             )
         )
-        team = make_team(Factory(app))
+        world = World.build(Factory(app))
         row = json.dumps(dict(zip(FEATURES, tiny.X[0].tolist(), strict=True))).encode()
         heavy = b"[" + b",".join([row] * 600_000) + b"]"  # about 60 MB of JSON rows
         with TestClient(app, raise_server_exceptions=False) as client:
-            model = register(client, team)
-            version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-            deployed(client, team, "fraud-api", version["id"])
+            model = register(client, world)
+            version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+            deployed(client, world, "fraud-api", version["id"])
             submitted = client.post(
-                JOBS, content=heavy, headers={**team.developer.headers, "Content-Type": "application/json"}
+                JOBS, content=heavy, headers={**world.developer.headers, "Content-Type": "application/json"}
             )
             assert submitted.status_code == 202, submitted.text
             app.state.queue.execute(submitted.json()["data"]["job_id"])
             job = job_of(app, submitted.json()["data"]["job_id"])
             assert job.status == "failed"
             assert "more memory than its budget of 64 MiB" in (job.error or "")
-            again = csv_job(client, team.developer.headers, rows_of(tiny, 100))
+            again = csv_job(client, world.developer.headers, rows_of(tiny, 100))
             app.state.queue.execute(again.json()["data"]["job_id"])
             assert job_of(app, again.json()["data"]["job_id"]).status == "succeeded"
         assert prediction_files(app) == ["fraud-api-predictions.csv"]
 
     def test_a_crafted_model_fails_only_the_job(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any]
     ) -> None:
         """A LightGBM text file whose ``tree_sizes`` header lies makes LightGBM call
         ``std::terminate()``. Loaded in the job's process, it is refused there or ends only
         that process; either way the job fails and the next one runs."""
-        deployment = _serving(app, team, "crafted-api", _aborting_lightgbm(tiny))
+        deployment = _serving(app, world, "crafted-api", _aborting_lightgbm(tiny))
         submitted = client.post(
             "/api/v1/inference/crafted-api/batch-jobs",
             content=rows_of(tiny, 50).write_csv().encode(),
-            headers={**team.developer.headers, "Content-Type": "text/csv"},
+            headers={**world.developer.headers, "Content-Type": "text/csv"},
         )
         assert submitted.status_code == 202, submitted.text
         app.state.queue.execute(submitted.json()["data"]["job_id"])
@@ -358,7 +362,7 @@ class TestIsolatedJobs:
             ("ModelLoadError: ", "BatchJobFailed: The batch job stopped: its isolated process aborted")
         ), job.error
         assert deployment not in prediction_files(app)
-        again = csv_job(client, team.developer.headers, rows_of(tiny, 100))
+        again = csv_job(client, world.developer.headers, rows_of(tiny, 100))
         app.state.queue.execute(again.json()["data"]["job_id"])
         assert job_of(app, again.json()["data"]["job_id"]).status == "succeeded"
 
@@ -379,7 +383,7 @@ def _aborting_lightgbm(tiny: Tiny) -> bytes:
     return text.replace(sizes.group(0), f"tree_sizes={int(sizes.group(1)) - 61} {sizes.group(2)}").encode()
 
 
-def _serving(app: FastAPI, team: Team, name: str, model_file: bytes) -> str:
+def _serving(app: FastAPI, world: World, name: str, model_file: bytes) -> str:
     """A deployment serving ``model_file`` as LightGBM text, written straight into the
     database: deploying it through the API would load it, and the point is the job."""
     from maestro.deployments.models import Deployment
@@ -388,8 +392,8 @@ def _serving(app: FastAPI, team: Team, name: str, model_file: bytes) -> str:
     stored = app.state.store.put_bytes("models/crafted", model_file)
     with app.state.database.session() as session:
         model = RegisteredModel(
-            organization_id=team.org,
-            project_id=team.project,
+            organization_id=world.org,
+            project_id=world.project,
             name=f"{name} model",
             model_type="classification",
         )
@@ -397,7 +401,7 @@ def _serving(app: FastAPI, team: Team, name: str, model_file: bytes) -> str:
         session.flush()
         version = ModelVersion(
             model_id=model.id,
-            organization_id=team.org,
+            organization_id=world.org,
             version="1.0.0",
             file_key=stored.key,
             file_size=stored.size,
@@ -409,8 +413,8 @@ def _serving(app: FastAPI, team: Team, name: str, model_file: bytes) -> str:
         session.flush()
         session.add(
             Deployment(
-                organization_id=team.org,
-                project_id=team.project,
+                organization_id=world.org,
+                project_id=world.project,
                 name=name,
                 model_id=model.id,
                 model_version_id=version.id,

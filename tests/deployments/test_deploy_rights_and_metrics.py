@@ -15,7 +15,6 @@ from maestro.app import create_app
 from maestro.config import Settings
 from tests.conftest import RunningProcess
 from tests.deployments.platform import (
-    Team,
     Tiny,
     deploy,
     deployed,
@@ -25,7 +24,7 @@ from tests.deployments.platform import (
     register,
     upload,
 )
-from tests.factories import Factory
+from tests.factories import Factory, World
 
 TOKEN = "scrape-token-for-the-tests-0001"
 
@@ -39,21 +38,21 @@ def refused(response: Any, status: int, code: str) -> None:
 
 # --- deploying needs models: read --------------------------------------------------------------
 def test_a_deployments_write_key_cannot_deploy_without_reading_models(
-    client: TestClient, factory: Factory, team: Team, tiny: Tiny
+    client: TestClient, factory: Factory, world: World, tiny: Tiny
 ) -> None:
-    model = register(client, team)
-    first = upload(client, model, team.developer.headers, onnx_file(tiny.first))["id"]
-    second = upload(client, model, team.developer.headers, onnx_file(tiny.second))["id"]
-    deploys_only = {"X-API-Key": factory.api_key(team.org, {"deployments": ["read", "write"]})}
+    model = register(client, world)
+    first = upload(client, model, world.developer.headers, onnx_file(tiny.first))["id"]
+    second = upload(client, model, world.developer.headers, onnx_file(tiny.second))["id"]
+    deploys_only = {"X-API-Key": factory.api_key(world.org, {"deployments": ["read", "write"]})}
     deploys_and_reads = {
-        "X-API-Key": factory.api_key(team.org, {"deployments": ["read", "write"], "models": ["read"]})
+        "X-API-Key": factory.api_key(world.org, {"deployments": ["read", "write"], "models": ["read"]})
     }
 
-    refused(deploy(client, team, "fraud-api", first, headers=deploys_only), 403, "INSUFFICIENT_PERMISSIONS")
-    listed = client.get(f"/api/v1/projects/{team.project}/deployments", headers=deploys_only)
+    refused(deploy(client, world, "fraud-api", first, headers=deploys_only), 403, "INSUFFICIENT_PERMISSIONS")
+    listed = client.get(f"/api/v1/projects/{world.project}/deployments", headers=deploys_only)
     assert listed.json()["data"] == []  # nothing was created
 
-    deployment = deploy(client, team, "fraud-api", first, headers=deploys_and_reads)
+    deployment = deploy(client, world, "fraud-api", first, headers=deploys_and_reads)
     assert deployment.status_code == 201, deployment.text
     url = f"/api/v1/deployments/{deployment.json()['data']['id']}"
     refused(
@@ -71,9 +70,9 @@ def test_a_deployments_write_key_cannot_deploy_without_reading_models(
     assert client.post(f"{url}/rollback", json={}, headers=deploys_and_reads).status_code == 200
 
     # People: a developer's role covers both; a viewer's neither.
-    assert deploy(client, team, "fraud-two", first, headers=team.developer.headers).status_code == 201
+    assert deploy(client, world, "fraud-two", first, headers=world.developer.headers).status_code == 201
     refused(
-        deploy(client, team, "fraud-three", first, headers=team.viewer.headers),
+        deploy(client, world, "fraud-three", first, headers=world.viewer.headers),
         403,
         "INSUFFICIENT_PERMISSIONS",
     )
@@ -81,24 +80,26 @@ def test_a_deployments_write_key_cannot_deploy_without_reading_models(
 
 # --- GET /metrics ------------------------------------------------------------------------------
 def test_without_a_scrape_token_metrics_carry_no_tenant_labels(
-    client: TestClient, factory: Factory, team: Team, tiny: Tiny
+    client: TestClient, factory: Factory, world: World, tiny: Tiny
 ) -> None:
-    ours = upload(client, register(client, team), team.developer.headers, onnx_file(tiny.first))
-    deployed(client, team, "acme-api", ours["id"])
+    ours = upload(client, register(client, world), world.developer.headers, onnx_file(tiny.first))
+    deployed(client, world, "acme-api", ours["id"])
     theirs = upload(
         client,
-        register(client, team, "Theirs", project=team.other_project),
-        team.outsider.headers,
+        register(client, world, "Theirs", project=world.other_project),
+        world.outsider.headers,
         onnx_file(tiny.first),
     )
     created = client.post(
-        f"/api/v1/projects/{team.other_project}/deployments",
+        f"/api/v1/projects/{world.other_project}/deployments",
         json={"name": "globex-secret-api", "model_version_id": theirs["id"]},
-        headers=team.outsider.headers,
+        headers=world.outsider.headers,
     )
     assert created.status_code == 201, created.text
-    assert predict(client, "acme-api", team.key_headers, records(tiny.X[:2])).status_code == 200
-    assert predict(client, "globex-secret-api", team.outsider.headers, records(tiny.X[:3])).status_code == 200
+    assert predict(client, "acme-api", world.key_headers, records(tiny.X[:2])).status_code == 200
+    assert (
+        predict(client, "globex-secret-api", world.outsider.headers, records(tiny.X[:3])).status_code == 200
+    )
 
     scraped = client.get("/metrics")  # anyone on the network, signed in or not
     assert scraped.status_code == 200

@@ -18,20 +18,20 @@ from maestro.deployments import service
 from maestro.deployments.models import Deployment
 from maestro.deployments.secrets import MASK, unseal
 from maestro.migrations import upgrade
-from tests.deployments.platform import SCHEMA, Team, Tiny, onnx_file
-from tests.factories import Factory
+from tests.deployments.platform import SCHEMA, Tiny, onnx_file
+from tests.factories import Factory, World
 
 SECRETS = {"DB_PASSWORD": "hunter2-d0nt-leak", "STRIPE_KEY": "sk_live_1234567890abcdef"}
 MASKED = dict.fromkeys(SECRETS, MASK)
 
 
-def public_model(client: TestClient, factory: Factory, team: Team, tiny: Tiny) -> tuple[str, list[str]]:
+def public_model(client: TestClient, factory: Factory, world: World, tiny: Tiny) -> tuple[str, list[str]]:
     """A public project (every signed-in user reads it) with a model of two versions."""
-    project = factory.project(team.org, team.admin, "public", name="Open")
+    project = factory.project(world.org, world.admin, "public", name="Open")
     created = client.post(
         f"/api/v1/projects/{project}/models",
         json={"name": "Fraud", "model_type": "classification"},
-        headers=team.developer.headers,
+        headers=world.developer.headers,
     )
     assert created.status_code == 201, created.text
     versions = []
@@ -40,7 +40,7 @@ def public_model(client: TestClient, factory: Factory, team: Team, tiny: Tiny) -
             f"/api/v1/models/{created.json()['data']['id']}/versions",
             data={"model_schema": json.dumps(SCHEMA)},
             files={"model_file": ("m.onnx", onnx_file(model), "application/octet-stream")},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
         assert uploaded.status_code == 201, uploaded.text
         versions.append(uploaded.json()["data"]["id"])
@@ -74,9 +74,9 @@ def every_row(database_url: str) -> str:
 
 
 def test_env_vars_are_never_read_back_in_clear(
-    client: TestClient, factory: Factory, settings: Settings, team: Team, tiny: Tiny, database_url: str
+    client: TestClient, factory: Factory, settings: Settings, world: World, tiny: Tiny, database_url: str
 ) -> None:
-    project, (v1, v2) = public_model(client, factory, team, tiny)
+    project, (v1, v2) = public_model(client, factory, world, tiny)
     created = data(
         client.post(
             f"/api/v1/projects/{project}/deployments",
@@ -85,7 +85,7 @@ def test_env_vars_are_never_read_back_in_clear(
                 "model_version_id": v1,
                 "deployment_config": {"env_vars": SECRETS, "resource_limits": {"memory": "2Gi"}},
             },
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         ),
         201,
     )
@@ -96,7 +96,7 @@ def test_env_vars_are_never_read_back_in_clear(
     }
 
     # Whoever reads: an outsider (the project is public), a viewer, the admin; get, list, logs.
-    for headers in (team.outsider.headers, team.viewer.headers, team.admin.headers):
+    for headers in (world.outsider.headers, world.viewer.headers, world.admin.headers):
         assert (
             data(client.get(f"/api/v1/deployments/{deployment}", headers=headers))["deployment_config"][
                 "env_vars"
@@ -112,12 +112,12 @@ def test_env_vars_are_never_read_back_in_clear(
 
     # Changes that leave env_vars out keep them; a value sent back as the mask keeps its value.
     put = f"/api/v1/deployments/{deployment}"
-    data(client.put(put, json={"min_instances": 0}, headers=team.developer.headers))
+    data(client.put(put, json={"min_instances": 0}, headers=world.developer.headers))
     updated = data(
         client.put(
             put,
             json={"deployment_config": {"resource_limits": {"memory": "4Gi"}}},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
     )
     assert updated["deployment_config"]["env_vars"] == MASKED
@@ -126,7 +126,7 @@ def test_env_vars_are_never_read_back_in_clear(
         client.put(
             put,
             json={"deployment_config": {"env_vars": {"DB_PASSWORD": MASK, "REGION": "eu-west-1"}}},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
     )
     assert edited["deployment_config"] == {
@@ -135,14 +135,14 @@ def test_env_vars_are_never_read_back_in_clear(
     }
     assert stored(factory, deployment) == {"DB_PASSWORD": SECRETS["DB_PASSWORD"], "REGION": "eu-west-1"}
     unknown = client.put(
-        put, json={"deployment_config": {"env_vars": {"NEVER_SET": MASK}}}, headers=team.developer.headers
+        put, json={"deployment_config": {"env_vars": {"NEVER_SET": MASK}}}, headers=world.developer.headers
     )
     assert unknown.status_code == 422, unknown.text
     assert unknown.json()["error"]["details"][0]["field"] == "deployment_config.env_vars.NEVER_SET"
 
     # Deploying and rolling back answer masked too.
-    deployed = data(client.put(put, json={"model_version_id": v2}, headers=team.developer.headers))
-    rolled = data(client.post(f"{put}/rollback", json={}, headers=team.developer.headers))
+    deployed = data(client.put(put, json={"model_version_id": v2}, headers=world.developer.headers))
+    rolled = data(client.post(f"{put}/rollback", json={}, headers=world.developer.headers))
     for answer in (deployed, rolled):
         assert answer["deployment_config"]["env_vars"] == {"DB_PASSWORD": MASK, "REGION": MASK}
         assert SECRETS["DB_PASSWORD"] not in json.dumps(answer)
@@ -163,15 +163,15 @@ def test_env_vars_are_never_read_back_in_clear(
                 assert SECRETS["DB_PASSWORD"].encode() not in file.read_bytes()
 
 
-def test_a_mask_is_not_a_value(client: TestClient, factory: Factory, team: Team, tiny: Tiny) -> None:
-    project, (v1, _) = public_model(client, factory, team, tiny)
+def test_a_mask_is_not_a_value(client: TestClient, factory: Factory, world: World, tiny: Tiny) -> None:
+    project, (v1, _) = public_model(client, factory, world, tiny)
     refused = client.post(
         f"/api/v1/projects/{project}/deployments",
         json={"name": "open-api", "model_version_id": v1, "deployment_config": {"env_vars": {"A": MASK}}},
-        headers=team.developer.headers,
+        headers=world.developer.headers,
     )
     assert refused.status_code == 422, refused.text
-    assert data(client.get(f"/api/v1/projects/{project}/deployments", headers=team.admin.headers)) == []
+    assert data(client.get(f"/api/v1/projects/{project}/deployments", headers=world.admin.headers)) == []
 
 
 def test_the_upgrade_seals_values_stored_in_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,6 @@ from maestro.jobs.models import Job
 from tests.deployments.platform import (
     FEATURES,
     SCHEMA,
-    Team,
     Tiny,
     deployed,
     flush,
@@ -40,25 +39,25 @@ from tests.deployments.platform import (
     skops_file,
     upload,
 )
-from tests.factories import Factory
+from tests.factories import Factory, World
 
 ROW = {"amount": 1.5, "time_of_day": 0.2, "day_of_week": -0.3, "merchant_risk": 0.8}
 
 
 @pytest.fixture
-def live(client: TestClient, team: Team, tiny: Tiny) -> dict[str, Any]:
-    model = register(client, team)
-    version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-    return deployed(client, team, "fraud-api", version["id"])
+def live(client: TestClient, world: World, tiny: Tiny) -> dict[str, Any]:
+    model = register(client, world)
+    version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+    return deployed(client, world, "fraud-api", version["id"])
 
 
 def call(
-    client: TestClient, team: Team, content: bytes, content_type: str = "application/json", path: str = ""
+    client: TestClient, world: World, content: bytes, content_type: str = "application/json", path: str = ""
 ) -> Any:
     return client.post(
         f"/api/v1/inference/fraud-api{path}",
         content=content,
-        headers={**team.key_headers, "Content-Type": content_type},
+        headers={**world.key_headers, "Content-Type": content_type},
     )
 
 
@@ -71,12 +70,12 @@ def refusal(response: Any, status: int) -> dict[str, Any]:
 
 
 class TestAnswers:
-    def test_a_classifier_with_named_classes(self, client: TestClient, team: Team, tiny: Tiny) -> None:
+    def test_a_classifier_with_named_classes(self, client: TestClient, world: World, tiny: Tiny) -> None:
         named = LogisticRegression().fit(tiny.X, np.where(tiny.X[:, 0] + tiny.X[:, 3] > 0, "fraud", "legit"))
-        model = register(client, team)
-        version = upload(client, model, team.developer.headers, skops_file(named))
-        deployed(client, team, "fraud-api", version["id"])
-        response = predict(client, "fraud-api", team.key_headers, records(tiny.X[:20]))
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, skops_file(named))
+        deployed(client, world, "fraud-api", version["id"])
+        response = predict(client, "fraud-api", world.key_headers, records(tiny.X[:20]))
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/json"
         answers = response.json()["predictions"]
@@ -84,12 +83,12 @@ class TestAnswers:
         assert set(answers[0]["probabilities"]) == {"fraud", "legit"}
         assert answers[0]["confidence"] == answers[0]["probabilities"][answers[0]["prediction"]]
 
-    def test_a_regressor_answers_values_only(self, client: TestClient, team: Team, tiny: Tiny) -> None:
+    def test_a_regressor_answers_values_only(self, client: TestClient, world: World, tiny: Tiny) -> None:
         regressor = Ridge().fit(tiny.X, tiny.X[:, 0] * 3 + 1)
-        model = register(client, team)
-        version = upload(client, model, team.developer.headers, skops_file(regressor))
-        deployed(client, team, "amount-api", version["id"])
-        response = predict(client, "amount-api", team.key_headers, records(tiny.X[:8]))
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, skops_file(regressor))
+        deployed(client, world, "amount-api", version["id"])
+        response = predict(client, "amount-api", world.key_headers, records(tiny.X[:8]))
         assert response.status_code == 200, response.text
         answers = response.json()["predictions"]
         assert set(answers[0]) == {"prediction"}
@@ -97,24 +96,24 @@ class TestAnswers:
             [a["prediction"] for a in answers], regressor.predict(tiny.X[:8]), rtol=1e-4
         )
 
-    def test_health_and_schema(self, client: TestClient, team: Team, live: dict[str, Any]) -> None:
-        health = client.get("/api/v1/inference/fraud-api/health", headers=team.key_headers)
+    def test_health_and_schema(self, client: TestClient, world: World, live: dict[str, Any]) -> None:
+        health = client.get("/api/v1/inference/fraud-api/health", headers=world.key_headers)
         assert health.status_code == 200, health.text
         assert health.json()["data"]["status"] == "healthy"
         assert health.json()["data"]["serving"] == "onnx"
-        schema = client.get("/api/v1/inference/fraud-api/schema", headers=team.viewer.headers)
+        schema = client.get("/api/v1/inference/fraud-api/schema", headers=world.viewer.headers)
         assert schema.status_code == 200, schema.text
         data = schema.json()["data"]
         assert data["inputs"] == SCHEMA["inputs"]
         assert data["input_source"] == "model_schema"
         assert data["outputs"] == {"prediction": "label", "classes": [0, 1], "probabilities": True}
         assert (data["max_rows"], data["max_batch_rows"]) == (100, 10_000)
-        example = predict(client, "fraud-api", team.key_headers, data["example"]["instances"])
+        example = predict(client, "fraud-api", world.key_headers, data["example"]["instances"])
         assert example.status_code == 200
         client.put(
-            f"/api/v1/deployments/{live['id']}", json={"status": "inactive"}, headers=team.admin.headers
+            f"/api/v1/deployments/{live['id']}", json={"status": "inactive"}, headers=world.admin.headers
         )
-        assert client.get("/api/v1/inference/fraud-api/health", headers=team.key_headers).status_code == 503
+        assert client.get("/api/v1/inference/fraud-api/health", headers=world.key_headers).status_code == 503
 
 
 class TestHostileInput:
@@ -133,12 +132,12 @@ class TestHostileInput:
         ],
     )
     def test_rows_that_do_not_fit_the_schema(
-        self, client: TestClient, team: Team, live: dict[str, Any], row: dict[str, Any], field: str
+        self, client: TestClient, world: World, live: dict[str, Any], row: dict[str, Any], field: str
     ) -> None:
-        error = refusal(predict(client, "fraud-api", team.key_headers, [row]), 422)
+        error = refusal(predict(client, "fraud-api", world.key_headers, [row]), 422)
         assert error["code"] == "VALIDATION_ERROR"
         assert error["details"][0]["field"] == field
-        assert predict(client, "fraud-api", team.key_headers, [ROW]).status_code == 200
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
 
     @pytest.mark.parametrize(
         "content",
@@ -162,27 +161,27 @@ class TestHostileInput:
         ],
     )
     def test_bodies_that_are_not_rows(
-        self, client: TestClient, app: FastAPI, team: Team, live: dict[str, Any], content: bytes
+        self, client: TestClient, app: FastAPI, world: World, live: dict[str, Any], content: bytes
     ) -> None:
-        error = refusal(call(client, team, content), 422)
+        error = refusal(call(client, world, content), 422)
         assert error["code"] == "VALIDATION_ERROR"
-        assert predict(client, "fraud-api", team.key_headers, [ROW]).status_code == 200
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
 
     @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/csv"])
     def test_a_body_that_is_not_json(
-        self, client: TestClient, team: Team, live: dict[str, Any], content_type: str
+        self, client: TestClient, world: World, live: dict[str, Any], content_type: str
     ) -> None:
-        error = refusal(call(client, team, orjson.dumps({"instances": [ROW]}), content_type), 415)
+        error = refusal(call(client, world, orjson.dumps({"instances": [ROW]}), content_type), 415)
         assert error["code"] == "UNSUPPORTED_MEDIA_TYPE"
 
-    def test_too_many_rows(self, client: TestClient, team: Team, live: dict[str, Any]) -> None:
-        error = refusal(predict(client, "fraud-api", team.key_headers, [ROW] * 101), 413)
+    def test_too_many_rows(self, client: TestClient, world: World, live: dict[str, Any]) -> None:
+        error = refusal(predict(client, "fraud-api", world.key_headers, [ROW] * 101), 413)
         assert "…/batch" in error["message"]
-        assert predict(client, "fraud-api", team.key_headers, [ROW] * 101, batch=True).status_code == 200
+        assert predict(client, "fraud-api", world.key_headers, [ROW] * 101, batch=True).status_code == 200
         million = orjson.dumps({"instances": [[0, 0, 0, 0]] * 1_000_000})
-        error = refusal(call(client, team, million, path="/batch"), 413)
+        error = refusal(call(client, world, million, path="/batch"), 413)
         assert error["message"] == "At most 10000 rows per request, got 1000000"
-        assert predict(client, "fraud-api", team.key_headers, [ROW]).status_code == 200
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
 
     def test_a_body_over_the_byte_limit(self, make_settings: Any, tiny: Tiny) -> None:
         app = create_app(make_settings(inference_max_body_bytes=4096))
@@ -220,18 +219,18 @@ class TestHostileInput:
             assert predict(client, "fraud-api", admin.headers, [ROW]).status_code == 200
 
     def test_failed_requests_are_counted_and_logged(
-        self, client: TestClient, app: FastAPI, team: Team, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, live: dict[str, Any]
     ) -> None:
         for _ in range(12):
-            call(client, team, b"{")
-        predict(client, "fraud-api", team.key_headers, [ROW])
+            call(client, world, b"{")
+        predict(client, "fraud-api", world.key_headers, [ROW])
         flush(app)
-        response = client.get(f"/api/v1/deployments/{live['id']}/metrics", headers=team.viewer.headers)
+        response = client.get(f"/api/v1/deployments/{live['id']}/metrics", headers=world.viewer.headers)
         counted = response.json()["data"]["totals"]
         assert (counted["request_count"], counted["error_count"]) == (13, 12)
         assert counted["error_rate"] == pytest.approx(12 / 13)
         entries = client.get(
-            f"/api/v1/deployments/{live['id']}/logs", params={"level": "warn"}, headers=team.viewer.headers
+            f"/api/v1/deployments/{live['id']}/logs", params={"level": "warn"}, headers=world.viewer.headers
         ).json()["data"]
         assert len(entries) == 11  # ten one by one, then a line counting the rest
         assert {e["event"] for e in entries} == {"request_failed"}
@@ -295,9 +294,9 @@ class TestPredictionLog:
         assert before == [] and elsewhere == []
 
     def test_failures_are_logged_without_their_input(
-        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
-        call(client, team, orjson.dumps({"instances": [{**ROW, "amount": "x"}]}))
+        call(client, world, orjson.dumps({"instances": [{**ROW, "amount": "x"}]}))
         flush(app)
         with factory.database.session(write=False) as session:
             [row] = session.scalars(select(PredictionLog))
@@ -306,18 +305,18 @@ class TestPredictionLog:
 
 
 class TestTheHotPath:
-    def test_a_warm_request_asks_the_database_nothing(self, app: FastAPI, team: Team, tiny: Tiny) -> None:
+    def test_a_warm_request_asks_the_database_nothing(self, app: FastAPI, world: World, tiny: Tiny) -> None:
         """No lifespan here, so no background thread: every statement is the request's own."""
         client = TestClient(app)
-        model = register(client, team)
-        version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-        deployed(client, team, "fraud-api", version["id"])
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+        deployed(client, world, "fraud-api", version["id"])
         statements: list[str] = []
 
         def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
             statements.append(statement)
 
-        for headers in (team.key_headers, team.viewer.headers):
+        for headers in (world.key_headers, world.viewer.headers):
             assert predict(client, "fraud-api", headers, [ROW]).status_code == 200  # warms the caches
             event.listen(app.state.database.engine, "before_cursor_execute", count)
             try:
@@ -328,41 +327,41 @@ class TestTheHotPath:
         assert statements == []
 
     def test_revoking_a_key_or_logging_out_stops_access_at_once(
-        self, client: TestClient, factory: Factory, team: Team, live: dict[str, Any]
+        self, client: TestClient, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
-        viewer = factory.user(team.org, "viewer")
+        viewer = factory.user(world.org, "viewer")
         assert predict(client, "fraud-api", viewer.headers, [ROW]).status_code == 200
         assert client.post("/api/v1/auth/logout", headers=viewer.headers).status_code == 204
         assert predict(client, "fraud-api", viewer.headers, [ROW]).status_code == 401
 
-        assert predict(client, "fraud-api", team.key_headers, [ROW]).status_code == 200
-        keys = client.get(f"/api/v1/organizations/{team.org}/api-keys", headers=team.admin.headers).json()[
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
+        keys = client.get(f"/api/v1/organizations/{world.org}/api-keys", headers=world.admin.headers).json()[
             "data"
         ]
         [key] = [k for k in keys if k["permissions"] == {"inference": ["read"]}]
-        assert client.delete(f"/api/v1/api-keys/{key['id']}", headers=team.admin.headers).status_code == 204
-        assert predict(client, "fraud-api", team.key_headers, [ROW]).status_code == 401
+        assert client.delete(f"/api/v1/api-keys/{key['id']}", headers=world.admin.headers).status_code == 204
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 401
 
     def test_a_narrowed_key_stops_predicting_at_once(
-        self, client: TestClient, factory: Factory, team: Team, live: dict[str, Any]
+        self, client: TestClient, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
-        key = factory.api_key(team.org, {"inference": ["read"], "models": ["read"]})
+        key = factory.api_key(world.org, {"inference": ["read"], "models": ["read"]})
         assert predict(client, "fraud-api", {"X-API-Key": key}, [ROW]).status_code == 200
-        keys = client.get(f"/api/v1/organizations/{team.org}/api-keys", headers=team.admin.headers).json()[
+        keys = client.get(f"/api/v1/organizations/{world.org}/api-keys", headers=world.admin.headers).json()[
             "data"
         ]
         [row] = [k for k in keys if "models" in k["permissions"]]
         client.put(
             f"/api/v1/api-keys/{row['id']}",
             json={"permissions": {"models": ["read"]}},
-            headers=team.admin.headers,
+            headers=world.admin.headers,
         )
         assert predict(client, "fraud-api", {"X-API-Key": key}, [ROW]).status_code == 403
 
     def test_a_refusal_is_audited(
-        self, client: TestClient, factory: Factory, team: Team, live: dict[str, Any]
+        self, client: TestClient, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
-        scopeless = factory.api_key(team.org, {"models": ["read"]})
+        scopeless = factory.api_key(world.org, {"models": ["read"]})
         refused = predict(client, "fraud-api", {"X-API-Key": scopeless}, [ROW])
         assert refused.status_code == 403
         with factory.database.session(write=False) as session:
@@ -378,35 +377,35 @@ class TestAnotherProcess:
     """Two apps on one database stand for two serving processes."""
 
     def test_a_deploy_elsewhere_is_picked_up_at_the_next_check(
-        self, make_settings: Any, team: Team, tiny: Tiny
+        self, make_settings: Any, world: World, tiny: Tiny
     ) -> None:
         settings = make_settings()
         first, second = create_app(settings), create_app(settings)
         with TestClient(first) as here, TestClient(second) as there:
-            model = register(here, team)
-            v1 = upload(here, model, team.developer.headers, onnx_file(tiny.first))
-            v2 = upload(here, model, team.developer.headers, onnx_file(tiny.second))
-            deployment = deployed(here, team, "fraud-api", v1["id"])["id"]
+            model = register(here, world)
+            v1 = upload(here, model, world.developer.headers, onnx_file(tiny.first))
+            v2 = upload(here, model, world.developer.headers, onnx_file(tiny.second))
+            deployment = deployed(here, world, "fraud-api", v1["id"])["id"]
             rows = records(tiny.X[:6])
-            answer = predict(there, "fraud-api", team.key_headers, rows)
+            answer = predict(there, "fraud-api", world.key_headers, rows)
             assert [p["prediction"] for p in answer.json()["predictions"]] == tiny.first.predict(
                 tiny.X[:6]
             ).tolist()
             moved = here.put(
                 f"/api/v1/deployments/{deployment}",
                 json={"model_version_id": v2["id"]},
-                headers=team.developer.headers,
+                headers=world.developer.headers,
             )
             assert moved.status_code == 200
             second.state.serving.check_generation()
-            answer = predict(there, "fraud-api", team.key_headers, rows)
+            answer = predict(there, "fraud-api", world.key_headers, rows)
             assert answer.json()["model_info"]["version"] == "1.0.1"
             assert [p["prediction"] for p in answer.json()["predictions"]] == tiny.second.predict(
                 tiny.X[:6]
             ).tolist()
-            here.delete(f"/api/v1/deployments/{deployment}", headers=team.developer.headers)
+            here.delete(f"/api/v1/deployments/{deployment}", headers=world.developer.headers)
             second.state.serving.check_generation()
-            assert predict(there, "fraud-api", team.key_headers, rows).status_code == 404
+            assert predict(there, "fraud-api", world.key_headers, rows).status_code == 404
 
 
 # --- batch jobs ------------------------------------------------------------------------------
@@ -422,7 +421,7 @@ def job(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, A
 
 class TestBatchJobs:
     def test_a_csv_body_comes_back_with_predictions(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any]
     ) -> None:
         frame = pl.DataFrame(
             {"id": list(range(2500)), **{f: tiny.X[np.arange(2500) % 200, i] for i, f in enumerate(FEATURES)}}
@@ -430,59 +429,65 @@ class TestBatchJobs:
         submitted = client.post(
             "/api/v1/inference/fraud-api/batch-jobs",
             content=frame.write_csv().encode(),
-            headers={**team.developer.headers, "Content-Type": "text/csv"},
+            headers={**world.developer.headers, "Content-Type": "text/csv"},
         )
         assert submitted.status_code == 202, submitted.text
         accepted = submitted.json()["data"]
         assert accepted["status"] == "queued"
         assert accepted["model_version"]["version"] == "1.0.0"
-        early = client.get(accepted["result_url"], headers=team.viewer.headers)
+        early = client.get(accepted["result_url"], headers=world.viewer.headers)
         assert early.status_code == 409
 
         run_job(app, accepted["job_id"])
-        done = job(client, accepted["job_id"], team.viewer.headers)
+        done = job(client, accepted["job_id"], world.viewer.headers)
         assert done["status"] == "succeeded", done["error"]
         assert done["progress"] == 1.0
         assert done["result"]["rows"] == 2500
         assert done["result"]["serving"] == "onnx"
-        download = client.get(accepted["result_url"], headers=team.viewer.headers)
+        download = client.get(accepted["result_url"], headers=world.viewer.headers)
         assert download.status_code == 200
         assert download.headers["content-type"].startswith("text/csv")
         result = pl.read_csv(download.content)
         assert result.columns == ["id", *FEATURES, "prediction", "probability_0", "probability_1"]
         expected = tiny.first.predict(frame.select(FEATURES).to_numpy())
         assert result["prediction"].to_list() == expected.tolist()
-        as_file = client.get(done["result"]["download_url"], headers=team.viewer.headers)
+        as_file = client.get(done["result"]["download_url"], headers=world.viewer.headers)
         assert as_file.content == download.content
 
     def test_an_uploaded_dataset_to_parquet(
-        self, client: TestClient, app: FastAPI, team: Team, tiny: Tiny, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, tiny: Tiny, live: dict[str, Any]
     ) -> None:
         buffer = io.BytesIO()
         pl.DataFrame({f: tiny.X[:, i] for i, f in enumerate(FEATURES)}).write_parquet(buffer)
         uploaded = client.post(
             "/api/v1/upload/datasets",
-            data={"project_id": team.project},
+            data={"project_id": world.project},
             files={"file": ("rows.parquet", buffer.getvalue(), "application/vnd.apache.parquet")},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
         assert uploaded.status_code == 201, uploaded.text
         submitted = client.post(
             "/api/v1/inference/fraud-api/batch-jobs",
             json={"file_id": uploaded.json()["data"]["id"], "output_format": "parquet"},
-            headers=team.developer.headers,
+            headers=world.developer.headers,
         )
         assert submitted.status_code == 202, submitted.text
         run_job(app, submitted.json()["data"]["job_id"])
-        download = client.get(submitted.json()["data"]["result_url"], headers=team.developer.headers)
+        download = client.get(submitted.json()["data"]["result_url"], headers=world.developer.headers)
         assert download.status_code == 200, download.text
         result = pl.read_parquet(io.BytesIO(download.content))
         assert result["prediction"].to_list() == tiny.first.predict(tiny.X).tolist()
 
     def test_json_rows(
-        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, tiny: Tiny, live: dict[str, Any]
+        self,
+        client: TestClient,
+        app: FastAPI,
+        factory: Factory,
+        world: World,
+        tiny: Tiny,
+        live: dict[str, Any],
     ) -> None:
-        key = {"X-API-Key": factory.api_key(team.org, {"inference": ["read", "write"]})}
+        key = {"X-API-Key": factory.api_key(world.org, {"inference": ["read", "write"]})}
         submitted = client.post(
             "/api/v1/inference/fraud-api/batch-jobs",
             json={"instances": records(tiny.X[:30])},
@@ -490,55 +495,57 @@ class TestBatchJobs:
         )
         assert submitted.status_code == 202, submitted.text
         run_job(app, submitted.json()["data"]["job_id"])
-        download = client.get(submitted.json()["data"]["result_url"], headers=team.key_headers)
+        download = client.get(submitted.json()["data"]["result_url"], headers=world.key_headers)
         assert (
             pl.read_csv(download.content)["prediction"].to_list() == tiny.first.predict(tiny.X[:30]).tolist()
         )
 
     def test_a_dataset_without_a_feature_fails_clearly(
-        self, client: TestClient, app: FastAPI, team: Team, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, world: World, live: dict[str, Any]
     ) -> None:
         submitted = client.post(
             "/api/v1/inference/fraud-api/batch-jobs",
             content=b"amount,time_of_day\n1,2\n",
-            headers={**team.developer.headers, "Content-Type": "text/csv"},
+            headers={**world.developer.headers, "Content-Type": "text/csv"},
         )
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["data"]["job_id"]
         run_job(app, job_id)
-        failed = job(client, job_id, team.viewer.headers)
+        failed = job(client, job_id, world.viewer.headers)
         assert failed["status"] == "failed"
         assert (
             failed["error"]
             == "ValueError: The dataset has no column for feature 'day_of_week', 'merchant_risk'"
         )
-        result = client.get(submitted.json()["data"]["result_url"], headers=team.viewer.headers)
+        result = client.get(submitted.json()["data"]["result_url"], headers=world.viewer.headers)
         assert result.status_code == 409
         assert "failed" in result.json()["error"]["message"]
 
     def test_refusals(
-        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
         path = "/api/v1/inference/fraud-api/batch-jobs"
         image = client.post(
-            path, content=b"\x89PNG", headers={**team.developer.headers, "Content-Type": "image/png"}
+            path, content=b"\x89PNG", headers={**world.developer.headers, "Content-Type": "image/png"}
         )
         assert image.status_code == 415
         garbage = client.post(
             path,
             content=b"\x00\x01\x02binary",
-            headers={**team.developer.headers, "Content-Type": "text/csv"},
+            headers={**world.developer.headers, "Content-Type": "text/csv"},
         )
         assert garbage.status_code == 422
-        missing = client.post(path, json={"file_id": "file_nothere"}, headers=team.developer.headers)
+        missing = client.post(path, json={"file_id": "file_nothere"}, headers=world.developer.headers)
         assert missing.status_code == 422
         unknown = client.post(
-            "/api/v1/inference/no-such-api/batch-jobs", json={"instances": [ROW]}, headers=team.viewer.headers
+            "/api/v1/inference/no-such-api/batch-jobs",
+            json={"instances": [ROW]},
+            headers=world.viewer.headers,
         )
         assert unknown.status_code == 404
         assert (
             client.get(
-                "/api/v1/inference/fraud-api/batch-jobs/job_nothere/result", headers=team.viewer.headers
+                "/api/v1/inference/fraud-api/batch-jobs/job_nothere/result", headers=world.viewer.headers
             ).status_code
             == 404
         )
@@ -548,9 +555,9 @@ class TestBatchJobs:
 
 # --- Prometheus --------------------------------------------------------------------------------
 class TestPrometheus:
-    def test_the_scrape(self, client: TestClient, team: Team, live: dict[str, Any]) -> None:
-        predict(client, "fraud-api", team.key_headers, [ROW, ROW])
-        call(client, team, b"{")
+    def test_the_scrape(self, client: TestClient, world: World, live: dict[str, Any]) -> None:
+        predict(client, "fraud-api", world.key_headers, [ROW, ROW])
+        call(client, world, b"{")
         response = client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
@@ -567,7 +574,7 @@ class TestPrometheus:
         assert "maestro_models_loaded 1.0" in text
         assert "process_resident_memory_bytes" in text
         assert live["id"] not in text
-        assert team.org not in text
+        assert world.org not in text
 
     def test_it_can_be_turned_off(self, make_settings: Any) -> None:
         with TestClient(create_app(make_settings(metrics_enabled=False))) as client:

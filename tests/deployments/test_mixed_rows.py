@@ -14,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from maestro.config import Settings
-from tests.deployments.platform import Team, Tiny, deployed, onnx_file, records, register, upload
+from tests.deployments.platform import Tiny, deployed, onnx_file, records, register, upload
 from tests.deployments.test_platform_fast_path import without_fast_path
+from tests.factories import World
 from tests.model_server.test_model_server_hostile import OPERATOR, server_settings, started
 from tests.runtimes.fixtures import Data
 from tests.runtimes.modelfiles import FEATURES, onnx_bytes, skops_bytes
@@ -29,23 +30,23 @@ def routed(settings: Settings) -> Iterator[TestClient]:
 
 
 def test_platform_inference_refuses_mixed_rows_on_both_paths(
-    client: TestClient, routed: TestClient, team: Team, tiny: Tiny
+    client: TestClient, routed: TestClient, world: World, tiny: Tiny
 ) -> None:
-    model = register(client, team)
-    version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-    deployed(client, team, "fraud-api", version["id"])
+    model = register(client, world)
+    version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+    deployed(client, world, "fraud-api", version["id"])
     good = records(tiny.X[:2])
     mixed = [good[0], list(good[1].values())]
     for http in (client, routed):
         for path in ("/api/v1/inference/fraud-api", "/api/v1/inference/fraud-api/batch"):
-            refused = http.post(path, json={"instances": mixed}, headers=team.key_headers)
+            refused = http.post(path, json={"instances": mixed}, headers=world.key_headers)
             assert refused.status_code == 422, refused.text
             body = refused.json()
             assert body["success"] is False
             assert body["error"]["code"] == "VALIDATION_ERROR"
             assert body["error"]["details"][0]["field"] == "instances.1"
             assert "Row 1" in body["error"]["message"]
-            served = http.post(path, json={"instances": good}, headers=team.key_headers)
+            served = http.post(path, json={"instances": good}, headers=world.key_headers)
             assert served.status_code == 200, served.text
             assert len(served.json()["predictions"]) == 2
 

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from maestro.app import create_app
 from maestro.config import Settings
 from maestro.deployments.fast_path import BATCH, SINGLE, InferenceFastPath, match
-from tests.deployments.platform import Team, Tiny, deployed, onnx_file, records, register, upload
-from tests.factories import Factory
+from tests.deployments.platform import Tiny, deployed, onnx_file, records, register, upload
+from tests.factories import Factory, World
 
 VOLATILE = frozenset({"request_id", "prediction_id", "latency_ms", "timestamp"})
 
@@ -60,34 +60,34 @@ def test_paths_it_takes() -> None:
 
 
 def test_the_fast_path_answers_like_the_routes(
-    client: TestClient, routed: TestClient, factory: Factory, team: Team, tiny: Tiny
+    client: TestClient, routed: TestClient, factory: Factory, world: World, tiny: Tiny
 ) -> None:
     assert any(m.cls is InferenceFastPath for m in client.app.user_middleware)  # type: ignore[attr-defined]
-    model = register(client, team)
-    version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-    deployed(client, team, "fraud-api", version["id"])
-    no_scope_key = factory.api_key(team.org, {"models": ["read"]})
+    model = register(client, world)
+    version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+    deployed(client, world, "fraud-api", version["id"])
+    no_scope_key = factory.api_key(world.org, {"models": ["read"]})
     json_type = {"Content-Type": "application/json"}
     rows = orjson.dumps({"instances": records(tiny.X[:5])})
     cases: list[tuple[str, bytes, dict[str, str]]] = [
-        ("/fraud-api", rows, {**team.key_headers, **json_type}),
-        ("/fraud-api/batch", rows, {**team.key_headers, **json_type}),
-        ("/fraud-api", rows, {**team.viewer.headers, **json_type}),
+        ("/fraud-api", rows, {**world.key_headers, **json_type}),
+        ("/fraud-api/batch", rows, {**world.key_headers, **json_type}),
+        ("/fraud-api", rows, {**world.viewer.headers, **json_type}),
         ("/fraud-api", rows, json_type),  # no credentials
         ("/fraud-api", rows, {"X-API-Key": "mk_not-a-key", **json_type}),
         ("/fraud-api", rows, {"X-API-Key": no_scope_key, **json_type}),
-        ("/fraud-api", rows, {**team.outsider.headers, **json_type}),  # another organisation
-        ("/missing", rows, {**team.key_headers, **json_type}),
-        ("/fraud-api", rows, {**team.key_headers, "Content-Type": "text/csv"}),
-        ("/fraud-api", b'{"instances": [', {**team.key_headers, **json_type}),
-        ("/fraud-api", b'{"rows": []}', {**team.key_headers, **json_type}),
-        ("/fraud-api", orjson.dumps({"instances": [{"amount": 1}]}), {**team.key_headers, **json_type}),
+        ("/fraud-api", rows, {**world.outsider.headers, **json_type}),  # another organisation
+        ("/missing", rows, {**world.key_headers, **json_type}),
+        ("/fraud-api", rows, {**world.key_headers, "Content-Type": "text/csv"}),
+        ("/fraud-api", b'{"instances": [', {**world.key_headers, **json_type}),
+        ("/fraud-api", b'{"rows": []}', {**world.key_headers, **json_type}),
+        ("/fraud-api", orjson.dumps({"instances": [{"amount": 1}]}), {**world.key_headers, **json_type}),
         (
             "/fraud-api",
             orjson.dumps({"instances": records(tiny.X[:101])}),  # over MAESTRO_INFERENCE_MAX_ROWS
-            {**team.key_headers, **json_type},
+            {**world.key_headers, **json_type},
         ),
-        ("/Not_A_Name", rows, {**team.key_headers, **json_type}),
+        ("/Not_A_Name", rows, {**world.key_headers, **json_type}),
     ]
     for path, body, headers in cases:
         fast = client.post(f"/api/v1/inference{path}", content=body, headers=headers)
@@ -100,12 +100,14 @@ def test_the_fast_path_answers_like_the_routes(
     assert statuses == [200, 200, 200, 401, 401, 403, 404, 404, 415, 422, 422, 422, 413, 422]
 
 
-def test_metrics_name_the_route_template(client: TestClient, team: Team, tiny: Tiny) -> None:
-    model = register(client, team)
-    version = upload(client, model, team.developer.headers, onnx_file(tiny.first))
-    deployed(client, team, "fraud-api", version["id"])
+def test_metrics_name_the_route_template(client: TestClient, world: World, tiny: Tiny) -> None:
+    model = register(client, world)
+    version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+    deployed(client, world, "fraud-api", version["id"])
     answer = client.post(
-        "/api/v1/inference/fraud-api/batch", json={"instances": records(tiny.X[:3])}, headers=team.key_headers
+        "/api/v1/inference/fraud-api/batch",
+        json={"instances": records(tiny.X[:3])},
+        headers=world.key_headers,
     )
     assert answer.status_code == 200, answer.text
     metrics = client.get("/metrics").text

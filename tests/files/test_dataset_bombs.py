@@ -24,10 +24,10 @@ from maestro.files.formats import ExpandsTooFar, UnrecognisedDataset, detect_dat
 from maestro.files.reading import DatasetRefused, describe_dataset
 from maestro.sandbox import Sandbox
 from maestro.storage import ArtifactStore
-from tests.factories import Factory
+from tests.factories import Factory, World
 from tests.files.bombs import PeakMemory, lying_parquet, parquet_bomb, workbook
 from tests.files.test_files import file_rows, send
-from tests.registry.conftest import World, stored_files
+from tests.registry.conftest import stored_files
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024**2

@@ -21,8 +21,8 @@ from maestro.app import create_app
 from maestro.config import Settings
 from maestro.files.models import StoredFile
 from maestro.identity.models import AuditLog
-from tests.factories import Factory
-from tests.registry.conftest import World, key_headers, stored_files
+from tests.factories import Factory, World, api_key_headers
+from tests.registry.conftest import stored_files
 
 CSV = b"age,income,churn\n34,52000.5,0\n51,61000,1\n"
 
@@ -427,11 +427,13 @@ class TestAccess:
     def test_api_keys_need_the_files_scope(self, client: TestClient, factory: Factory, world: World) -> None:
         writer = factory.api_key(world.org, {"files": ["read", "write"]})
         reader = factory.api_key(world.org, {"files": ["read"]})
-        data = uploaded(client, "datasets", key_headers(writer), world.project)
+        data = uploaded(client, "datasets", api_key_headers(writer), world.project)
         assert data["created_by"] is None
-        assert send(client, "datasets", key_headers(reader), project_id=world.project).status_code == 403
-        assert client.get(data["download_url"], headers=key_headers(reader)).content == CSV
-        assert client.delete(f"/api/v1/files/{data['id']}", headers=key_headers(reader)).status_code == 403
+        assert send(client, "datasets", api_key_headers(reader), project_id=world.project).status_code == 403
+        assert client.get(data["download_url"], headers=api_key_headers(reader)).content == CSV
+        assert (
+            client.delete(f"/api/v1/files/{data['id']}", headers=api_key_headers(reader)).status_code == 403
+        )
 
     def test_uploads_and_deletions_are_audited(
         self, client: TestClient, world: World, factory: Factory

@@ -12,8 +12,7 @@ from sqlalchemy import func, select
 from maestro.api.multipart import MAX_BOUNDARY_LENGTH
 from maestro.files.models import StoredFile
 from maestro.storage import ArtifactStore
-from tests.factories import Factory
-from tests.files.conftest import World
+from tests.factories import Factory, World
 
 
 def multipart_body(boundary: str, file_field: str) -> bytes:

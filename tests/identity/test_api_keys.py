@@ -4,7 +4,6 @@ once when mistyped, expired or revoked."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +18,7 @@ from maestro.identity import security
 from maestro.identity.api_keys import router as api_keys_router
 from maestro.identity.models import ApiKey
 from maestro.identity.rbac import Target, authorize
-from tests.factories import Actor, Factory
+from tests.factories import Factory, Org
 
 KEYS = "/api/v1/organizations/{org_id}/api-keys"
 KEY = "/api/v1/api-keys/{key_id}"
@@ -43,22 +42,14 @@ def app(app: FastAPI) -> FastAPI:
     return app
 
 
-@dataclass
-class Org:
-    id: str
-    admin: Actor
-
-
 @pytest.fixture
 def org(factory: Factory) -> Org:
-    organization_id = factory.organization()
-    return Org(organization_id, factory.user(organization_id, "admin"))
+    return Org.new(factory)
 
 
 @pytest.fixture
 def other_org(factory: Factory) -> Org:
-    organization_id = factory.organization()
-    return Org(organization_id, factory.user(organization_id, "admin"))
+    return Org.new(factory)
 
 
 def create_key(client: TestClient, org: Org, **body: Any) -> dict[str, Any]:

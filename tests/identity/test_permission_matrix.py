@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from maestro.identity import security
 from maestro.jobs.maintenance import PROBE
 from maestro.organizations.models import Invitation
-from tests.factories import Actor, Factory
+from tests.factories import Actor, Factory, World
 
 # anonymous, organisation viewer/developer/admin, admin of another organisation,
 # an API key of the organisation holding the row's scope, and one holding none.
@@ -33,7 +33,9 @@ _unique = itertools.count()
 
 
 @dataclass
-class World:
+class Scene:
+    """Everything a route of the matrix may act on, around the suite's ``World``."""
+
     org: str
     other_org: str
     actors: dict[str, Actor]
@@ -81,13 +83,13 @@ class World:
         }
 
 
-def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
+def build_world(app: FastAPI, scope: tuple[str, str] | None) -> Scene:
     factory = Factory(app)
-    org, other_org = factory.organization(), factory.organization()
-    actors = {role: factory.user(org, role=role) for role in ("viewer", "developer", "admin")}
-    actors["other_admin"] = factory.user(other_org, role="admin")
-    target = factory.user(org, role="viewer")
-    project = factory.project(org, actors["admin"], visibility="organization")
+    people = World.build(factory)
+    org, other_org, project = people.org, people.other_org, people.project
+    actors = {"viewer": people.viewer, "developer": people.developer, "admin": people.admin}
+    actors["other_admin"] = people.outsider
+    target = people.acme.user("viewer")
     factory.add_project_member(project, target, "viewer")
     with app.state.database.session() as session:
         job = app.state.queue.submit(session, PROBE, {}, organization_id=org).id
@@ -112,7 +114,7 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> World:
         api_key_id = session.scalar(
             select(ApiKey.id).where(ApiKey.key_hash == security.sha256_hex(managed_key))
         )
-    world = World(org, other_org, actors, target, project, job, api_key_id, token)
+    world = Scene(org, other_org, actors, target, project, job, api_key_id, token)
     with app.state.database.session() as session:
         from maestro.registry.models import ModelTag, RegisteredModel
 
@@ -216,7 +218,7 @@ def linear_onnx(weight: float) -> bytes:
 SERVING_SCHEMA = {"inputs": [{"name": "x0", "type": "float"}, {"name": "x1", "type": "float"}]}
 
 
-def add_deployment(app: FastAPI, world: World) -> None:
+def add_deployment(app: FastAPI, world: Scene) -> None:
     """Its own model with two ONNX versions, a deployment that served the first and now
     serves the second, and a finished batch job of it."""
     from maestro.deployments.batch_jobs import KIND
@@ -302,7 +304,7 @@ def add_deployment(app: FastAPI, world: World) -> None:
         world.batch_job_id = job.id
 
 
-def headers_for(world: World, principal: str) -> dict[str, str]:
+def headers_for(world: Scene, principal: str) -> dict[str, str]:
     if principal == "anonymous":
         return {}
     if principal in world.keys:
@@ -310,7 +312,7 @@ def headers_for(world: World, principal: str) -> dict[str, str]:
     return world.actors[principal].headers
 
 
-def fresh_email(_: World) -> dict[str, Any]:
+def fresh_email(_: Scene) -> dict[str, Any]:
     return {"email": f"new{uuid.uuid4().hex[:10]}@example.com", "password": "long enough password"}
 
 
@@ -320,9 +322,9 @@ class Rule:
     path: str
     expect: str  # statuses in PRINCIPALS order
     scope: tuple[str, str] | None = None  # what the "key" principal is granted
-    body: Callable[[World], Any] | None = None
-    files: Callable[[World], Any] | None = None  # a multipart/form-data body instead
-    data: Callable[[World], Any] | None = None  # form fields sent before the files
+    body: Callable[[Scene], Any] | None = None
+    files: Callable[[Scene], Any] | None = None  # a multipart/form-data body instead
+    data: Callable[[Scene], Any] | None = None  # form fields sent before the files
 
     def statuses(self) -> dict[str, int]:
         codes = [int(code) for code in self.expect.split()]
@@ -338,19 +340,19 @@ EXPERIMENT = "/experiments/{experiment_id}"
 RUN = "/experiments/{experiment_id}/runs/{run_id}"
 
 
-def new_experiment(_: World) -> dict[str, Any]:
+def new_experiment(_: Scene) -> dict[str, Any]:
     return {"name": f"Experiment {next(_unique)}"}
 
 
-def new_tracked_experiment(world: World) -> dict[str, Any]:
+def new_tracked_experiment(world: Scene) -> dict[str, Any]:
     return {"project_id": world.project, "name": f"experiment-{next(_unique)}"}
 
 
-def metric_batch(_: World) -> dict[str, Any]:
+def metric_batch(_: Scene) -> dict[str, Any]:
     return {"metrics": [{"name": "loss", "value": 0.5, "step": 1}]}
 
 
-def artifact_file(_: World) -> dict[str, Any]:
+def artifact_file(_: Scene) -> dict[str, Any]:
     return {"file": ("roc.png", b"png bytes")}
 
 
@@ -369,11 +371,11 @@ INFERENCE = "/inference/{deployment_name}"
 BATCH_RESULT = f"{INFERENCE}/batch-jobs/{{batch_job_id}}/result"
 
 
-def new_deployment(world: World) -> dict[str, Any]:
+def new_deployment(world: Scene) -> dict[str, Any]:
     return {"name": f"matrix-{next(_unique)}", "model_version_id": world.serving_version_ids[0]}
 
 
-def instances(_: World) -> dict[str, Any]:
+def instances(_: Scene) -> dict[str, Any]:
     return {"instances": [{"x0": 1.0, "x1": 2.0}]}
 
 

@@ -30,7 +30,7 @@ from maestro.organizations.models import Membership
 from maestro.runtimes.errors import ServingError
 from tests.conftest import RunningProcess
 from tests.deployments.platform import FEATURES, SCHEMA, Tiny, records, skops_file
-from tests.factories import Actor, Factory
+from tests.factories import Actor, Factory, Org, api_key_headers
 from tests.model_server.test_model_server_hostile import server_settings
 
 OPERATOR_KEY = "operator-key-for-the-tenancy-tests"
@@ -60,9 +60,9 @@ def tenant(
     client: TestClient, factory: Factory, name: str, visibility: str, model: Any, version: str
 ) -> Tenant:
     """An organisation with an admin and a project holding a registry model "Fraud"."""
-    org = factory.organization(name)
-    admin = factory.user(org, "admin")
-    project = factory.project(org, admin, visibility, name=f"{name} fraud")
+    org = Org.new(factory, name)
+    admin = org.admin
+    project = org.project(visibility, name=f"{name} fraud")
     created = client.post(
         f"/api/v1/projects/{project}/models",
         json={"name": "Fraud", "model_type": "classification"},
@@ -77,8 +77,8 @@ def tenant(
         headers=admin.headers,
     )
     assert uploaded.status_code == 201, uploaded.text
-    key = {"X-API-Key": factory.api_key(org, {"inference": ["read"]})}
-    return Tenant(org, admin, project, model_id, key)
+    key = api_key_headers(org.api_key({"inference": ["read"]}))
+    return Tenant(org.id, admin, project, model_id, key)
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:

@@ -5,8 +5,8 @@ from sqlalchemy import select
 
 from maestro.identity.models import AuditLog
 from maestro.projects.models import ProjectMember
-from tests.factories import Factory
-from tests.projects.conftest import World, api_key_headers
+from tests.factories import Factory, api_key_headers
+from tests.projects.conftest import ProjectsWorld
 
 MEMBER_FIELDS = {"user_id", "email", "first_name", "last_name", "role", "added_at"}
 
@@ -16,7 +16,7 @@ def members_url(project_id: str, user_id: str | None = None) -> str:
     return f"{url}/{user_id}" if user_id else url
 
 
-def member_roles(client: TestClient, world: World, project_id: str) -> dict[str, str]:
+def member_roles(client: TestClient, world: ProjectsWorld, project_id: str) -> dict[str, str]:
     response = client.get(members_url(project_id), params={"limit": 100}, headers=world.admin.headers)
     assert response.status_code == 200, response.text
     return {item["user_id"]: item["role"] for item in response.json()["data"]}
@@ -32,7 +32,7 @@ def last_audit(factory: Factory) -> AuditLog:
 
 
 class TestListProjectMembers:
-    def test_members_with_their_project_roles(self, client: TestClient, world: World) -> None:
+    def test_members_with_their_project_roles(self, client: TestClient, world: ProjectsWorld) -> None:
         response = client.get(members_url(world.organization), headers=world.viewer.headers)
         assert response.status_code == 200
         body = response.json()
@@ -50,7 +50,7 @@ class TestListProjectMembers:
         # In the order they were added.
         assert [item["user_id"] for item in body["data"]] == [world.admin.user_id, world.member.user_id]
 
-    def test_pagination(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_pagination(self, client: TestClient, factory: Factory, world: ProjectsWorld) -> None:
         for _ in range(3):
             factory.add_project_member(world.public, factory.user(world.org, "viewer"), "developer")
         first = client.get(members_url(world.public), params={"limit": 3}, headers=world.admin.headers).json()
@@ -65,28 +65,28 @@ class TestListProjectMembers:
         assert len(ids) == len(set(ids)) == 5
         assert second["pagination"]["has_next"] is False
 
-    def test_invisible_and_foreign_projects(self, client: TestClient, world: World) -> None:
+    def test_invisible_and_foreign_projects(self, client: TestClient, world: ProjectsWorld) -> None:
         assert client.get(members_url(world.private), headers=world.developer.headers).status_code == 404
         assert client.get(members_url(world.other_private), headers=world.admin.headers).status_code == 404
         assert client.get(members_url("proj_nope"), headers=world.admin.headers).status_code == 404
 
-    def test_api_keys(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_api_keys(self, client: TestClient, factory: Factory, world: ProjectsWorld) -> None:
         reader = api_key_headers(factory.api_key(world.org, {"projects": ["read"]}))
         assert client.get(members_url(world.private), headers=reader).status_code == 200
         other = api_key_headers(factory.api_key(world.org, {"models": ["read"]}))
         assert client.get(members_url(world.private), headers=other).status_code == 403
 
-    def test_malformed_paging(self, client: TestClient, world: World) -> None:
+    def test_malformed_paging(self, client: TestClient, world: ProjectsWorld) -> None:
         response = client.get(members_url(world.public), params={"limit": 1000}, headers=world.admin.headers)
         assert response.status_code == 422
 
-    def test_anonymous(self, client: TestClient, world: World) -> None:
+    def test_anonymous(self, client: TestClient, world: ProjectsWorld) -> None:
         assert client.get(members_url(world.public)).status_code == 401
 
 
 class TestAddProjectMember:
     def test_project_admin_adds_an_organization_member(
-        self, client: TestClient, factory: Factory, world: World
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
     ) -> None:
         response = client.post(
             members_url(world.private),
@@ -115,7 +115,7 @@ class TestAddProjectMember:
         )
         assert row.details["user_id"] == world.viewer.user_id
 
-    def test_project_admin_who_is_org_developer(self, client: TestClient, world: World) -> None:
+    def test_project_admin_who_is_org_developer(self, client: TestClient, world: ProjectsWorld) -> None:
         project = client.post(
             f"/api/v1/organizations/{world.org}/projects",
             json={"name": "Team"},
@@ -128,7 +128,7 @@ class TestAddProjectMember:
         )
         assert response.status_code == 201
 
-    def test_already_a_member_is_a_conflict(self, client: TestClient, world: World) -> None:
+    def test_already_a_member_is_a_conflict(self, client: TestClient, world: ProjectsWorld) -> None:
         response = client.post(
             members_url(world.private),
             json={"user_id": world.member.user_id, "role": "admin"},
@@ -137,7 +137,9 @@ class TestAddProjectMember:
         assert response.status_code == 409
         assert member_roles(client, world, world.private)[world.member.user_id] == "viewer"
 
-    def test_users_outside_the_organization_are_not_found(self, client: TestClient, world: World) -> None:
+    def test_users_outside_the_organization_are_not_found(
+        self, client: TestClient, world: ProjectsWorld
+    ) -> None:
         for user_id in (world.outsider.user_id, "user_doesnotexist"):
             response = client.post(
                 members_url(world.public),
@@ -148,7 +150,9 @@ class TestAddProjectMember:
             assert response.json()["error"]["code"] == "RESOURCE_NOT_FOUND"
         assert world.outsider.user_id not in member_roles(client, world, world.public)
 
-    def test_without_project_admin_role(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_without_project_admin_role(
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
+    ) -> None:
         body = {"user_id": world.viewer.user_id, "role": "admin"}
         for headers in (world.developer.headers, world.member.headers, world.viewer.headers):
             assert client.post(members_url(world.organization), json=body, headers=headers).status_code == 403
@@ -160,7 +164,7 @@ class TestAddProjectMember:
         )
         assert world.viewer.user_id not in member_roles(client, world, world.organization)
 
-    def test_invisible_and_foreign_projects(self, client: TestClient, world: World) -> None:
+    def test_invisible_and_foreign_projects(self, client: TestClient, world: ProjectsWorld) -> None:
         body = {"user_id": world.developer.user_id, "role": "admin"}
         # A developer may not grant themselves a private project they cannot see.
         assert (
@@ -176,7 +180,7 @@ class TestAddProjectMember:
             == 404
         )
 
-    def test_malformed_input(self, client: TestClient, world: World) -> None:
+    def test_malformed_input(self, client: TestClient, world: ProjectsWorld) -> None:
         for body in (
             {"user_id": "x", "role": "owner"},
             {"role": "viewer"},
@@ -188,13 +192,15 @@ class TestAddProjectMember:
             response = client.post(members_url(world.public), json=body, headers=world.admin.headers)
             assert response.status_code == 422, body
 
-    def test_anonymous(self, client: TestClient, world: World) -> None:
+    def test_anonymous(self, client: TestClient, world: ProjectsWorld) -> None:
         body = {"user_id": world.viewer.user_id, "role": "viewer"}
         assert client.post(members_url(world.public), json=body).status_code == 401
 
 
 class TestUpdateProjectMember:
-    def test_project_admin_changes_a_role(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_project_admin_changes_a_role(
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
+    ) -> None:
         response = client.put(
             members_url(world.private, world.member.user_id),
             json={"role": "admin"},
@@ -219,14 +225,16 @@ class TestUpdateProjectMember:
                 "previous_role": "viewer",
             }
 
-    def test_not_a_member(self, client: TestClient, world: World) -> None:
+    def test_not_a_member(self, client: TestClient, world: ProjectsWorld) -> None:
         for user_id in (world.developer.user_id, world.outsider.user_id, "user_nope"):
             response = client.put(
                 members_url(world.private, user_id), json={"role": "admin"}, headers=world.admin.headers
             )
             assert response.status_code == 404
 
-    def test_without_project_admin_role(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_without_project_admin_role(
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
+    ) -> None:
         url = members_url(world.organization, world.member.user_id)
         for headers in (world.developer.headers, world.member.headers, world.viewer.headers):
             assert client.put(url, json={"role": "admin"}, headers=headers).status_code == 403
@@ -234,7 +242,7 @@ class TestUpdateProjectMember:
         assert client.put(url, json={"role": "admin"}, headers=api_key_headers(key)).status_code == 403
         assert member_roles(client, world, world.organization)[world.member.user_id] == "viewer"
 
-    def test_invisible_and_foreign_projects(self, client: TestClient, world: World) -> None:
+    def test_invisible_and_foreign_projects(self, client: TestClient, world: ProjectsWorld) -> None:
         assert (
             client.put(
                 members_url(world.private, world.member.user_id),
@@ -252,12 +260,12 @@ class TestUpdateProjectMember:
             == 404
         )
 
-    def test_malformed_input(self, client: TestClient, world: World) -> None:
+    def test_malformed_input(self, client: TestClient, world: ProjectsWorld) -> None:
         url = members_url(world.private, world.member.user_id)
         for body in ({"role": "owner"}, {}, {"role": "admin", "user_id": "user_x"}, {"role": None}):
             assert client.put(url, json=body, headers=world.admin.headers).status_code == 422, body
 
-    def test_anonymous(self, client: TestClient, world: World) -> None:
+    def test_anonymous(self, client: TestClient, world: ProjectsWorld) -> None:
         assert (
             client.put(members_url(world.private, world.member.user_id), json={"role": "admin"}).status_code
             == 401
@@ -265,7 +273,9 @@ class TestUpdateProjectMember:
 
 
 class TestRemoveProjectMember:
-    def test_project_admin_removes_a_member(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_project_admin_removes_a_member(
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
+    ) -> None:
         response = client.delete(
             members_url(world.private, world.member.user_id), headers=world.admin.headers
         )
@@ -279,14 +289,16 @@ class TestRemoveProjectMember:
         row = last_audit(factory)
         assert (row.action, row.resource_id) == ("projects:remove_project_member", world.private)
 
-    def test_not_a_member(self, client: TestClient, world: World) -> None:
+    def test_not_a_member(self, client: TestClient, world: ProjectsWorld) -> None:
         for user_id in (world.developer.user_id, world.outsider.user_id):
             assert (
                 client.delete(members_url(world.public, user_id), headers=world.admin.headers).status_code
                 == 404
             )
 
-    def test_without_project_admin_role(self, client: TestClient, factory: Factory, world: World) -> None:
+    def test_without_project_admin_role(
+        self, client: TestClient, factory: Factory, world: ProjectsWorld
+    ) -> None:
         url = members_url(world.organization, world.admin.user_id)
         for headers in (world.developer.headers, world.member.headers, world.viewer.headers):
             assert client.delete(url, headers=headers).status_code == 403
@@ -300,7 +312,7 @@ class TestRemoveProjectMember:
                 )
             )
 
-    def test_invisible_and_foreign_projects(self, client: TestClient, world: World) -> None:
+    def test_invisible_and_foreign_projects(self, client: TestClient, world: ProjectsWorld) -> None:
         assert (
             client.delete(
                 members_url(world.private, world.member.user_id), headers=world.developer.headers
@@ -314,10 +326,10 @@ class TestRemoveProjectMember:
             == 404
         )
 
-    def test_malformed_id(self, client: TestClient, world: World) -> None:
+    def test_malformed_id(self, client: TestClient, world: ProjectsWorld) -> None:
         assert (
             client.delete(members_url(world.public, "u" * 65), headers=world.admin.headers).status_code == 422
         )
 
-    def test_anonymous(self, client: TestClient, world: World) -> None:
+    def test_anonymous(self, client: TestClient, world: ProjectsWorld) -> None:
         assert client.delete(members_url(world.public, world.member.user_id)).status_code == 401

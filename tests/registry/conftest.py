@@ -1,59 +1,20 @@
-"""An organisation with one user per role, a project the whole organisation can see,
-a private project, and another organisation with its own project, shared by the
-registry tests; helpers to create models and to put versions and events in place."""
+"""Helpers for the registry tests (who is who is the suite's ``world``): create models,
+and put versions and events in place."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import select
 
 from maestro.events.models import OutboxEvent
 from maestro.registry.models import ModelVersion
-from tests.factories import Actor, Factory
-
-
-@dataclass
-class World:
-    org: str
-    admin: Actor
-    developer: Actor
-    viewer: Actor
-    other_org: str
-    outsider: Actor  # admin of the other organisation
-    project: str  # visibility "organization"
-    private: str  # a private project of the organisation, with no members but its creator
-    other_project: str  # a project of the other organisation
-
-
-def key_headers(key: str) -> dict[str, str]:
-    return {"X-API-Key": key}
-
-
-@pytest.fixture
-def world(factory: Factory) -> World:
-    org = factory.organization("Acme")
-    admin = factory.user(org, "admin")
-    other_org = factory.organization("Globex")
-    outsider = factory.user(other_org, "admin")
-    return World(
-        org=org,
-        admin=admin,
-        developer=factory.user(org, "developer"),
-        viewer=factory.user(org, "viewer"),
-        other_org=other_org,
-        outsider=outsider,
-        project=factory.project(org, admin, "organization", name="Fraud"),
-        private=factory.project(org, admin, "private", name="Secret"),
-        other_project=factory.project(other_org, outsider, "organization", name="Globex models"),
-    )
+from tests.factories import Factory
 
 
 def create_model(

@@ -19,7 +19,8 @@ from httpx import Response
 from maestro.api.heavy import HeavyWork
 from maestro.config import Settings
 from tests.conftest import RunningProcess, wait_until
-from tests.registry.conftest import World, new_model, new_version
+from tests.factories import World
+from tests.registry.conftest import new_model, new_version
 
 
 @pytest.fixture(

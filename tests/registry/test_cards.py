@@ -19,10 +19,9 @@ from maestro.identity.models import AuditLog
 from maestro.registry import card_documents, cards
 from maestro.registry.models import ModelVersion, RegisteredModel
 from maestro.registry.schemas import ModelCard
-from tests.factories import Factory
-from tests.registry.conftest import World, key_headers, new_model, new_version
-from tests.test_api_fuzz import Findings, fuzz
-from tests.test_api_fuzz import World as FuzzWorld
+from tests.factories import Factory, World, api_key_headers
+from tests.registry.conftest import new_model, new_version
+from tests.test_api_fuzz import Findings, Targets, fuzz
 
 SCHEMA = {
     "inputs": [
@@ -793,10 +792,10 @@ class TestPermissions:
         refused = client.put(url, json=SECTIONS, headers=viewer)
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "INSUFFICIENT_PERMISSIONS"
-        reader = key_headers(factory.api_key(world.org, {"models": ["read"]}))
+        reader = api_key_headers(factory.api_key(world.org, {"models": ["read"]}))
         assert client.put(url, json=SECTIONS, headers=reader).status_code == 403
         assert client.post(f"{url}/generate", headers=reader).status_code == 200
-        writer = key_headers(factory.api_key(world.org, {"models": ["write"]}))
+        writer = api_key_headers(factory.api_key(world.org, {"models": ["write"]}))
         assert client.put(url, json=SECTIONS, headers=writer).status_code == 200
         with factory.database.session(write=False) as session:
             row = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model["id"]))
@@ -880,7 +879,7 @@ def test_card_routes_honour_the_openapi_document(app: FastAPI, settings: Setting
         assert len(operations) == 5
         for operation in operations:
             for mode in schemathesis.GenerationMode:
-                world = FuzzWorld(admin.headers, {"model_id": model_id, "version": "1.0.0"})
+                world = Targets(admin.headers, {"model_id": model_id, "version": "1.0.0"})
                 fuzz(operation, mode, world, findings)
     finally:
         from schemathesis.python.asgi import shutdown_lifespans

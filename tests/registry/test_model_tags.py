@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import Factory
-from tests.registry.conftest import World, key_headers, new_model
+from tests.factories import Factory, World, api_key_headers
+from tests.registry.conftest import new_model
 
 
 def tags_url(model: dict, key: str | None = None) -> str:
@@ -30,8 +30,8 @@ class TestListModelTags:
 
     def test_api_key_scope(self, client: TestClient, factory: Factory, world: World) -> None:
         model = new_model(client, world.project, world.admin.headers)
-        assert tags_of(client, model, key_headers(factory.api_key(world.org, {"models": ["read"]}))) == []
-        no_scope = key_headers(factory.api_key(world.org, {"projects": ["read"]}))
+        assert tags_of(client, model, api_key_headers(factory.api_key(world.org, {"models": ["read"]}))) == []
+        no_scope = api_key_headers(factory.api_key(world.org, {"projects": ["read"]}))
         assert client.get(tags_url(model), headers=no_scope).status_code == 403
 
     def test_other_organization(self, client: TestClient, world: World) -> None:
@@ -85,7 +85,7 @@ class TestSetModelTag:
             client.put(tags_url(model, "x"), json={"value": "y"}, headers=world.viewer.headers).status_code
             == 403
         )
-        reader = key_headers(factory.api_key(world.org, {"models": ["read"]}))
+        reader = api_key_headers(factory.api_key(world.org, {"models": ["read"]}))
         assert client.put(tags_url(model, "x"), json={"value": "y"}, headers=reader).status_code == 403
         assert tags_of(client, model, world.admin.headers) == []
 

@@ -5,8 +5,8 @@ from sqlalchemy import select
 
 from maestro.identity.models import AuditLog
 from maestro.registry.models import ModelVersion, StageTransition
-from tests.factories import Factory
-from tests.registry.conftest import World, key_headers, new_model, new_version, outbox
+from tests.factories import Factory, World, api_key_headers
+from tests.registry.conftest import new_model, new_version, outbox
 
 
 def stage_url(model_id: str, version: str) -> str:
@@ -122,7 +122,7 @@ class TestChangeStage:
         ):
             assert client.put(url, json=body, headers=world.admin.headers).status_code == 422
         key = factory.api_key(world.org, {"models": ["write"]})
-        assert client.put(url, json={"stage": "staging"}, headers=key_headers(key)).status_code == 200
+        assert client.put(url, json={"stage": "staging"}, headers=api_key_headers(key)).status_code == 200
         with factory.database.session(write=False) as session:
             row = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model["id"]))
             assert row is not None and row.stage == "staging"
@@ -139,7 +139,7 @@ class TestTrust:
         assert client.put(url, json={"trusted": True}, headers=world.developer.headers).status_code == 403
         assert client.put(url, json={"trusted": True}, headers=world.viewer.headers).status_code == 403
         key = factory.api_key(world.org, {"models": ["write", "read", "delete"]})
-        assert client.put(url, json={"trusted": True}, headers=key_headers(key)).status_code == 403
+        assert client.put(url, json={"trusted": True}, headers=api_key_headers(key)).status_code == 403
         assert client.put(url, json={"trusted": True}, headers=world.outsider.headers).status_code == 404
         assert client.put(url, json={"trusted": True}).status_code == 401
         assert client.put(url, json={"trusted": "maybe"}, headers=world.admin.headers).status_code == 422

@@ -22,8 +22,8 @@ from sqlalchemy import select
 
 from maestro.config import Settings
 from maestro.registry.models import ModelVersion
-from tests.factories import Factory
-from tests.registry.conftest import World, new_model, stored_files, upload
+from tests.factories import Factory, World
+from tests.registry.conftest import new_model, stored_files, upload
 from tests.runtimes import crafted
 from tests.runtimes.payloads import Doubler
 

@@ -4,7 +4,6 @@ that never fail a request."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -173,27 +172,54 @@ class TestLimits:
         assert "v3" not in cache
 
 
+class Held:
+    """Holds a load until ``waiters`` other requests wait on it (the cache's ``on_wait``
+    signal), so that they overlap the load however slow the machine is. A load the
+    others never wait on fails after a minute instead of hanging the test."""
+
+    def __init__(self, waiters: int) -> None:
+        self.waiters = waiters
+        self.waiting = 0
+        self.everyone_waits = threading.Event()
+        self._lock = threading.Lock()
+
+    def wait(self, _key: str) -> None:
+        with self._lock:
+            self.waiting += 1
+            if self.waiting == self.waiters:
+                self.everyone_waits.set()
+
+    def hold(self, _key: str) -> None:
+        if not self.everyone_waits.wait(timeout=60):
+            raise AssertionError(f"{self.waiting} of {self.waiters} requests waited on the load")
+
+
+def concurrently(request: Callable[[], None], count: int) -> None:
+    threads = [threading.Thread(target=request) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class TestConcurrentLoads:
     def test_concurrent_first_requests_share_one_load(self) -> None:
-        cache, loads = make(Loads(before=lambda _key: time.sleep(0.3)))
-        start = threading.Barrier(8)
+        held = Held(waiters=7)
+        cache, loads = make(Loads(before=held.hold), on_wait=held.wait)
         results: list[Runtime] = []
         errors: list[BaseException] = []
 
         def request() -> None:
-            start.wait()
             try:
                 results.append(cache.get("v1"))
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=request) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        concurrently(request, 8)
         assert errors == []
+        assert held.waiting == 7
         assert loads.calls["v1"] == 1
+        assert cache.stats().misses == 1
         assert len(results) == 8 and all(runtime is results[0] for runtime in results)
 
     def test_different_versions_load_side_by_side(self) -> None:
@@ -215,23 +241,20 @@ class TestConcurrentLoads:
         assert "v1" in cache and "v2" in cache
 
     def test_waiters_share_a_failure(self) -> None:
-        cache, loads = make(Loads(before=lambda _key: time.sleep(0.2)), failure_ttl=0)
-        start = threading.Barrier(4)
+        held = Held(waiters=3)
+        # Nothing remembers the failure: a request that came after it would load again.
+        cache, loads = make(Loads(before=held.hold), failure_ttl=0, on_wait=held.wait)
         reasons: list[str] = []
 
         def request() -> None:
-            start.wait()
             try:
                 cache.get("not-onnx")
             except ModelLoadError as exc:
                 reasons.append(exc.reason)
 
-        threads = [threading.Thread(target=request) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        concurrently(request, 4)
         assert reasons == ["corrupt"] * 4
+        assert held.waiting == 3
         assert loads.calls["not-onnx"] == 1
 
 
@@ -244,7 +267,7 @@ class TestHotSwap:
         stop = threading.Event()
         failures: list[BaseException] = []
         answered: Counter[float] = Counter()
-        lock = threading.Lock()
+        answer = threading.Condition()
 
         def client() -> None:
             while not stop.is_set():
@@ -253,18 +276,16 @@ class TestHotSwap:
                 except BaseException as exc:
                     failures.append(exc)
                     continue
-                with lock:
+                with answer:
                     answered[scale] += 1
+                    answer.notify_all()
 
-        def answers() -> int:
-            with lock:
-                return sum(answered.values())
-
-        def wait_for_traffic(more: int) -> None:
-            target = answers() + more
-            deadline = time.monotonic() + 60
-            while answers() < target and time.monotonic() < deadline:
-                time.sleep(0.005)
+        def wait_for_answers(scale: float, more: int) -> None:
+            """Until the clients have answered ``more`` more times from ``scale``."""
+            with answer:
+                target = answered[scale] + more
+                if not answer.wait_for(lambda: answered[scale] >= target, timeout=60):
+                    raise AssertionError(f"the clients answered {dict(answered)}, waiting for {scale}")
 
         clients = [threading.Thread(target=client) for _ in range(3)]
         for thread in clients:
@@ -279,7 +300,7 @@ class TestHotSwap:
                 with pytest.raises(ModelLoadError):
                     cache.swap("churn", "not-onnx")  # a broken deploy leaves the name serving
                 assert cache.key_for("churn") == target
-                wait_for_traffic(50)
+                wait_for_answers(float(target[1]), 50)  # traffic reaches the new version
         finally:
             stop.set()
             for thread in clients:

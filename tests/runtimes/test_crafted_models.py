@@ -30,7 +30,7 @@ from maestro.config import Settings
 from maestro.events.models import OutboxEvent
 from maestro.registry.models import ModelVersion
 from tests.conftest import RunningProcess, wait_until
-from tests.factories import Actor, Factory
+from tests.factories import Actor, Factory, Org, api_key_headers
 from tests.runtimes import crafted
 
 pytestmark = [
@@ -96,10 +96,11 @@ class Tenant:
     """An organisation's developer, with a project, calling a running server."""
 
     def __init__(self, factory: Factory, server: RunningProcess, name: str) -> None:
-        self.org = factory.organization(name)
-        self.person: Actor = factory.user(self.org, "admin")
-        self.project = factory.project(self.org, self.person, "organization", name=f"{name} models")
-        self.inference = {"X-API-Key": factory.api_key(self.org, {"inference": ["read"]})}
+        org = Org.new(factory, name)
+        self.org = org.id
+        self.person: Actor = org.admin
+        self.project = org.project("organization", name=f"{name} models")
+        self.inference = api_key_headers(org.api_key({"inference": ["read"]}))
         self.http = httpx.Client(base_url=server.base_url, headers=self.person.headers, timeout=120)
 
     def model(self, name: str) -> str:

@@ -4,6 +4,7 @@ workers are alive end to end."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from maestro.jobs import service
@@ -12,6 +13,7 @@ from maestro.jobs.handlers import JobContext, job_handler
 CLEANUP = "maintenance.cleanup"
 PROBE = "system.probe"
 MAX_PROBE_SECONDS = 300.0
+PROBE_HOLDS = "probe-holds"  # under the data directory: files that release held probes
 
 
 @job_handler(CLEANUP)
@@ -28,14 +30,29 @@ def cleanup(ctx: JobContext) -> dict[str, Any]:
 
 @job_handler(PROBE)
 def probe(
-    ctx: JobContext, duration_seconds: float = 0.0, steps: int = 10, fail: bool = False
+    ctx: JobContext,
+    duration_seconds: float = 0.0,
+    steps: int = 10,
+    fail: bool = False,
+    hold: str | None = None,
 ) -> dict[str, Any]:
     """Walk through ``steps`` progress updates over ``duration_seconds``: proves a worker
     picks jobs up, heartbeats and reports, without touching any data. With ``fail`` it
-    ends in an error, to check that failures reach whoever watches for them."""
+    ends in an error, to check that failures reach whoever watches for them.
+
+    With ``hold`` (a file name) it first reports ``held`` and waits, heartbeating, until
+    that file exists in ``<data_dir>/probe-holds/`` (at most ``MAX_PROBE_SECONDS``): an
+    explicit signal that lets tests stop a worker mid-job, however slow the machine."""
     duration = min(max(float(duration_seconds), 0.0), MAX_PROBE_SECONDS)
     steps = min(max(int(steps), 1), 1000)
     started = time.monotonic()
+    if hold is not None:
+        release = Path(ctx.settings.data_dir) / PROBE_HOLDS / Path(hold).name
+        ctx.progress(0.0, "held")
+        while not release.exists():
+            if time.monotonic() - started > MAX_PROBE_SECONDS:
+                raise RuntimeError("the probe was held and never released")
+            time.sleep(0.05)
     for step in range(steps):
         time.sleep(duration / steps)
         ctx.progress((step + 1) / steps, f"step {step + 1} of {steps}")

@@ -67,7 +67,10 @@ class CacheStats:
 class ModelCache:
     """``loader(key)`` builds a runtime (``load_version`` for the version ``key`` names);
     it runs outside the cache's lock, one call per key at a time. ``on_evict`` runs with
-    the lock held, so it must be quick and must not call back into the cache."""
+    the lock held, so it must be quick and must not call back into the cache.
+    ``on_wait(key)`` runs outside the lock when a request starts waiting for a load of
+    ``key`` that another request is doing: a signal that lets tests hold a load until
+    every request they sent waits on it, instead of guessing how long that takes."""
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class ModelCache:
         warm_up: bool = True,
         failure_ttl: float = 5.0,
         on_evict: Callable[[str, Runtime], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         if max_models < 1 or max_bytes < 1:
             raise ValueError("the cache needs room for at least one model")
@@ -87,6 +91,7 @@ class ModelCache:
         self._warm_up = warm_up
         self._failure_ttl = failure_ttl
         self._on_evict = on_evict
+        self._on_wait = on_wait
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._loading: dict[str, Future[Runtime]] = {}
@@ -116,6 +121,8 @@ class ModelCache:
                 future = self._loading[key] = Future()
                 self._stats.misses += 1
         if not owner:
+            if self._on_wait is not None:
+                self._on_wait(key)
             return future.result()
         try:
             runtime = self._load(key)
