@@ -270,11 +270,17 @@ class TestPredictionLog:
             assert session.scalar(select(func.count()).select_from(PredictionLog)) == 0
 
     def test_the_log_reads_in_pages_oldest_first(
-        self, client: TestClient, app: FastAPI, factory: Factory, team: Team, live: dict[str, Any], tiny: Tiny
+        self,
+        client: TestClient,
+        app: FastAPI,
+        factory: Factory,
+        world: World,
+        live: dict[str, Any],
+        tiny: Tiny,
     ) -> None:
         sent = [records(tiny.X[i : i + 1]) for i in range(5)]
         for rows in sent:
-            assert predict(client, "fraud-api", team.key_headers, rows).status_code == 200
+            assert predict(client, "fraud-api", world.key_headers, rows).status_code == 200
         flush(app)
         with factory.database.session(write=False) as session:
             everything = logged_predictions(session, live["id"])
