@@ -21,7 +21,7 @@ from uuid import uuid4
 import anyio
 import pytest
 
-from maestro.api.errors import NotFound, PayloadTooLarge
+from maestro.errors import NotFound, PayloadTooLarge
 from maestro.storage import CHUNK_SIZE, TEMP_DIR, ArtifactStore, InvalidKey, StoredObject, validate_key
 
 PREFIX = "models/proj_abc"

@@ -244,7 +244,7 @@ def jobs_probe(
 @jobs_app.command("show")
 def jobs_show(job_id: str) -> None:
     """Print a job's status, progress and result."""
-    from maestro.api.errors import NotFound
+    from maestro.errors import NotFound
     from maestro.jobs.schemas import JobRead
     from maestro.jobs.service import get_job
 
@@ -285,7 +285,7 @@ def users_create(
     """Create a user (even when public registration is closed)."""
     from pydantic import TypeAdapter, ValidationError
 
-    from maestro.api.errors import Conflict
+    from maestro.errors import Conflict
     from maestro.identity import service
     from maestro.identity.schemas import Email
 

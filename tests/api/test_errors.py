@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from maestro.api.errors import Conflict, error_responses
+from maestro.api.errors import error_responses
+from maestro.errors import Conflict
 
 
 class Item(BaseModel):

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from maestro.api.errors import RateLimited, ServiceUnavailable
 from maestro.api.heavy import HeavyWork
+from maestro.errors import RateLimited, ServiceUnavailable
 from tests.api.heavy_functions import die, pid_and_niceness, refuse, twice
 from tests.conftest import wait_until
 

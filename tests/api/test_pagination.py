@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from maestro.api.envelope import Page
-from maestro.api.errors import ValidationFailed
 from maestro.api.pagination import PageParams, PageParamsDep, decode_cursor, encode_cursor, paginate
 from maestro.config import Settings
 from maestro.db import Database, utcnow
+from maestro.errors import ValidationFailed
 from maestro.jobs.models import Job
 from maestro.jobs.schemas import JobRead
 

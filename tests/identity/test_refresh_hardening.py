@@ -21,11 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, insert, select, text
 
-from maestro.api.errors import RateLimited
 from maestro.api.ratelimit import RateLimiter
 from maestro.app import create_app
 from maestro.config import Settings
 from maestro.db import utcnow
+from maestro.errors import RateLimited
 from maestro.identity import security, service
 from maestro.identity.models import AuditLog, AuthSession, RefreshToken
 from maestro.migrations import upgrade

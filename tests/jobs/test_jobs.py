@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from maestro.api.errors import ValidationFailed
 from maestro.app import create_app
 from maestro.config import Settings
 from maestro.db import utcnow
+from maestro.errors import ValidationFailed
 from maestro.jobs import service
 from maestro.jobs.maintenance import CLEANUP, PROBE
 from maestro.jobs.models import Job, JobStatus

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from maestro.api import errors
+from maestro import errors
 from maestro.api.mlflow_errors import MLFLOW_ERRORS, mlflow_error
 from maestro.mlflow_compat.routes import error_of as facade_error
 from tests.mlflow_compat.conftest import World, error_of, mlflow_call

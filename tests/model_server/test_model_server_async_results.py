@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from maestro.api.errors import NotFound, PayloadTooLarge, RateLimited, ServiceUnavailable
 from maestro.config import Settings
+from maestro.errors import NotFound, PayloadTooLarge, RateLimited, ServiceUnavailable
 from maestro.model_server.jobs import AsyncJobs
 from tests.conftest import RunningProcess
 from tests.deployments.platform import Tiny, skops_file

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from maestro.api.errors import MaestroError, ValidationFailed
+from maestro.errors import MaestroError, ValidationFailed
 
 
 async def read_limited(request: Request, limit: int, too_large: Callable[[int], MaestroError]) -> bytes:

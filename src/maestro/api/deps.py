@@ -13,10 +13,10 @@ from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import AuthenticationRequired
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
+from maestro.errors import AuthenticationRequired
 from maestro.identity import audit
 from maestro.identity.authn import authenticate, cached_principal
 from maestro.identity.rbac import Principal

@@ -1,7 +1,6 @@
 """The one place that renders every error (ours, FastAPI's validation errors,
 Starlette's 404 and 405) into the platform's error shape. The exception classes live in
-``maestro.errors``; they are re-exported here for the modules that still import them
-from this one."""
+``maestro.errors``, below every layer that raises them."""
 
 from __future__ import annotations
 
@@ -17,45 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maestro.api.envelope import ErrorBody, ErrorResponse
 from maestro.errors import (
-    AuthenticationRequired,
-    BadRequest,
-    Conflict,
     ErrorDetail,
     MaestroError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    RequestTimeout,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-    ValidationFailed,
     code_for_status,
 )
-
-__all__ = [
-    "AuthenticationRequired",
-    "BadRequest",
-    "Conflict",
-    "ErrorDetail",
-    "MaestroError",
-    "MethodNotAllowed",
-    "NotFound",
-    "PayloadTooLarge",
-    "PermissionDenied",
-    "RateLimited",
-    "RequestTimeout",
-    "ServiceUnavailable",
-    "UnsupportedMediaType",
-    "ValidationFailed",
-    "code_for_status",
-    "database_pressure",
-    "error_response",
-    "error_responses",
-    "install_error_handlers",
-    "validation_details",
-]
 
 logger = logging.getLogger("maestro.errors")
 

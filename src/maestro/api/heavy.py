@@ -39,8 +39,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
-from maestro.api.errors import RateLimited, ServiceUnavailable
 from maestro.config import Settings
+from maestro.errors import RateLimited, ServiceUnavailable
 from maestro.identity.rbac import Principal
 
 T = TypeVar("T")

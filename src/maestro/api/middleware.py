@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maestro.api.context import accept_request_id, request_id_var
 from maestro.api.envelope import ErrorDetail
-from maestro.api.errors import RequestTimeout, error_response
+from maestro.api.errors import error_response
+from maestro.errors import RequestTimeout
 
 access_logger = logging.getLogger("maestro.access")
 error_logger = logging.getLogger("maestro.errors")

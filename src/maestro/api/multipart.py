@@ -25,8 +25,8 @@ from anyio.to_thread import run_sync
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from maestro.api.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from maestro.db import release_write_lock, run_after_rollback
+from maestro.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from maestro.storage import ArtifactStore, ArtifactWriter, StoredObject
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from sqlalchemy import Select, TypeDecorator, func, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from maestro.api.envelope import Page, Pagination
-from maestro.api.errors import ValidationFailed
 from maestro.api.params import ID_MAX_LENGTH
+from maestro.errors import ValidationFailed
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

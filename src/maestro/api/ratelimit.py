@@ -22,8 +22,8 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from maestro.api.errors import RateLimited
 from maestro.config import Settings
+from maestro.errors import RateLimited
 
 PLAN_LIMITS: dict[str, str | None] = {
     "free": "100/hour",

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.db import utcnow
 from maestro.deployments import batch_process
 from maestro.deployments.inference import NO_SUCH_DEPLOYMENT
 from maestro.deployments.models import Deployment, DeploymentStatus
+from maestro.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.files.formats import (
     CONTENT_TYPES,
     SUFFIXES,

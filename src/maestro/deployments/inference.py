@@ -24,7 +24,11 @@ from fastapi.responses import Response
 
 from maestro.api.bodies import read_limited
 from maestro.api.context import current_request_id
-from maestro.api.errors import (
+from maestro.db import new_id
+from maestro.deployments.models import DeploymentStatus
+from maestro.deployments.predictions import Served
+from maestro.deployments.state import LiveDeployment, ServingState
+from maestro.errors import (
     MaestroError,
     NotFound,
     PayloadTooLarge,
@@ -32,10 +36,6 @@ from maestro.api.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from maestro.db import new_id
-from maestro.deployments.models import DeploymentStatus
-from maestro.deployments.predictions import Served
-from maestro.deployments.state import LiveDeployment, ServingState
 from maestro.identity import audit
 from maestro.identity.rbac import Principal, Target, authorize, can
 from maestro.projects.models import Project

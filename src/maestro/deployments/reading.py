@@ -12,7 +12,6 @@ from typing import cast
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import ValidationFailed
 from maestro.api.request_metrics import LATENCY_BUCKETS_MS
 from maestro.db import (
     utcnow,
@@ -51,6 +50,7 @@ from maestro.deployments.service import (
     get_deployment,
 )
 from maestro.deployments.state import ServingState
+from maestro.errors import ValidationFailed
 from maestro.identity.models import User
 from maestro.identity.rbac import Principal
 from maestro.identity.schemas import user_ref

@@ -28,14 +28,7 @@ from maestro.api.deps import (
     StoreDep,
 )
 from maestro.api.envelope import Envelope, Page
-from maestro.api.errors import (
-    AuthenticationRequired,
-    NotFound,
-    UnsupportedMediaType,
-    ValidationFailed,
-    error_responses,
-    validation_details,
-)
+from maestro.api.errors import error_responses, validation_details
 from maestro.api.multipart import ReceivedUpload, staged_upload
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, DeploymentId, ProjectId, path_id
@@ -67,6 +60,7 @@ from maestro.deployments.schemas import (
     RollbackRequest,
 )
 from maestro.deployments.state import ServingState
+from maestro.errors import AuthenticationRequired, NotFound, UnsupportedMediaType, ValidationFailed
 from maestro.files import service as files_service
 from maestro.files.formats import DatasetFormat
 from maestro.projects import service as projects_service

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.deployments.models import DeploymentStatus, Environment, InstanceType, LogLevel
-from maestro.identity.schemas import StrictModel, UserRef
-from maestro.schemas import Visible
+from maestro.identity.schemas import UserRef
+from maestro.schemas import StrictModel, Visible
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 DeploymentName = Annotated[

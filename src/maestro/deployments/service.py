@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, ValidationFailed
 from maestro.config import Settings
 from maestro.db import (
     Database,
@@ -50,6 +49,7 @@ from maestro.deployments.schemas import (
 )
 from maestro.deployments.secrets import MASK, SecretsUnreadable, masked, seal, unseal
 from maestro.deployments.state import GENERATION_ROW, ServingState
+from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, authorize

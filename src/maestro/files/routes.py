@@ -11,11 +11,12 @@ from fastapi.responses import StreamingResponse
 from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, stored_file_response
 from maestro.api.envelope import Envelope, Page
-from maestro.api.errors import ValidationFailed, error_responses
+from maestro.api.errors import error_responses
 from maestro.api.multipart import UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, FileId, ProjectId
 from maestro.db import release_write_lock
+from maestro.errors import ValidationFailed
 from maestro.files import service
 from maestro.files.formats import SUFFIXES, DatasetFormat
 from maestro.files.models import FileKind, StoredFile

@@ -11,9 +11,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from maestro.api.downloads import attachment
-from maestro.api.errors import NotFound, ValidationFailed
 from maestro.api.multipart import ReceivedUpload
 from maestro.db import run_after_commit
+from maestro.errors import NotFound, ValidationFailed
 from maestro.files.formats import (
     CONTENT_TYPES,
     GENERIC_CONTENT_TYPES,

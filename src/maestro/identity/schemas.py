@@ -13,8 +13,6 @@ from pydantic import (
 )
 
 from maestro.identity.models import Role
-
-# StrictModel lives in the foundation; re-exported for the request schemas that import it from here.
 from maestro.schemas import StrictModel, Visible
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), Visible]

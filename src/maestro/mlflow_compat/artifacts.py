@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, ValidationFailed
 from maestro.api.mlflow_errors import invalid, missing
 from maestro.api.params import ID_MAX_LENGTH
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
+from maestro.errors import Conflict, ValidationFailed
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat.common import Scope, text

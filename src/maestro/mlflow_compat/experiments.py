@@ -11,9 +11,9 @@ import orjson
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict
 from maestro.api.mlflow_errors import EXISTS, MlflowError, invalid, missing
 from maestro.api.params import ID_MAX_LENGTH
+from maestro.errors import Conflict
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat import filters
@@ -41,6 +41,7 @@ from maestro.mlflow_compat.common import (
     strings,
     text,
 )
+from maestro.projects import service as projects_service
 from maestro.tracking import service as tracking
 from maestro.tracking.models import (
     Experiment,
@@ -91,7 +92,7 @@ def experiment_dicts(session: Session, experiments: Sequence[Experiment]) -> lis
 def _default_experiment(session: Session, principal: Principal, scope: Scope, action: Action) -> Experiment:
     """MLflow's experiment "0" is the project's experiment named Default, created the first
     time a client logs to it."""
-    project = tracking.get_project_for_experiments(session, principal, scope.required(), "read")
+    project = projects_service.project_for(session, principal, "experiments", scope.required(), "read")
     experiment = session.scalar(
         select(Experiment).where(
             Experiment.project_id == project.id, Experiment.name == DEFAULT_EXPERIMENT_NAME
@@ -104,7 +105,9 @@ def _default_experiment(session: Session, principal: Principal, scope: Scope, ac
             session, principal, project.id, ExperimentCreate(name=DEFAULT_EXPERIMENT_NAME)
         )
     else:
-        tracking.authorize_experiments(session, principal, action, project, missing=NO_EXPERIMENT)
+        projects_service.authorize_in_project(
+            session, principal, "experiments", action, project, missing=NO_EXPERIMENT
+        )
     return experiment
 
 
@@ -142,7 +145,7 @@ def get_experiment_by_name(
     session: Session, principal: Principal, scope: Scope, body: dict[str, Any]
 ) -> dict:
     name = required_text(body, "experiment_name", max_length=500)
-    project = tracking.get_project_for_experiments(session, principal, scope.required(), "read")
+    project = projects_service.project_for(session, principal, "experiments", scope.required(), "read")
     experiment = session.scalar(
         select(Experiment).where(Experiment.project_id == project.id, Experiment.name == name)
     )
@@ -266,7 +269,7 @@ def text_bytes(
 
 
 def search_experiments(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
-    project = tracking.get_project_for_experiments(session, principal, scope.required(), "read")
+    project = projects_service.project_for(session, principal, "experiments", scope.required(), "read")
     limit, offset = page_window(body, 1000, MAX_RESULTS)
     view = VIEW_TYPES.get(str(body.get("view_type") or "ACTIVE_ONLY").upper())
     if view is None:

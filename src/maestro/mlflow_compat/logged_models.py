@@ -40,9 +40,9 @@ from maestro.mlflow_compat.experiments import (
 )
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
 from maestro.mlflow_compat.runs import get_run_row, searched_experiments
+from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.storage import ArtifactStore, delete_after_commit
-from maestro.tracking import service as tracking
 from maestro.tracking.models import Experiment
 
 # --- logged models -------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def get_logged_model_row(
     if row is None or not scope.admits(row[0].project_id):
         raise missing(message)
     model, experiment, project = row
-    tracking.authorize_experiments(session, principal, action, project, missing=message)
+    projects_service.authorize_in_project(session, principal, "experiments", action, project, missing=message)
     return model, experiment
 
 

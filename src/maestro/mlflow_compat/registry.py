@@ -14,14 +14,15 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound
 from maestro.api.mlflow_errors import EXISTS, MlflowError, invalid, missing
 from maestro.api.params import ID_MAX_LENGTH
 from maestro.db import run_after_rollback
+from maestro.errors import Conflict, NotFound
 from maestro.identity import audit
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import filters
 from maestro.mlflow_compat.models import LoggedModel
+from maestro.projects import service as projects_service
 from maestro.registry import service as registry
 from maestro.registry.models import ModelAlias, ModelTag, ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.models import VersionTag as RegistryVersionTag
@@ -244,7 +245,7 @@ def delete_registered_model(
 def search_registered_models(
     session: Session, principal: Principal, scope: Scope, body: dict[str, Any]
 ) -> dict:
-    project = registry.get_project_for_models(session, principal, scope.required(), "read")
+    project = projects_service.project_for(session, principal, "models", scope.required(), "read")
     limit, offset = page_window(body, 100, 1000)
     statement = select(RegisteredModel).where(RegisteredModel.project_id == project.id)
     for condition in filter_conditions(body, filters.REGISTERED_MODELS):
@@ -668,7 +669,7 @@ def download_uri(session: Session, principal: Principal, scope: Scope, body: dic
 
 
 def search_versions(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
-    project = registry.get_project_for_models(session, principal, scope.required(), "read")
+    project = projects_service.project_for(session, principal, "models", scope.required(), "read")
     limit, offset = page_window(body, 10_000, 200_000)
     statement = (
         select(ModelVersion, RegisteredModel)

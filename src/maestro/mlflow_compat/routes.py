@@ -40,14 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from maestro.api.context import current_request_id
 from maestro.api.deps import ReadingPrincipal, request_transaction
 from maestro.api.downloads import stored_file_response
-from maestro.api.errors import (
-    BUSY_RETRY_AFTER,
-    CANCELLED_RETRY_AFTER,
-    MaestroError,
-    PayloadTooLarge,
-    database_pressure,
-)
+from maestro.api.errors import BUSY_RETRY_AFTER, CANCELLED_RETRY_AFTER, database_pressure
 from maestro.api.mlflow_errors import INVALID, MISSING, MlflowError, mlflow_error
+from maestro.errors import MaestroError, PayloadTooLarge
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
 from maestro.mlflow_compat.service import Scope

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, ValidationFailed
 from maestro.api.mlflow_errors import MlflowError, invalid, missing
 from maestro.api.params import ID_MAX_LENGTH
+from maestro.errors import Conflict, ValidationFailed
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.mlflow_compat.common import (
@@ -48,6 +48,7 @@ from maestro.mlflow_compat.experiments import (
     text_bytes,
     within_budget,
 )
+from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import search as run_search
@@ -92,8 +93,8 @@ def get_run_row(
     if row is None or not scope.admits(row[1].project_id):
         raise missing(f"Run with id={run_id} not found")
     run, experiment, project = row
-    tracking.authorize_experiments(
-        session, principal, action, project, missing=f"Run with id={run_id} not found"
+    projects_service.authorize_in_project(
+        session, principal, "experiments", action, project, missing=f"Run with id={run_id} not found"
     )
     return experiment, run
 
@@ -380,7 +381,9 @@ def run_for_logging(session: Session, principal: Principal, scope: Scope, run_id
     if row is None or not scope.admits(row[4]):
         raise missing(message)
     project = ProjectRef(row[4], row[5], row[6])
-    tracking.authorize_experiments(session, principal, "write", project, missing=message)  # type: ignore[arg-type]
+    projects_service.authorize_in_project(
+        session, principal, "experiments", "write", project, missing=message
+    )
     if row[3] != Lifecycle.active:
         raise MlflowError(
             f"The run {run_id} must be in the 'active' state. Current state is {row[3]}.", "INVALID_STATE"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
-from maestro.api.errors import AuthenticationRequired, ServiceUnavailable
+from maestro.errors import AuthenticationRequired, ServiceUnavailable
 from maestro.identity.authn import ORGANIZATION_HEADER, CredentialCache, authenticate, credentials
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.rbac import Action, Principal, Target, can

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from maestro.api.errors import MaestroError
 from maestro.api.middleware import api_route
+from maestro.errors import MaestroError
 from maestro.model_server.auth import Caller
 from maestro.model_server.protocols import answer_infer, answer_invocations
 from maestro.model_server.routes import answer_batch, answer_predict, authenticated, on_maestro_error

@@ -40,8 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from maestro.api.errors import MaestroError, NotFound, PayloadTooLarge, RateLimited, ServiceUnavailable
 from maestro.db import new_id
+from maestro.errors import MaestroError, NotFound, PayloadTooLarge, RateLimited, ServiceUnavailable
 from maestro.runtimes.errors import ServingError
 
 logger = logging.getLogger("maestro.serving")

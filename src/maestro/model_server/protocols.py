@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from maestro import __version__
-from maestro.api.errors import NotFound, UnsupportedMediaType
+from maestro.errors import NotFound, UnsupportedMediaType
 from maestro.model_server.auth import Caller
 from maestro.model_server.routes import (
     JSON,

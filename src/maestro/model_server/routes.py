@@ -23,16 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from maestro import __version__
 from maestro.api.bodies import read_limited
 from maestro.api.envelope import ErrorDetail
-from maestro.api.errors import (
-    MaestroError,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-    error_response,
-    error_responses,
-    validation_details,
-)
+from maestro.api.errors import error_response, error_responses, validation_details
 from maestro.api.mlflow_errors import mlflow_error
+from maestro.errors import MaestroError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from maestro.model_server.auth import Caller
 from maestro.model_server.jobs import CHUNK_ROWS
 from maestro.model_server.schemas import (

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from limits import parse
 
-from maestro.api.errors import (
+from maestro.api.ratelimit import RateLimiter
+from maestro.config import Settings
+from maestro.errors import (
     Conflict,
     MaestroError,
     NotFound,
@@ -50,8 +52,6 @@ from maestro.api.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from maestro.api.ratelimit import RateLimiter
-from maestro.config import Settings
 from maestro.model_server.auth import Authenticator, Caller
 from maestro.model_server.jobs import AsyncJobs
 from maestro.model_server.metrics import ServerMetrics

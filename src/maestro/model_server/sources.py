@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
-from maestro.api.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied, ValidationFailed
+from maestro.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied, ValidationFailed
 from maestro.identity.rbac import Target, authorize
 from maestro.runtimes.errors import ModelLoadError
 

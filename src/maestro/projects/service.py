@@ -13,7 +13,7 @@ from maestro.db import flush_unique, new_id
 from maestro.errors import Conflict, NotFound
 from maestro.identity import audit
 from maestro.identity.models import Membership, Organization, ProjectMember, Role, Visibility
-from maestro.identity.rbac import Action, Principal, Target, authorize, organization_role
+from maestro.identity.rbac import Action, Principal, ProjectScope, Target, authorize, organization_role
 from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.projects import sources
@@ -65,7 +65,7 @@ def authorize_in_project(
     principal: Principal,
     kind: str,
     action: Action,
-    project: Project,
+    project: ProjectScope,
     *,
     missing: str | None = None,
 ) -> None:

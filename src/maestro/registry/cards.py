@@ -15,8 +15,9 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import ValidationFailed, validation_details
+from maestro.api.errors import validation_details
 from maestro.db import utcnow
+from maestro.errors import ValidationFailed
 from maestro.identity import audit
 from maestro.identity.models import User
 from maestro.identity.rbac import Principal

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from maestro.api.deps import CurrentPrincipal, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page
-from maestro.api.errors import NotFound, ValidationFailed, error_responses, validation_details
+from maestro.api.errors import error_responses, validation_details
 from maestro.api.heavy import HeavyDep
 from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
+from maestro.errors import NotFound, ValidationFailed
 from maestro.projects import service as projects_service
 from maestro.registry import card_documents, cards, schemas, service
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage

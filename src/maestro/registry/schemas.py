@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
-from maestro.identity.schemas import StrictModel, UserRef
+from maestro.identity.schemas import UserRef
 from maestro.registry.models import ModelType, Stage
 from maestro.runtimes.formats import ModelFormat
-from maestro.schemas import JsonDepth, Visible
+from maestro.schemas import JsonDepth, StrictModel, Visible
 
 TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 MAX_TAGS = 100  # per model

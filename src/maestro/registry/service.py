@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.db import ensure_unique, flush_unique, run_after_commit, utcnow
+from maestro.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, organization_role
@@ -197,12 +197,6 @@ def _name_taken() -> Conflict:
 
 def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: str | None = None) -> None:
     ensure_unique(session, RegisteredModel, _name_taken(), but=but, project_id=project_id, name=name)
-
-
-def get_project_for_models(
-    session: Session, principal: Principal, project_id: str, action: Action
-) -> Project:
-    return projects_service.project_for(session, principal, "models", project_id, action)
 
 
 def _flush_unique(session: Session) -> None:

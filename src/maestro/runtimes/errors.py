@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from maestro.api.errors import MaestroError, code_for_status
+from maestro.errors import MaestroError, code_for_status
 
 # Why a model could not be loaded, and the status a route answers with: 409 where the
 # version's state is the obstacle (an admin's trust would lift it), 422 where the file is.

@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 
 from maestro import __version__
-from maestro.api.errors import ServiceUnavailable
+from maestro.errors import ServiceUnavailable
 from maestro.runtimes.base import MIN_MEMORY_BYTES, Runtime
 from maestro.runtimes.errors import ModelLoadError, PredictionError, ServingError
 from maestro.runtimes.formats import CODE_EXECUTING_FORMATS, ModelFormat

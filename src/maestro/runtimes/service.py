@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from maestro.api.errors import NotFound
+from maestro.errors import NotFound
 from maestro.runtimes.base import BYTE_LIMIT_MESSAGE, HEAD_BYTES, Runtime
 from maestro.runtimes.boosters import LightGBMRuntime, XGBoostRuntime
 from maestro.runtimes.errors import ModelLoadError

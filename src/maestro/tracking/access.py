@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, ValidationFailed
+from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.identity.models import User
-from maestro.identity.rbac import Action, Principal, Target, authorize
+from maestro.identity.rbac import Action, Principal
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
@@ -58,22 +58,6 @@ def check_time(moment: datetime | None, field: str) -> int | None:
 
 
 # --- loading and access --------------------------------------------------------------------
-def authorize_experiments(
-    session: Session, principal: Principal, action: Action, project: Project, *, missing: str | None = None
-) -> None:
-    authorize(
-        session, principal, action, Target("experiments", project.organization_id, project), missing=missing
-    )
-
-
-def get_project_for_experiments(
-    session: Session, principal: Principal, project_id: str, action: Action
-) -> Project:
-    project = projects_service.get_project(session, project_id)
-    authorize_experiments(session, principal, action, project)
-    return project
-
-
 def get_visible_experiment(
     session: Session, principal: Principal, experiment_id: str, action: Action
 ) -> Experiment:
@@ -86,7 +70,9 @@ def get_visible_experiment(
     if row is None:
         raise NotFound(NO_EXPERIMENT)
     experiment, project = row
-    authorize_experiments(session, principal, action, project, missing=NO_EXPERIMENT)
+    projects_service.authorize_in_project(
+        session, principal, "experiments", action, project, missing=NO_EXPERIMENT
+    )
     return experiment
 
 
@@ -104,7 +90,9 @@ def get_visible_run(
         get_visible_experiment(session, principal, experiment_id, action)  # the experiment's 404 first
         raise NotFound(NO_RUN)
     experiment, project, run = row
-    authorize_experiments(session, principal, action, project, missing=NO_EXPERIMENT)
+    projects_service.authorize_in_project(
+        session, principal, "experiments", action, project, missing=NO_EXPERIMENT
+    )
     return experiment, run
 
 

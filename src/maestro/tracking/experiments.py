@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Select, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, ValidationFailed
-from maestro.db import flush_unique, utcnow
+from maestro.db import ensure_unique, flush_unique, utcnow
+from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.identity import audit
 from maestro.identity.rbac import Principal, Target, authorize
 from maestro.identity.schemas import user_ref
@@ -28,7 +28,6 @@ from maestro.tracking.access import (
     RECENT_RUNS,
     caller_name,
     check_model,
-    get_project_for_experiments,
     get_visible_experiment,
     to_datetime,
 )
@@ -120,7 +119,7 @@ def list_project_experiments(
     created_by: str | None,
     search_text: str | None,
 ) -> Select[tuple[Experiment]]:
-    project = get_project_for_experiments(session, principal, project_id, "read")
+    project = projects_service.project_for(session, principal, "experiments", project_id, "read")
     check_model(session, project, model_id)
     return experiments_query(
         project, status=status, model_id=model_id, created_by=created_by, search_text=search_text
@@ -140,7 +139,7 @@ def readable_experiments(
     acts in (an API key's own organisation; for a person, their current one)."""
     organization_id = principal.organization_id
     if project_id is not None:
-        project = get_project_for_experiments(session, principal, project_id, "read")
+        project = projects_service.project_for(session, principal, "experiments", project_id, "read")
         statement = select(Experiment).where(Experiment.project_id == project.id)
     elif organization_id is None:
         statement = select(Experiment).where(Experiment.id.is_(None))
@@ -334,22 +333,22 @@ def experiment_detail(session: Session, experiment: Experiment) -> ExperimentDet
 
 
 # --- experiments: changing -----------------------------------------------------------------
+def _name_taken() -> Conflict:
+    return Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
+
+
 def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: str | None = None) -> None:
-    clash = select(Experiment.id).where(Experiment.project_id == project_id, Experiment.name == name)
-    if but is not None:
-        clash = clash.where(Experiment.id != but)
-    if session.scalar(clash.limit(1)) is not None:
-        raise Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
+    ensure_unique(session, Experiment, _name_taken(), but=but, project_id=project_id, name=name)
 
 
 def _flush_unique(session: Session) -> None:
-    flush_unique(session, Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")]))
+    flush_unique(session, _name_taken())
 
 
 def create_experiment(
     session: Session, principal: Principal, project_id: str, body: ExperimentCreate | TrackedExperimentCreate
 ) -> Experiment:
-    project = get_project_for_experiments(session, principal, project_id, "write")
+    project = projects_service.project_for(session, principal, "experiments", project_id, "write")
     check_model(session, project, body.model_id)
     _ensure_unique_name(session, project.id, body.name)
     owner = getattr(body, "owner", None) or caller_name(session, principal)

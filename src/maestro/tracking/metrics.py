@@ -26,8 +26,8 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import ValidationFailed
 from maestro.api.pagination import TokenError, decode_token, encode_token
+from maestro.errors import ValidationFailed
 from maestro.tracking.models import LatestMetric, MetricPoint, Run
 from maestro.tracking.schemas import KEY_PATTERN, NON_FINITE, MetricIn, path_safe_key
 

@@ -22,17 +22,12 @@ from maestro.api.deps import (
 )
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
-from maestro.api.errors import (
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-    error_responses,
-    validation_details,
-)
+from maestro.api.errors import error_responses, validation_details
 from maestro.api.heavy import HeavyDep, owners_of
 from maestro.api.multipart import UploadForm, receive_upload
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, ArtifactId, ExperimentId, ProjectId, RunId
+from maestro.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from maestro.schemas import find_invisible, invisible_message
 from maestro.tracking import metrics as metric_store
 from maestro.tracking import service

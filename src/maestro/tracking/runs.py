@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import Conflict, NotFound, ValidationFailed
 from maestro.db import flush_unique, run_after_commit, run_after_rollback, utcnow
+from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.rbac import Principal

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
-from maestro.identity.schemas import StrictModel, UserRef
-from maestro.schemas import JsonDepth, Visible
+from maestro.identity.schemas import UserRef
+from maestro.schemas import JsonDepth, StrictModel, Visible
 from maestro.tracking.models import ArtifactType, ExperimentStatus, Lifecycle, RunStatus
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

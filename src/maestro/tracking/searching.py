@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from maestro.api.errors import ValidationFailed
 from maestro.api.pagination import TokenError, decode_token, encode_token
+from maestro.errors import ValidationFailed
 from maestro.identity.rbac import Principal
+from maestro.projects import service as projects_service
 from maestro.tracking import search
-from maestro.tracking.access import get_project_for_experiments
 from maestro.tracking.models import (
     Experiment,
     Lifecycle,
@@ -123,7 +123,7 @@ def searchable_experiments(
 ) -> list[str]:
     """The experiments of a readable project to search: those named (each must be in the
     project, else 422 naming it), or all of them."""
-    project = get_project_for_experiments(session, principal, project_id, "read")
+    project = projects_service.project_for(session, principal, "experiments", project_id, "read")
     statement = select(Experiment.id).where(Experiment.project_id == project.id)
     if experiment_ids is None:
         return list(session.scalars(statement.where(Experiment.lifecycle_stage == Lifecycle.active)))
