@@ -23,6 +23,7 @@ from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import filters
 from maestro.mlflow_compat.models import LoggedModel
 from maestro.projects import service as projects_service
+from maestro.registry import labels as registry_labels
 from maestro.registry import service as registry
 from maestro.registry.models import ModelAlias, ModelTag, ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.models import VersionTag as RegistryVersionTag
@@ -592,7 +593,7 @@ def create_version(
     if prepared.framework and not model.framework:
         model.framework = prepared.framework
     for key, value in prepared.tags:
-        registry.set_version_tag(session, principal, model.id, row.version, key, value)
+        registry_labels.set_version_tag(session, principal, model.id, row.version, key, value)
     session.flush()
     return {"model_version": version_dicts(session, model, [row])[0]}
 
@@ -720,7 +721,7 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
 def set_version_tag(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
     model, row = version_row(session, principal, scope, body)
     key, value = _registry_tag(body.get("key"), body.get("value"))
-    registry.set_version_tag(session, principal, model.id, row.version, key, value)
+    registry_labels.set_version_tag(session, principal, model.id, row.version, key, value)
     return {}
 
 
@@ -728,7 +729,7 @@ def delete_version_tag(session: Session, principal: Principal, scope: Scope, bod
     model, row = version_row(session, principal, scope, body)
     key = required_text(body, "key", max_length=250)
     try:
-        registry.delete_version_tag(session, principal, model.id, row.version, key)
+        registry_labels.delete_version_tag(session, principal, model.id, row.version, key)
     except NotFound as exc:
         raise missing(f"No tag with key {key[:100]!r} on version {row.number} of {model.name}") from exc
     return {}
@@ -745,7 +746,7 @@ def _alias(body: dict[str, Any]) -> str:
 
 def set_alias(session: Session, principal: Principal, scope: Scope, body: dict[str, Any]) -> dict:
     model, row = version_row(session, principal, scope, body)
-    registry.set_alias(session, principal, model.id, _alias(body), row.version)
+    registry_labels.set_alias(session, principal, model.id, _alias(body), row.version)
     return {}
 
 
@@ -753,7 +754,7 @@ def get_alias(session: Session, principal: Principal, scope: Scope, body: dict[s
     model = registered_model_row(session, principal, scope, _model_name(body))
     alias = _alias(body)
     try:
-        _, row = registry.resolve_alias(session, principal, model.id, alias)
+        _, row = registry_labels.resolve_alias(session, principal, model.id, alias)
     except NotFound as exc:
         raise missing(f"Registered model alias {alias} not found.") from exc
     return {"model_version": version_dicts(session, model, [row])[0]}
@@ -763,7 +764,7 @@ def delete_alias(session: Session, principal: Principal, scope: Scope, body: dic
     model = registered_model_row(session, principal, scope, _model_name(body))
     alias = _alias(body)
     try:
-        registry.delete_alias(session, principal, model.id, alias)
+        registry_labels.delete_alias(session, principal, model.id, alias)
     except NotFound as exc:
         raise missing(f"Registered model alias {alias} not found.") from exc
     return {}

@@ -19,7 +19,7 @@ from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
 from maestro.errors import NotFound, ValidationFailed
 from maestro.projects import service as projects_service
-from maestro.registry import card_documents, cards, schemas, service
+from maestro.registry import card_documents, cards, labels, schemas, service
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
     ALIAS_PATTERN,
@@ -425,7 +425,7 @@ def get_model_alias(
     model_id: ModelId, alias: AliasPath, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[AliasRead]:
     """The version an alias names."""
-    row, version = service.resolve_alias(session, principal, model_id, alias)
+    row, version = labels.resolve_alias(session, principal, model_id, alias)
     return Envelope(data=AliasRead(alias=row.alias, version=service.version_read(session, version)))
 
 
@@ -438,7 +438,7 @@ def set_model_alias(
     model_id: ModelId, alias: AliasPath, body: AliasSet, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[AliasRead]:
     """Point an alias at a version of the model."""
-    row, version = service.set_alias(session, principal, model_id, alias, body.version)
+    row, version = labels.set_alias(session, principal, model_id, alias, body.version)
     return Envelope(data=AliasRead(alias=row.alias, version=service.version_read(session, version)))
 
 
@@ -451,7 +451,7 @@ def delete_model_alias(
     model_id: ModelId, alias: AliasPath, principal: CurrentPrincipal, session: SessionDep
 ) -> None:
     """Remove an alias from a model."""
-    service.delete_alias(session, principal, model_id, alias)
+    labels.delete_alias(session, principal, model_id, alias)
 
 
 # --- version tags --------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def list_version_tags(
     model_id: ModelId, version: VersionPath, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[list[TagRead]]:
     """A version's tags with their values, by key."""
-    tags = service.list_version_tags(session, principal, model_id, version)
+    tags = labels.list_version_tags(session, principal, model_id, version)
     return Envelope(data=[TagRead(key=tag.key, value=tag.value) for tag in tags])
 
 
@@ -482,7 +482,7 @@ def set_version_tag(
     session: SessionDep,
 ) -> Envelope[TagRead]:
     """Set a tag on a version, adding it or replacing its value."""
-    tag = service.set_version_tag(session, principal, model_id, version, key, body.value)
+    tag = labels.set_version_tag(session, principal, model_id, version, key, body.value)
     return Envelope(data=TagRead(key=tag.key, value=tag.value))
 
 
@@ -495,7 +495,7 @@ def delete_version_tag(
     model_id: ModelId, version: VersionPath, key: TagKeyPath, principal: CurrentPrincipal, session: SessionDep
 ) -> None:
     """Remove a tag from a version."""
-    service.delete_version_tag(session, principal, model_id, version, key)
+    labels.delete_version_tag(session, principal, model_id, version, key)
 
 
 # --- model cards ---------------------------------------------------------------------------
