@@ -295,15 +295,16 @@ def flush_unique(session: Session, conflict: Exception) -> None:
 
 
 def release_write_lock(session: Session) -> None:
-    """Commit what the request has written so far, mid-request, before work that takes
-    long without the database: loading a model, streaming an upload.
-
-    SQLite has one writer at a time, and a request's transaction holds the lock from its
-    first write to its commit; seconds of loading or uploading inside it would stall every
-    other writer. Callers check and authorise first (nothing of the request is visible
-    before this point that may not be), and what follows runs in a new transaction that
-    the request's session commits or rolls back as usual. The one place that does this,
-    so that every mid-request commit is visible by name."""
+    """Commit what the request has done so far, in the middle of the request: the one
+    sanctioned commit outside ``api.deps.request_transaction``. A writer holds SQLite's
+    database-wide write lock (and on PostgreSQL its row locks) from its first write to its
+    commit, and a reader holds its snapshot, so a route that then waits on something
+    slow (a body streaming in, a model loading, a document rendering) would hold every
+    other writer up for as long. Such a route checks and authorises what it must,
+    releases the lock here, does the slow part, and goes on in a new transaction on the
+    same session, which the request commits or rolls back as usual. Whatever it checked
+    may have changed meanwhile, so the work after the release checks again what must
+    still hold."""
     session.commit()
 
 

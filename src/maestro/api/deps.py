@@ -72,19 +72,6 @@ def request_transaction(request: Request, *, write: bool) -> Iterator[Session]:
         session.close()
 
 
-def release_write_lock(session: Session) -> None:
-    """Commit what the request has done so far, in the middle of the request: the one
-    sanctioned commit outside ``request_transaction``. A writer holds SQLite's
-    database-wide write lock (and on PostgreSQL its row locks) from its first query to
-    its commit, so a route that then waits on something slow — a body streaming in, a
-    model loading — would hold every other writer up for as long. Such a route checks
-    what it must, releases the lock here, does the slow part, and goes on in a new
-    transaction on the same session (which ``request_transaction`` commits at the end).
-    Whatever it checked before may have changed by then, so the work after the release
-    checks again what must still hold."""
-    session.commit()
-
-
 def get_session(request: Request) -> Iterator[Session]:
     """One request, one transaction: commit when the route returns, roll back when it
     raises. Services flush but never commit, so a change, its audit row and its

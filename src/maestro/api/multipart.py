@@ -264,7 +264,7 @@ def stored_key(upload: ReceivedUpload) -> str:
 
 @contextlib.asynccontextmanager
 async def staged_upload(
-    session: Session,
+    session: Session | None,
     store: ArtifactStore,
     receiving: Awaitable[Received],
     key_of: Callable[[Received], str],
@@ -279,8 +279,11 @@ async def staged_upload(
     client holds no lock while the body streams in. The block records the upload in the
     request's transaction. If the block raises, the file is removed at once (even when
     the request is being cancelled); if it returns, the file is removed should that
-    transaction roll back, so no file outlives the row that should point at it."""
-    if release:
+    transaction roll back, so no file outlives the row that should point at it. Without
+    a request session (``None``: the MLflow facade, whose block records the upload in a
+    transaction of its own that has committed when the block returns) there is nothing
+    to release and nothing left to watch."""
+    if session is not None and release:
         await run_sync(release_write_lock, session)
     received = await receiving
     key = key_of(received)
@@ -290,4 +293,5 @@ async def staged_upload(
         with anyio.CancelScope(shield=True):
             await run_sync(store.delete, key)
         raise
-    run_after_rollback(session, lambda: store.delete(key))
+    if session is not None:
+        run_after_rollback(session, lambda: store.delete(key))

@@ -42,6 +42,7 @@ from maestro.api.deps import ReadingPrincipal, request_transaction
 from maestro.api.downloads import stored_file_response
 from maestro.api.errors import BUSY_RETRY_AFTER, CANCELLED_RETRY_AFTER, database_pressure
 from maestro.api.mlflow_errors import INVALID, MISSING, MlflowError, mlflow_error
+from maestro.api.multipart import staged_upload
 from maestro.errors import MaestroError, PayloadTooLarge
 from maestro.identity.rbac import Principal
 from maestro.mlflow_compat import service
@@ -333,8 +334,8 @@ async def upload_artifact(artifact_path: str, request: Request, principal: Readi
     if declared is not None and declared.isdigit() and int(declared) > settings.max_artifact_bytes:
         raise PayloadTooLarge(f"An artifact may be at most {settings.max_artifact_bytes} bytes")
     prefix = await run_sync(partial(transact, request, principal, False, _owner_prefix, scope, place))
-    stored = await store.put_async_stream(prefix, request.stream(), max_bytes=settings.max_artifact_bytes)
-    try:
+    receiving = store.put_async_stream(prefix, request.stream(), max_bytes=settings.max_artifact_bytes)
+    async with staged_upload(None, store, receiving, lambda stored: stored.key) as stored:
         await run_sync(
             partial(
                 transact,
@@ -349,10 +350,6 @@ async def upload_artifact(artifact_path: str, request: Request, principal: Readi
                 store,
             )
         )
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_sync(partial(store.delete, stored.key))
-        raise
     return Response(status_code=200)
 
 

@@ -17,6 +17,7 @@ from maestro.api.heavy import HeavyDep
 from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
 from maestro.api.params import ModelId, ProjectId
+from maestro.db import release_write_lock
 from maestro.errors import NotFound, ValidationFailed
 from maestro.projects import service as projects_service
 from maestro.registry import card_documents, cards, labels, schemas, service
@@ -597,8 +598,7 @@ def generate_model_card(
     overrides = body.overrides if body else None
     # A reader: rendering changes nothing, so it takes no write lock and leaves no audit row.
     card = cards.get_card(session, principal, model_id, version, overrides, rendering="pdf")
-    # End the read before the document renders, so no snapshot is held meanwhile.
-    session.commit()
+    release_write_lock(session)  # no snapshot held while the document renders
     document = card_documents.render_pdf_in_turn(heavy, principal, card)
     return _download(document, "application/pdf", card_documents.document_filename(card, ".pdf"))
 

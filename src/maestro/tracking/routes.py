@@ -4,7 +4,6 @@ import re
 from functools import partial
 from typing import Annotated, Any
 
-import anyio
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
@@ -18,13 +17,12 @@ from maestro.api.deps import (
     SessionDep,
     SettingsDep,
     StoreDep,
-    release_write_lock,
 )
 from maestro.api.downloads import BINARY_RESPONSE, attachment, stored_file_response
 from maestro.api.envelope import Envelope, Page, Pagination
 from maestro.api.errors import error_responses, validation_details
 from maestro.api.heavy import HeavyDep, owners_of
-from maestro.api.multipart import UploadForm, receive_upload
+from maestro.api.multipart import UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParams, PageParamsDep, paginate
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, ArtifactId, ExperimentId, ProjectId, RunId
 from maestro.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -692,7 +690,6 @@ async def upload_run_artifact(
         partial(service.writable_run_for_upload, session, principal, experiment_id, run_id)
     )
     prefix = service.artifacts_prefix(experiment)
-    await run_sync(release_write_lock, session)  # while the file streams in
 
     async def before_file(fields: dict[str, str]) -> str:
         """Fields sent ahead of the file are checked before a byte of it is stored (the
@@ -701,10 +698,10 @@ async def upload_run_artifact(
             _artifact_fields(fields, filename="placeholder")
         return prefix
 
-    upload = await receive_upload(
+    receiving = receive_upload(
         request, store, ARTIFACT_FORM, before_file, max_bytes=settings.max_artifact_bytes
     )
-    try:
+    async with staged_upload(session, store, receiving, stored_key) as upload:
         path, artifact_type, description = _artifact_fields(upload.fields, upload.filename)
         row = await run_sync(
             partial(
@@ -721,11 +718,7 @@ async def upload_run_artifact(
                 store=store,
             )
         )
-        read = (await run_sync(partial(service.artifact_reads, session, [row])))[0]
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_sync(partial(store.delete, upload.stored.key))
-        raise
+    read = (await run_sync(partial(service.artifact_reads, session, [row])))[0]
     return Envelope(data=read)
 
 
