@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -43,6 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import TypeDecorator
 
 from maestro.config import Settings
+from maestro.errors import Conflict
 
 logger = logging.getLogger("maestro.db")
 
@@ -308,17 +310,30 @@ def release_write_lock(session: Session) -> None:
     session.commit()
 
 
-def ensure_unique(
-    session: Session, table: type[IdMixin], conflict: Exception, *, but: str | None = None, **equal: Any
-) -> None:
-    """Raise ``conflict`` when a row of ``table`` other than ``but`` already has these
-    column values (a name in its project, say): the friendly check before the unique
-    index, which ``flush_unique`` turns into the same error under a race."""
-    clash = select(table.id).filter_by(**equal)
-    if but is not None:
-        clash = clash.where(table.id != but)
-    if session.scalar(clash.limit(1)) is not None:
-        raise conflict
+@dataclass(frozen=True)
+class UniqueName:
+    """A name unique within a scope (a model's in its project, a deployment's in its
+    organisation): the friendly check before writing, and the same error when the
+    unique index catches a concurrent writer at flush."""
+
+    table: type[IdMixin]
+    scope: str  # the column that scopes the name, e.g. "project_id"
+    message: str
+    detail: str
+
+    def conflict(self) -> Conflict:
+        return Conflict(self.message, details=[("name", self.detail)])
+
+    def check(self, session: Session, scope_id: str, name: str, *, but: str | None = None) -> None:
+        """Refuse ``name`` when another row than ``but`` in the scope has it."""
+        clash = select(self.table.id).filter_by(**{self.scope: scope_id, "name": name})
+        if but is not None:
+            clash = clash.where(self.table.id != but)
+        if session.scalar(clash.limit(1)) is not None:
+            raise self.conflict()
+
+    def flush(self, session: Session) -> None:
+        flush_unique(session, self.conflict())
 
 
 def matched_rows(result: Result[*tuple[Any, ...]]) -> int:

@@ -26,8 +26,7 @@ from sqlalchemy.orm import Session
 from maestro.config import Settings
 from maestro.db import (
     Database,
-    ensure_unique,
-    flush_unique,
+    UniqueName,
     release_write_lock,
     run_after_commit,
     run_after_rollback,
@@ -165,16 +164,7 @@ def deployment_env_vars(settings: Settings, deployment: Deployment) -> dict[str,
     return unseal(settings, deployment.env_vars_encrypted)
 
 
-def _name_taken() -> Conflict:
-    return Conflict(DUPLICATE_NAME, details=[("name", "already used in this organisation")])
-
-
-def _ensure_unique_name(session: Session, organization_id: str, name: str, but: str | None = None) -> None:
-    ensure_unique(session, Deployment, _name_taken(), but=but, organization_id=organization_id, name=name)
-
-
-def _flush_unique(session: Session) -> None:
-    flush_unique(session, _name_taken())
+_NAMES = UniqueName(Deployment, "organization_id", DUPLICATE_NAME, "already used in this organisation")
 
 
 def bump_generation(session: Session) -> None:
@@ -297,7 +287,7 @@ def check_create(
     project = projects_service.project_for(session, principal, "deployments", project_id, "write")
     authorize_deploying(session, principal, project)
     version = deployable_version(session, project.id, body.model_version_id, "model_version_id")
-    _ensure_unique_name(session, project.organization_id, body.name)
+    _NAMES.check(session, project.organization_id, body.name)
     _mask_values_kept(dict(body.deployment_config.env_vars), {})  # nothing stored to keep yet
     return version
 
@@ -313,7 +303,7 @@ def create(
     """Record a deployment of a version ``serving`` has prepared (its ``describe()``)."""
     project = projects_service.project_for(session, principal, "deployments", project_id, "write")
     version = deployable_version(session, project.id, body.model_version_id, "model_version_id")
-    _ensure_unique_name(session, project.organization_id, body.name)
+    _NAMES.check(session, project.organization_id, body.name)
     config, sealed, _ = stored_config(serving.settings, body.deployment_config)
     now = utcnow()
     deployment = Deployment(
@@ -335,7 +325,7 @@ def create(
         created_by_id=principal.user_id,
     )
     session.add(deployment)
-    _flush_unique(session)
+    _NAMES.flush(session)
     session.add(
         DeploymentRevision(
             deployment_id=deployment.id,
@@ -393,7 +383,7 @@ def check_update(
     that is not live yet (a new version, or reactivation)."""
     deployment = get_deployment(session, principal, deployment_id, "write")
     if body.name is not None and body.name != deployment.name:
-        _ensure_unique_name(session, deployment.organization_id, body.name, but=deployment.id)
+        _NAMES.check(session, deployment.organization_id, body.name, but=deployment.id)
     if body.model_version_id is not None and body.model_version_id != deployment.model_version_id:
         authorize_deploying(session, principal, projects_service.get_project(session, deployment.project_id))
         return deployment, deployable_version(
@@ -469,7 +459,7 @@ def update(
     old_name = deployment.name
     changed: list[str] = []
     if "name" in changes and changes["name"] != deployment.name:
-        _ensure_unique_name(session, deployment.organization_id, changes["name"], but=deployment.id)
+        _NAMES.check(session, deployment.organization_id, changes["name"], but=deployment.id)
         deployment.name = changes["name"]
         changed.append("name")
     for field in CONFIG_FIELDS:
@@ -519,7 +509,7 @@ def update(
     if changed:
         deployment.updated_at = utcnow()
         bump_generation(session)
-    _flush_unique(session)
+    _NAMES.flush(session)
     if changed:
         _record_updated(session, deployment, changed, previous_id if new_version else None)
     audit.describe(

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from maestro.db import ensure_unique, flush_unique, run_after_commit, utcnow
+from maestro.db import UniqueName, flush_unique, run_after_commit, utcnow
 from maestro.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
@@ -189,23 +189,14 @@ def model_read(session: Session, model: RegisteredModel) -> ModelRead:
 
 
 # --- changing models -----------------------------------------------------------------------
-def _name_taken() -> Conflict:
-    return Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
-
-
-def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: str | None = None) -> None:
-    ensure_unique(session, RegisteredModel, _name_taken(), but=but, project_id=project_id, name=name)
-
-
-def _flush_unique(session: Session) -> None:
-    flush_unique(session, _name_taken())
+_NAMES = UniqueName(RegisteredModel, "project_id", DUPLICATE_NAME, "already used in this project")
 
 
 def create_model(
     session: Session, principal: Principal, project_id: str, body: ModelCreate
 ) -> RegisteredModel:
     project = projects_service.project_for(session, principal, "models", project_id, "write")
-    _ensure_unique_name(session, project.id, body.name)
+    _NAMES.check(session, project.id, body.name)
     model = RegisteredModel(
         organization_id=project.organization_id,
         project_id=project.id,
@@ -217,7 +208,7 @@ def create_model(
         created_by_id=principal.user_id,
     )
     session.add(model)
-    _flush_unique(session)
+    _NAMES.flush(session)
     session.add_all(ModelTag(model_id=model.id, key=key, value="") for key in body.tags)
     session.flush()
     events.record(
@@ -253,7 +244,7 @@ def update_model(session: Session, principal: Principal, model_id: str, body: Mo
     model = get_visible_model(session, principal, model_id, "write")
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] != model.name:
-        _ensure_unique_name(session, model.project_id, changes["name"], but=model.id)
+        _NAMES.check(session, model.project_id, changes["name"], but=model.id)
         model.name = changes["name"]
     if "description" in changes:
         model.description = changes["description"] or None
@@ -264,7 +255,7 @@ def update_model(session: Session, principal: Principal, model_id: str, body: Mo
         _replace_tag_keys(session, model, changes["tags"])
     if changes:
         model.updated_at = utcnow()
-    _flush_unique(session)
+    _NAMES.flush(session)
     audit.describe(
         session,
         resource_type="models",

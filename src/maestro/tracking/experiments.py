@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from maestro.db import ensure_unique, flush_unique, utcnow
+from maestro.db import UniqueName, flush_unique, utcnow
 from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.identity import audit
 from maestro.identity.rbac import Principal, Target, authorize
@@ -333,16 +333,7 @@ def experiment_detail(session: Session, experiment: Experiment) -> ExperimentDet
 
 
 # --- experiments: changing -----------------------------------------------------------------
-def _name_taken() -> Conflict:
-    return Conflict(DUPLICATE_NAME, details=[("name", "already used in this project")])
-
-
-def _ensure_unique_name(session: Session, project_id: str, name: str, *, but: str | None = None) -> None:
-    ensure_unique(session, Experiment, _name_taken(), but=but, project_id=project_id, name=name)
-
-
-def _flush_unique(session: Session) -> None:
-    flush_unique(session, _name_taken())
+_NAMES = UniqueName(Experiment, "project_id", DUPLICATE_NAME, "already used in this project")
 
 
 def create_experiment(
@@ -350,7 +341,7 @@ def create_experiment(
 ) -> Experiment:
     project = projects_service.project_for(session, principal, "experiments", project_id, "write")
     check_model(session, project, body.model_id)
-    _ensure_unique_name(session, project.id, body.name)
+    _NAMES.check(session, project.id, body.name)
     owner = getattr(body, "owner", None) or caller_name(session, principal)
     experiment = Experiment(
         organization_id=project.organization_id,
@@ -365,7 +356,7 @@ def create_experiment(
         created_by_id=principal.user_id,
     )
     session.add(experiment)
-    _flush_unique(session)
+    _NAMES.flush(session)
     tags = getattr(body, "tags", {})
     session.add_all(
         ExperimentTag(experiment_id=experiment.id, key=key, value=value) for key, value in tags.items()
@@ -388,7 +379,7 @@ def update_experiment(
     experiment = get_visible_experiment(session, principal, experiment_id, "write")
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] != experiment.name:
-        _ensure_unique_name(session, experiment.project_id, changes["name"], but=experiment.id)
+        _NAMES.check(session, experiment.project_id, changes["name"], but=experiment.id)
         experiment.name = changes["name"]
     if "description" in changes:
         experiment.description = changes["description"] or None
@@ -410,7 +401,7 @@ def update_experiment(
         experiment.status = changes["status"]
     if changes:
         experiment.updated_at = utcnow()
-    _flush_unique(session)
+    _NAMES.flush(session)
     audit.describe(
         session,
         resource_type="experiments",
