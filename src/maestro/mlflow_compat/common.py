@@ -89,11 +89,12 @@ def integer(
         raise invalid(f"Invalid value {value!r} for parameter '{name}': expected an integer.")
     if isinstance(value, str):
         try:
-            value = int(value.strip())
+            number = int(value.strip())
         except ValueError:
             raise invalid(
                 f"Invalid value {value[:50]!r} for parameter '{name}': expected an integer."
             ) from None
+        value = number
     elif isinstance(value, float):
         if not value.is_integer():
             raise invalid(f"Invalid value {value!r} for parameter '{name}': expected an integer.")

@@ -64,9 +64,10 @@ class Latest:
 
 # --- ingestion -----------------------------------------------------------------------------
 def _stored(value: float | str) -> float | None:
-    if value.__class__ is str:
-        value = NON_FINITE[value]  # type: ignore[index]
-    return None if value != value else value  # type: ignore[return-value]
+    """A point's value as stored: NaN is NULL."""
+    if isinstance(value, str):
+        value = NON_FINITE[value]
+    return None if value != value else value
 
 
 def log_points(session: Session, run: Run, points: Sequence[MetricIn]) -> list[str]:
