@@ -177,14 +177,15 @@ def checked(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
 
 # --- conversions ---------------------------------------------------------------------------
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RUN_STATUS = {
+# Keyed by a run's stored status, which reads back as plain text.
+RUN_STATUS: dict[str, str] = {
     RunStatus.running: "RUNNING",
     RunStatus.scheduled: "SCHEDULED",
     RunStatus.completed: "FINISHED",
     RunStatus.failed: "FAILED",
     RunStatus.killed: "KILLED",
 }
-FROM_MLFLOW_STATUS = {name: status for status, name in RUN_STATUS.items()}
+FROM_MLFLOW_STATUS = {name: RunStatus(status) for status, name in RUN_STATUS.items()}
 STAGE_NAMES = {
     Stage.development: "None",
     Stage.staging: "Staging",

@@ -137,7 +137,7 @@ def run_info(run: RunColumns) -> dict[str, Any]:
         "experiment_id": run.experiment_id,
         "run_name": run.name,
         "user_id": run.user_name or "",
-        "status": RUN_STATUS.get(run.status, "RUNNING"),  # type: ignore[call-overload]
+        "status": RUN_STATUS.get(run.status, "RUNNING"),
         "start_time": run.start_time,
         "artifact_uri": run_uri(run.experiment_id, run.id),
         "lifecycle_stage": run.lifecycle_stage,
@@ -403,7 +403,7 @@ def run_for_logging(session: Session, principal: Principal, scope: Scope, run_id
     if row is None or not scope.admits(row[4]):
         raise missing(message)
     project = ProjectRef(row[4], row[5], row[6])
-    tracking.authorize_experiments(session, principal, "write", project, missing=message)  # type: ignore[arg-type]
+    tracking.authorize_experiments(session, principal, "write", project, missing=message)
     if row[3] != Lifecycle.active:
         raise MlflowError(
             f"The run {run_id} must be in the 'active' state. Current state is {row[3]}.", "INVALID_STATE"

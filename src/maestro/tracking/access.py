@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from maestro.api.errors import Conflict, NotFound, ValidationFailed
 from maestro.identity.models import User
-from maestro.identity.rbac import Action, Principal, Target, authorize
+from maestro.identity.rbac import Action, Principal, ProjectScope, Target, authorize
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.registry.models import RegisteredModel
@@ -59,7 +59,12 @@ def check_time(moment: datetime | None, field: str) -> int | None:
 
 # --- loading and access --------------------------------------------------------------------
 def authorize_experiments(
-    session: Session, principal: Principal, action: Action, project: Project, *, missing: str | None = None
+    session: Session,
+    principal: Principal,
+    action: Action,
+    project: ProjectScope,
+    *,
+    missing: str | None = None,
 ) -> None:
     authorize(
         session, principal, action, Target("experiments", project.organization_id, project), missing=missing

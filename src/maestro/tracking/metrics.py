@@ -95,7 +95,9 @@ def log_points(session: Session, run: Run, points: Sequence[MetricIn]) -> list[s
 
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a checked-out connection always has its driver's
+        cursor = driver.cursor()
         with cursor.copy(COPY_POINTS) as copy:
             for row in rows:
                 copy.write_row(row)
