@@ -168,7 +168,7 @@ def files_of(
         column = LoggedModelFile.path
     if prefix:
         statement = statement.where(or_(column == prefix, column.startswith(f"{prefix}/", autoescape=True)))
-    return [tuple(row) for row in session.execute(statement.order_by(column))]  # type: ignore[misc]
+    return [(path, size, key) for path, size, key in session.execute(statement.order_by(column))]
 
 
 def listing(files: Iterable[tuple[str, int, str]], prefix: str) -> list[dict[str, Any]]:

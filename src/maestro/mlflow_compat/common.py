@@ -89,11 +89,12 @@ def integer(
         raise invalid(f"Invalid value {value!r} for parameter '{name}': expected an integer.")
     if isinstance(value, str):
         try:
-            value = int(value.strip())
+            number = int(value.strip())
         except ValueError:
             raise invalid(
                 f"Invalid value {value[:50]!r} for parameter '{name}': expected an integer."
             ) from None
+        value = number
     elif isinstance(value, float):
         if not value.is_integer():
             raise invalid(f"Invalid value {value!r} for parameter '{name}': expected an integer.")
@@ -176,14 +177,15 @@ def checked(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
 
 # --- conversions ---------------------------------------------------------------------------
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RUN_STATUS = {
+# Keyed by a run's stored status, which reads back as plain text.
+RUN_STATUS: dict[str, str] = {
     RunStatus.running: "RUNNING",
     RunStatus.scheduled: "SCHEDULED",
     RunStatus.completed: "FINISHED",
     RunStatus.failed: "FAILED",
     RunStatus.killed: "KILLED",
 }
-FROM_MLFLOW_STATUS = {name: status for status, name in RUN_STATUS.items()}
+FROM_MLFLOW_STATUS = {name: RunStatus(status) for status, name in RUN_STATUS.items()}
 STAGE_NAMES = {
     Stage.development: "None",
     Stage.staging: "Staging",

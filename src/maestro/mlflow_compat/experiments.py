@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import func, literal, select, union_all
@@ -212,15 +212,26 @@ def page_window(body: dict[str, Any], default: int, high: int) -> tuple[int, int
     return min(limit, PAGE_ROWS), decode_offset(token)
 
 
-def paged(rows: list[Any], limit: int, offset: int) -> tuple[list[Any], str | None]:
+class Identified(Protocol):
+    """A model, or a row of a model's columns, with its id."""
+
+    @property
+    def id(self) -> str: ...
+
+
+Item = TypeVar("Item")
+Row = TypeVar("Row", bound=Identified)
+
+
+def paged(rows: Sequence[Item], limit: int, offset: int) -> tuple[Sequence[Item], str | None]:
     if len(rows) > limit:
         return rows[:limit], encode_offset(offset + limit)
     return rows, None
 
 
 def affordable(
-    rows: list[Any], sizes: dict[str, int], offset: int, token: str | None
-) -> tuple[list[Any], str | None]:
+    rows: Sequence[Row], sizes: dict[str, int], offset: int, token: str | None
+) -> tuple[Sequence[Row], str | None]:
     """The first of ``rows`` (at least one) whose estimated JSON (``sizes`` by id, plus a
     fixed part) fits in ``PAGE_BYTES``, and the token of the page after them: so a page of
     runs with long tags is cut before its tags are even read."""

@@ -172,12 +172,13 @@ def _merge_into_logged_model(
     setattr(model, field, {**(getattr(model, field) or {}), **values})
     model.updated_at = utcnow()
     session.flush()
+    changed: dict[str, Any] = {field: sorted(values)[:50]}  # a detail of the audit entry
     audit.describe(
         session,
         resource_type="mlflow_logged_models",
         resource_id=model.id,
         organization_id=model.organization_id,
-        **{field: sorted(values)[:50]},
+        **changed,
     )
     return {}
 

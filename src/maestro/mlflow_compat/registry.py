@@ -434,9 +434,9 @@ def _source_files(
         if "/" not in candidate and "@" not in candidate:
             logged_model_id = candidate
     if logged_model_id:
-        model, _ = get_logged_model_row(session, principal, scope, logged_model_id, "read")
-        files = {path: (key, size) for path, size, key in files_of(session, None, model, "")}
-        return files, model.id, run_id or model.source_run_id
+        logged, _ = get_logged_model_row(session, principal, scope, logged_model_id, "read")
+        files = {path: (key, size) for path, size, key in files_of(session, None, logged, "")}
+        return files, logged.id, run_id or logged.source_run_id
     place = None
     if source.startswith("mlflow-artifacts:/"):
         place = artifact_place(source.removeprefix("mlflow-artifacts:").lstrip("/"), check_path)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -109,14 +109,36 @@ def writable_run(session: Session, principal: Principal, scope: Scope, run_id: s
     return experiment, run
 
 
-def run_info(run: Run) -> dict[str, Any]:
+class RunColumns(Protocol):
+    """What ``run_info`` reads: a ``Run``, or a row of ``_RUN_COLUMNS`` (a search page
+    loads no ORM objects)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def experiment_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def user_name(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def start_time(self) -> int | None: ...
+    @property
+    def end_time(self) -> int | None: ...
+    @property
+    def lifecycle_stage(self) -> str: ...
+
+
+def run_info(run: RunColumns) -> dict[str, Any]:
     info: dict[str, Any] = {
         "run_uuid": run.id,
         "run_id": run.id,
         "experiment_id": run.experiment_id,
         "run_name": run.name,
         "user_id": run.user_name or "",
-        "status": RUN_STATUS.get(run.status, "RUNNING"),  # type: ignore[call-overload]
+        "status": RUN_STATUS.get(run.status, "RUNNING"),
         "start_time": run.start_time,
         "artifact_uri": run_uri(run.experiment_id, run.id),
         "lifecycle_stage": run.lifecycle_stage,
@@ -140,7 +162,7 @@ def _run_text_bytes(session: Session, ids: Sequence[str]) -> dict[str, int]:
     )
 
 
-def run_dicts(session: Session, runs: Sequence[Run]) -> list[dict[str, Any]]:
+def run_dicts(session: Session, runs: Sequence[RunColumns]) -> list[dict[str, Any]]:
     """Runs in MLflow's shape with their latest metrics, parameters and tags: one query
     each for a whole page."""
     ids = [run.id for run in runs]
@@ -148,7 +170,7 @@ def run_dicts(session: Session, runs: Sequence[Run]) -> list[dict[str, Any]]:
     params: dict[str, list[dict[str, str]]] = defaultdict(list)
     tags: dict[str, list[dict[str, str]]] = defaultdict(list)
     if ids:
-        for run_id, key, value, timestamp, step in session.execute(
+        for run_id, key, number, timestamp, step in session.execute(
             select(
                 LatestMetric.run_id,
                 LatestMetric.key,
@@ -160,7 +182,7 @@ def run_dicts(session: Session, runs: Sequence[Run]) -> list[dict[str, Any]]:
             .order_by(LatestMetric.key)
         ):
             metrics[run_id].append(
-                {"key": key, "value": metric_json(value), "timestamp": timestamp, "step": step}
+                {"key": key, "value": metric_json(number), "timestamp": timestamp, "step": step}
             )
         for run_id, key, value in session.execute(
             select(RunParam.run_id, RunParam.key, RunParam.value)
@@ -322,9 +344,10 @@ def metric_point(item: dict[str, Any], now: int, where: str = "metric") -> Point
         elif value.__class__ is str:
             if value not in NON_FINITE:
                 try:
-                    value = float(value)
+                    number = float(value)
                 except ValueError:
                     raise invalid(f"Invalid value {value[:50]!r} for '{where}.value'.") from None
+                value = number
         else:
             raise invalid(f"Invalid value for '{where}.value': expected a number.")
     timestamp = item.get("timestamp")
@@ -577,7 +600,7 @@ def search_runs(session: Session, principal: Principal, scope: Scope, body: dict
     rows = session.execute(statement.where(*where).order_by(*ordering).offset(offset).limit(limit + 1)).all()
     page, token = paged(rows, limit, offset)
     page, token = affordable(page, _run_text_bytes(session, [row.id for row in page]), offset, token)
-    runs, token = within_budget(run_dicts(session, page), offset, token)  # type: ignore[arg-type]
+    runs, token = within_budget(run_dicts(session, page), offset, token)
     answer: dict[str, Any] = {"runs": runs} if runs else {}
     if token:
         answer["next_page_token"] = token

@@ -68,7 +68,7 @@ def experiments_query(
     created_by: str | None = None,
     owner: str | None = None,
     search_text: str | None = None,
-) -> Select[tuple[Experiment]]:
+) -> Select[Experiment]:
     statement = select(Experiment).where(
         Experiment.project_id == project.id, Experiment.lifecycle_stage == Lifecycle.active
     )
@@ -83,14 +83,14 @@ def experiments_query(
 
 
 def _filtered(
-    statement: Select[tuple[Experiment]],
+    statement: Select[Experiment],
     *,
     status: ExperimentStatus | None,
     model_id: str | None,
     created_by: str | None,
     owner: str | None,
     search_text: str | None,
-) -> Select[tuple[Experiment]]:
+) -> Select[Experiment]:
     if status is not None:
         statement = statement.where(Experiment.status == status)
     if model_id is not None:
@@ -118,7 +118,7 @@ def list_project_experiments(
     model_id: str | None,
     created_by: str | None,
     search_text: str | None,
-) -> Select[tuple[Experiment]]:
+) -> Select[Experiment]:
     project = projects_service.project_for(session, principal, "experiments", project_id, "read")
     check_model(session, project, model_id)
     return experiments_query(
@@ -134,7 +134,7 @@ def readable_experiments(
     owner: str | None,
     status: ExperimentStatus | None,
     search_text: str | None,
-) -> Select[tuple[Experiment]]:
+) -> Select[Experiment]:
     """Experiments of every project the caller may read in the organisation the request
     acts in (an API key's own organisation; for a person, their current one)."""
     organization_id = principal.organization_id
@@ -171,7 +171,7 @@ def default_direction(metric: str) -> Direction:
     return "min" if any(word in lowered for word in LOWER_IS_BETTER) else "max"
 
 
-def _active_runs_of(experiment_ids: Sequence[str]) -> Select[tuple[str]]:
+def _active_runs_of(experiment_ids: Sequence[str]) -> Select[str]:
     return select(Run.id).where(
         Run.experiment_id.in_(experiment_ids), Run.lifecycle_stage == Lifecycle.active
     )
@@ -275,13 +275,13 @@ def experiment_reads(session: Session, experiments: Sequence[Experiment]) -> lis
         completed = to_datetime(aggregate.ended) if aggregate and not aggregate.running else None
         best_run = None
         if experiment.id in best:
-            metric, direction, run_id, value = best[experiment.id]
+            metric, direction, run_id, best_value = best[experiment.id]
             best_run = BestRunSummary(
                 id=run_id,
                 run_name=best_names.get(run_id, ""),
                 metric=metric,
                 direction=direction,
-                value=metric_value(value),
+                value=metric_value(best_value),
                 metrics={key: metric_value(latest.value) for key, latest in best_metrics[run_id].items()},
             )
         reads.append(

@@ -64,9 +64,10 @@ class Latest:
 
 # --- ingestion -----------------------------------------------------------------------------
 def _stored(value: float | str) -> float | None:
-    if value.__class__ is str:
-        value = NON_FINITE[value]  # type: ignore[index]
-    return None if value != value else value  # type: ignore[return-value]
+    """A point's value as stored: NaN is NULL."""
+    if isinstance(value, str):
+        value = NON_FINITE[value]
+    return None if value != value else value
 
 
 def log_points(session: Session, run: Run, points: Sequence[MetricIn]) -> list[str]:
@@ -94,7 +95,9 @@ def log_points(session: Session, run: Run, points: Sequence[MetricIn]) -> list[s
 
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a checked-out connection always has its driver's
+        cursor = driver.cursor()
         with cursor.copy(COPY_POINTS) as copy:
             for row in rows:
                 copy.write_row(row)

@@ -113,7 +113,7 @@ def list_experiments(
 
 
 def _newest_experiments_first(
-    session: Session, statement: Select[tuple[Experiment]], params: PageParams
+    session: Session, statement: Select[Experiment], params: PageParams
 ) -> Page[ExperimentRead]:
     return paginate(
         session,

@@ -80,7 +80,7 @@ def refresh_status(session: Session, experiment: Experiment) -> None:
         experiment.updated_at = utcnow()
 
 
-def runs_query(experiment: Experiment, status: RunStatus | None) -> Select[tuple[Run]]:
+def runs_query(experiment: Experiment, status: RunStatus | None) -> Select[Run]:
     statement = select(Run).where(Run.experiment_id == experiment.id, Run.lifecycle_stage == Lifecycle.active)
     if status is not None:
         statement = statement.where(Run.status == status)
@@ -530,7 +530,7 @@ def record_artifact(
     return artifact
 
 
-def artifacts_query(run: Run, prefix: str | None) -> Select[tuple[RunArtifact]]:
+def artifacts_query(run: Run, prefix: str | None) -> Select[RunArtifact]:
     statement = select(RunArtifact).where(RunArtifact.run_id == run.id)
     if prefix:
         statement = statement.where(RunArtifact.path.startswith(prefix, autoescape=True))

@@ -27,14 +27,15 @@ MAX_KEYS_PER_REQUEST = 1000  # params or tags in one request
 MAX_COMPARED_RUNS = 50
 MAX_SEARCH_EXPERIMENTS = 100
 
-NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+NON_FINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 MetricValue = Annotated[
-    float | Literal["NaN", "Infinity", "-Infinity"],
+    float | NonFinite,
     Field(description='A number, or "NaN", "Infinity" or "-Infinity".'),
 ]
 
 
-def metric_value(value: float | None) -> float | str:
+def metric_value(value: float | None) -> float | NonFinite:
     """A stored value as JSON can carry it (NULL is how NaN is stored)."""
     if value is None or value != value:
         return "NaN"

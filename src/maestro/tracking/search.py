@@ -434,7 +434,7 @@ def _typed(ident: Token, operator: str, operator_position: int, value: Any) -> C
                 ident.position,
             )
         kind = ATTRIBUTES[key][0]
-    allowed = NUMERIC_OPERATORS if kind in ("number", "time") else TEXT_OPERATORS
+    allowed: tuple[str, ...] = NUMERIC_OPERATORS if kind in ("number", "time") else TEXT_OPERATORS
     if kind == "status":
         allowed = ("=", "!=", "IN", "NOT IN")
     if operator not in allowed:
@@ -660,7 +660,12 @@ def order_sql(keys: Sequence[OrderKey]) -> tuple[list[Any], list[Any]]:
             ordering.append(case((column.is_(None), 1), else_=0))
             ordering.append(column.desc() if key.descending else column.asc())
             continue
-        table = {"metric": LatestMetric, "param": RunParam, "tag": RunTag}[key.entity]
+        tables: dict[str, type[LatestMetric] | type[RunParam] | type[RunTag]] = {
+            "metric": LatestMetric,
+            "param": RunParam,
+            "tag": RunTag,
+        }
+        table = tables[key.entity]
         alias = aliased(table, name=f"order_{number}")
         joins.append((alias, and_(alias.run_id == Run.id, alias.key == key.key)))
         if key.entity == "metric":

@@ -100,7 +100,7 @@ def _search_where(
     return where
 
 
-def _search_statement(where: Sequence[Any], order: Sequence[search.OrderKey]) -> Select[Any]:
+def _search_statement(where: Sequence[Any], order: Sequence[search.OrderKey]) -> Select[Run, int]:
     """One query for a page and the number of matches (a window count)."""
     joins, ordering = search.order_sql(order)
     statement = select(Run, func.count().over().label("total"))
@@ -111,7 +111,7 @@ def _search_statement(where: Sequence[Any], order: Sequence[search.OrderKey]) ->
 
 def search_statement_for_plan(
     session: Session, experiment_ids: Sequence[str], body: RunSearch
-) -> Select[Any]:
+) -> Select[Run, int]:
     """The page query ``search_runs`` runs, for reading its query plan."""
     node = search.parse_filter(body.filter)
     where = _search_where(session, experiment_ids, node, body)
