@@ -42,6 +42,7 @@ from maestro.mlflow_compat.common import (
     text,
 )
 from maestro.projects import service as projects_service
+from maestro.tracking import search
 from maestro.tracking import service as tracking
 from maestro.tracking.models import (
     Experiment,
@@ -166,28 +167,6 @@ def filter_conditions(
         raise invalid(f"Invalid filter: {exc}") from exc
 
 
-def compare(column: Any, operator: str, value: Any) -> Any:
-    """``column operator value`` in SQL, for a condition ``filters.parse`` checked."""
-    if operator == "=":
-        return column == value
-    if operator == "!=":
-        return column != value
-    if operator == "<":
-        return column < value
-    if operator == "<=":
-        return column <= value
-    if operator == ">":
-        return column > value
-    if operator == ">=":
-        return column >= value
-    if operator in ("IN", "NOT IN"):
-        values = list(value) if isinstance(value, tuple) else [value]
-        return column.in_(values) if operator == "IN" else column.not_in(values)
-    negate = operator.startswith("NOT ")
-    matched = column.ilike(value) if operator.endswith("ILIKE") else column.like(value)
-    return ~matched if negate else matched
-
-
 def order_by_clauses(clauses: Sequence[str], columns: dict[str, Any], default: list[Any]) -> list[Any]:
     ordering = []
     for clause in clauses[:5]:
@@ -302,12 +281,14 @@ def search_experiments(session: Session, principal: Principal, scope: Scope, bod
                 .where(
                     ExperimentTag.experiment_id == Experiment.id,
                     ExperimentTag.key == condition.key,
-                    compare(ExperimentTag.value, condition.operator, condition.value),
+                    search.compare(ExperimentTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
         else:
-            statement = statement.where(compare(fields[condition.key], condition.operator, condition.value))
+            statement = statement.where(
+                search.compare(fields[condition.key], condition.operator, condition.value)
+            )
     columns = {
         "name": Experiment.name,
         "experiment_id": Experiment.id,

@@ -31,7 +31,6 @@ from maestro.mlflow_compat.common import (
     text,
 )
 from maestro.mlflow_compat.experiments import (
-    compare,
     filter_conditions,
     get_experiment_row,
     page_window,
@@ -43,6 +42,7 @@ from maestro.mlflow_compat.runs import get_run_row, searched_experiments
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.storage import ArtifactStore, delete_after_commit
+from maestro.tracking import search
 from maestro.tracking.models import Experiment
 
 # --- logged models -------------------------------------------------------------------------
@@ -245,7 +245,9 @@ def search_logged_models(session: Session, principal: Principal, scope: Scope, b
         "model_type": LoggedModel.model_type,
     }
     for condition in filter_conditions(body, filters.LOGGED_MODELS, tags=False):
-        statement = statement.where(compare(fields[condition.key], condition.operator, condition.value))
+        statement = statement.where(
+            search.compare(fields[condition.key], condition.operator, condition.value)
+        )
     rows = list(
         session.scalars(
             statement.order_by(LoggedModel.created_at.desc(), LoggedModel.id.desc())

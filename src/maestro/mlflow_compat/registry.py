@@ -36,6 +36,7 @@ from maestro.registry.schemas import (
 )
 from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.storage import ArtifactStore, StoredObject
+from maestro.tracking import search
 from maestro.tracking.models import Run
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ from maestro.mlflow_compat.common import (
     text,
 )
 from maestro.mlflow_compat.experiments import (
-    compare,
     filter_conditions,
     order_by_clauses,
     page_window,
@@ -256,12 +256,14 @@ def search_registered_models(
                 .where(
                     ModelTag.model_id == RegisteredModel.id,
                     ModelTag.key == condition.key,
-                    compare(ModelTag.value, condition.operator, condition.value),
+                    search.compare(ModelTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
         else:
-            statement = statement.where(compare(RegisteredModel.name, condition.operator, condition.value))
+            statement = statement.where(
+                search.compare(RegisteredModel.name, condition.operator, condition.value)
+            )
     columns = {
         "name": RegisteredModel.name,
         "timestamp": RegisteredModel.updated_at,
@@ -691,12 +693,14 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
                 .where(
                     RegistryVersionTag.version_id == ModelVersion.id,
                     RegistryVersionTag.key == condition.key,
-                    compare(RegistryVersionTag.value, condition.operator, condition.value),
+                    search.compare(RegistryVersionTag.value, condition.operator, condition.value),
                 )
                 .exists()
             )
         else:
-            statement = statement.where(compare(fields[condition.key], condition.operator, condition.value))
+            statement = statement.where(
+                search.compare(fields[condition.key], condition.operator, condition.value)
+            )
     ordering = order_by_clauses(
         strings(body, "order_by", limit=5),
         {

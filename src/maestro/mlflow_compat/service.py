@@ -84,7 +84,6 @@ from maestro.mlflow_compat.common import (
 from maestro.mlflow_compat.experiments import (
     NO_EXPERIMENT,
     affordable,
-    compare,
     create_experiment,
     delete_experiment_tag,
     experiment_dicts,
@@ -238,7 +237,6 @@ __all__ = [
     "boolean",
     "checked",
     "checked_source",
-    "compare",
     "copy_model_file",
     "create_experiment",
     "create_logged_model",

@@ -590,7 +590,11 @@ def _glob(pattern: str) -> str:
     return "".join(special.get(char, char) for char in pattern)
 
 
-def _compare(column: Any, operator: str, value: Any, dialect: str) -> ColumnElement[bool]:
+def compare(column: Any, operator: str, value: Any, dialect: str | None = None) -> ColumnElement[bool]:
+    """``column operator value`` in SQL, for a condition the parser checked; both search
+    APIs (Maestro's and MLflow's facade) build their SQL with it. With the ``dialect``
+    named, LIKE is case-sensitive on SQLite too (as on PostgreSQL, and as Maestro's run
+    search documents); without, LIKE is the database's own, as MLflow's searches expect."""
     if operator == "=":
         return column == value
     if operator == "!=":
@@ -603,10 +607,9 @@ def _compare(column: Any, operator: str, value: Any, dialect: str) -> ColumnElem
         return column > value
     if operator == ">=":
         return column >= value
-    if operator == "IN":
-        return column.in_(value)
-    if operator == "NOT IN":
-        return column.not_in(value)
+    if operator in ("IN", "NOT IN"):
+        values = list(value) if isinstance(value, (tuple, list)) else [value]
+        return column.in_(values) if operator == "IN" else column.not_in(values)
     negate = operator.startswith("NOT ")
     operator = operator.removeprefix("NOT ")
     if operator == "ILIKE":
@@ -621,7 +624,7 @@ def _compare(column: Any, operator: str, value: Any, dialect: str) -> ColumnElem
 def _condition_sql(condition: Condition, dialect: str) -> ColumnElement[bool]:
     if condition.entity == "attribute":
         column = ATTRIBUTES[condition.key][1]
-        return _compare(column, condition.operator, condition.value, dialect)
+        return compare(column, condition.operator, condition.value, dialect)
     if condition.entity == "metric":
         # By (run_id, key) only: the primary key is the one index a planner can use for
         # it, which stays fast even before the tables have statistics. Naming the
@@ -630,13 +633,13 @@ def _condition_sql(condition: Condition, dialect: str) -> ColumnElement[bool]:
         return exists().where(
             LatestMetric.run_id == Run.id,
             LatestMetric.key == condition.key,
-            _compare(LatestMetric.value, condition.operator, condition.value, dialect),
+            compare(LatestMetric.value, condition.operator, condition.value, dialect),
         )
     table = RunParam if condition.entity == "param" else RunTag
     return exists().where(
         table.run_id == Run.id,
         table.key == condition.key,
-        _compare(table.value, condition.operator, condition.value, dialect),
+        compare(table.value, condition.operator, condition.value, dialect),
     )
 
 
