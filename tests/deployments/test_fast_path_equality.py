@@ -26,9 +26,8 @@ from maestro.config import Settings
 from maestro.deployments.fast_path import InferenceFastPath
 from maestro.deployments.models import PredictionLog
 from maestro.identity.models import AuditLog
-from tests.deployments.fixtures import make_team
 from tests.deployments.platform import Tiny, deployed, onnx_file, records, register, skops_file, upload
-from tests.factories import Factory
+from tests.factories import Factory, World
 from tests.fast_path_equality import (
     assert_same_answer,
     equality_settings,
@@ -45,7 +44,7 @@ LOG_VOLATILE = ("id", "created_at", "request_id", "latency_ms")
 
 
 @dataclass
-class World:
+class Apps:
     fast: TestClient
     routed: TestClient
     callers: dict[str, dict[str, str]]
@@ -53,7 +52,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Iterator[World]:  # noqa: F811
+def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Iterator[Apps]:  # noqa: F811
     """Acme's "fraud-api" (ONNX) and "fraud-slow" (skops) active, "paused-api" inactive;
     Globex's "globex-api"."""
     settings = equality_settings(
@@ -70,7 +69,7 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
         TestClient(routed_app, raise_server_exceptions=False) as routed,
     ):
         factory = Factory(fast_app)
-        team = make_team(factory)
+        team = World.build(factory)
         model = register(fast, team)
         onnx = upload(fast, model, team.developer.headers, onnx_file(tiny.first))
         skops = upload(fast, model, team.developer.headers, skops_file(tiny.second), filename="m.skops")
@@ -101,7 +100,7 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
             "bad-key": {"X-API-Key": "mk_not-a-key"},
             "bad-token": {"Authorization": "Bearer not.a.token"},
         }
-        yield World(fast, routed, callers, settings)
+        yield Apps(fast, routed, callers, settings)
 
 
 DEPLOYED = ("fraud-api", "fraud-slow", "paused-api")
@@ -122,7 +121,7 @@ class Case:
     headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
     streamed: bool = False
 
-    def send(self, client: TestClient, world: World) -> httpx.Response:
+    def send(self, client: TestClient, world: Apps) -> httpx.Response:
         headers = {**world.callers[self.caller], **self.headers}
         url = f"/api/v1/inference/{self.path}"
         if self.streamed:
@@ -197,7 +196,7 @@ def _ids(client: TestClient, model: Any) -> set[str]:
 
 
 def _answer_and_rows(
-    client: TestClient, case: Case, world: World
+    client: TestClient, case: Case, world: Apps
 ) -> tuple[httpx.Response, list[Any], list[Any]]:
     audits, logs = _ids(client, AuditLog), _ids(client, PredictionLog)
     response = case.send(client, world)
@@ -209,7 +208,7 @@ def _answer_and_rows(
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_the_fast_path_answers_like_the_routes(world: World, case: Case) -> None:
+def test_the_fast_path_answers_like_the_routes(world: Apps, case: Case) -> None:
     fast, fast_audit, fast_log = _answer_and_rows(world.fast, case, world)
     routed, routed_audit, routed_log = _answer_and_rows(world.routed, case, world)
     assert_same_answer(fast, routed)
@@ -223,7 +222,7 @@ def test_the_fast_path_answers_like_the_routes(world: World, case: Case) -> None
         assert fast_audit, "a refused authorisation is in the audit log"
 
 
-def test_the_plan_rate_limit_answers_alike(world: World) -> None:
+def test_the_plan_rate_limit_answers_alike(world: Apps) -> None:
     """A free plan's 101st request within the hour is refused, with the same headers both ways."""
     settings = world.settings.model_copy(update={"rate_limits_enabled": True})
     case = Case("rate-limited", "fraud-api", ONE, 404, "free-plan")
@@ -242,7 +241,7 @@ def test_the_plan_rate_limit_answers_alike(world: World) -> None:
 
 
 @pytest.mark.parametrize("path", ["fraud-api", "fraud-api/batch"])
-def test_a_stalled_body_is_cut_off_alike(world: World, path: str) -> None:
+def test_a_stalled_body_is_cut_off_alike(world: Apps, path: str) -> None:
     """A client that sends its headers and then nothing: 408, and the connection closed."""
     settings = world.settings.model_copy(update={"request_body_timeout_seconds": 0.05})
     headers = {**world.callers["key"], **JSON}

@@ -27,9 +27,8 @@ from maestro.app import create_app
 from maestro.config import Settings
 from maestro.model_server.app import create_model_server
 from maestro.model_server.fast_path import FastPredictions
-from tests.deployments.fixtures import make_team
 from tests.deployments.platform import FEATURES, Tiny, onnx_file, records, register, skops_file, upload
-from tests.factories import Factory
+from tests.factories import Factory, World
 from tests.fast_path_equality import (
     assert_same_answer,
     equality_settings,
@@ -44,7 +43,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
-class World:
+class Apps:
     fast: TestClient
     routed: TestClient
     callers: dict[str, dict[str, str]]
@@ -82,14 +81,14 @@ def _models_dir(root: Path, tiny: Tiny) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Iterator[World]:  # noqa: F811
+def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Iterator[Apps]:  # noqa: F811
     """Acme's registry model "Fraud" (ONNX) loaded as "fraud" among Acme's names on both
     servers, and the operator's "shared" (skops, the default model) preloaded."""
     root = tmp_path_factory.mktemp("model-server-equality")
     data_dir = root / "data"
     with TestClient(create_app(equality_settings(module_database_url, data_dir))) as platform:
         factory = Factory(platform.app)  # type: ignore[arg-type]
-        team = make_team(factory)
+        team = World.build(factory)
         model_id = register(platform, team)
         version = upload(platform, model_id, team.developer.headers, onnx_file(tiny.first))["version"]
         no_inference_key = factory.api_key(team.org, {"models": ["read"]})
@@ -120,7 +119,7 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
             "bad-key": {"X-API-Key": "mk_not-a-key"},
             "bad-token": {"Authorization": "Bearer not.a.token"},
         }
-        yield World(fast, routed, callers, version, settings, module_database_url, data_dir)
+        yield Apps(fast, routed, callers, version, settings, module_database_url, data_dir)
 
 
 # --- the requests ---------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ class Case:
     headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
     streamed: bool = False  # sent without Content-Length, in chunks
 
-    def send(self, client: TestClient, world: World) -> httpx.Response:
+    def send(self, client: TestClient, world: Apps) -> httpx.Response:
         path = self.path.replace("{version}", world.version)
         headers = {**world.callers[self.caller], **self.headers}
         if self.streamed:
@@ -283,14 +282,14 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_the_fast_path_answers_like_the_routes(world: World, case: Case) -> None:
+def test_the_fast_path_answers_like_the_routes(world: Apps, case: Case) -> None:
     fast = case.send(world.fast, world)
     routed = case.send(world.routed, world)
     assert_same_answer(fast, routed)
     assert fast.status_code == case.status, fast.text
 
 
-def test_the_rate_limit_answers_alike(world: World, tmp_path: Path, tiny: Tiny) -> None:
+def test_the_rate_limit_answers_alike(world: Apps, tmp_path: Path, tiny: Tiny) -> None:
     """The third prediction within a minute is refused, with the same headers both ways."""
     settings = world.settings.model_copy(
         update={
@@ -325,7 +324,7 @@ def test_the_rate_limit_answers_alike(world: World, tmp_path: Path, tiny: Tiny) 
         ("/invocations", JSON),
     ],
 )
-def test_a_stalled_body_is_cut_off_alike(world: World, path: str, headers: dict[str, str]) -> None:
+def test_a_stalled_body_is_cut_off_alike(world: Apps, path: str, headers: dict[str, str]) -> None:
     """A client that sends its headers and then nothing: 408, and the connection closed."""
     settings = world.settings.model_copy(
         update={"request_body_timeout_seconds": 0.05, "model_server_preload": []}
