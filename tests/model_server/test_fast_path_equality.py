@@ -11,7 +11,6 @@ The rule for a body of the wrong type and too large: the content type is checked
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +53,10 @@ class Apps:
 
 
 def _ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while client.get("/api/v1/health").json()["status"] == "loading":
-        assert time.monotonic() < deadline, "preloading did not finish"
-        time.sleep(0.05)
+    """Wait for the app's preloading thread to say it has ended."""
+    server = client.app.state.model_server
+    assert server.preload_done.wait(timeout=120), "preloading did not finish"
+    assert client.get("/api/v1/health").json()["status"] != "loading"
 
 
 def _pair(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:

@@ -287,6 +287,7 @@ class ModelServer:
         )
         self.preload = PreloadStatus(total=len(settings.model_server_preload))
         self.preload_entries = [parse_preload(text) for text in settings.model_server_preload]
+        self.preload_done = threading.Event()  # set once preloading has ended, however it ended
 
     # --- shared resources, created on first use (a server may run without the platform) -----
     def database(self) -> Database:
@@ -615,6 +616,12 @@ class ModelServer:
 
     def run_preload(self) -> None:
         """Load every ``MAESTRO_MODEL_SERVER_PRELOAD`` entry, as the operator, in order."""
+        try:
+            self._preload()
+        finally:
+            self.preload_done.set()
+
+    def _preload(self) -> None:
         self.preload.status = "loading"
         operator = Caller("operator", "operator_preload")
         for entry in self.preload_entries:
