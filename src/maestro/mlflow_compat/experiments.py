@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -167,6 +168,43 @@ def filter_conditions(
         raise invalid(f"Invalid filter: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class TagColumns:
+    """Where a searched row's tags are: the tag's column naming its row, its key and
+    value, and the searched row's id."""
+
+    owner: Any
+    key: Any
+    value: Any
+    row_id: Any
+
+
+def where_filter(
+    statement: Any,
+    body: dict[str, Any],
+    fields: dict[str, filters.FieldType],
+    columns: dict[str, Any],
+    tags: TagColumns | None = None,
+) -> Any:
+    """``statement`` narrowed by the request's ``filter``: a field's condition on its
+    column, a tag's as "the row has a tag of that key whose value matches" (a search
+    without ``tags`` refuses tag conditions)."""
+    for condition in filter_conditions(body, fields, tags=tags is not None):
+        if condition.kind == "tag":
+            assert tags is not None  # filter_conditions refused it otherwise
+            matching_tag = select(tags.owner).where(
+                tags.owner == tags.row_id,
+                tags.key == condition.key,
+                search.compare(tags.value, condition.operator, condition.value),
+            )
+            statement = statement.where(matching_tag.exists())
+        else:
+            statement = statement.where(
+                search.compare(columns[condition.key], condition.operator, condition.value)
+            )
+    return statement
+
+
 def order_by_clauses(clauses: Sequence[str], columns: dict[str, Any], default: list[Any]) -> list[Any]:
     ordering = []
     for clause in clauses[:5]:
@@ -274,21 +312,10 @@ def search_experiments(session: Session, principal: Principal, scope: Scope, bod
         "creation_time": Experiment.created_at,
         "last_update_time": Experiment.updated_at,
     }
-    for condition in filter_conditions(body, filters.EXPERIMENTS):
-        if condition.kind == "tag":
-            statement = statement.where(
-                select(ExperimentTag.experiment_id)
-                .where(
-                    ExperimentTag.experiment_id == Experiment.id,
-                    ExperimentTag.key == condition.key,
-                    search.compare(ExperimentTag.value, condition.operator, condition.value),
-                )
-                .exists()
-            )
-        else:
-            statement = statement.where(
-                search.compare(fields[condition.key], condition.operator, condition.value)
-            )
+    tag_columns = TagColumns(
+        ExperimentTag.experiment_id, ExperimentTag.key, ExperimentTag.value, Experiment.id
+    )
+    statement = where_filter(statement, body, filters.EXPERIMENTS, fields, tag_columns)
     columns = {
         "name": Experiment.name,
         "experiment_id": Experiment.id,

@@ -31,10 +31,10 @@ from maestro.mlflow_compat.common import (
     text,
 )
 from maestro.mlflow_compat.experiments import (
-    filter_conditions,
     get_experiment_row,
     page_window,
     paged,
+    where_filter,
     within_budget,
 )
 from maestro.mlflow_compat.models import LoggedModel, LoggedModelFile
@@ -42,7 +42,6 @@ from maestro.mlflow_compat.runs import get_run_row, searched_experiments
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.storage import ArtifactStore, delete_after_commit
-from maestro.tracking import search
 from maestro.tracking.models import Experiment
 
 # --- logged models -------------------------------------------------------------------------
@@ -244,10 +243,7 @@ def search_logged_models(session: Session, principal: Principal, scope: Scope, b
         "source_run_id": LoggedModel.source_run_id,
         "model_type": LoggedModel.model_type,
     }
-    for condition in filter_conditions(body, filters.LOGGED_MODELS, tags=False):
-        statement = statement.where(
-            search.compare(fields[condition.key], condition.operator, condition.value)
-        )
+    statement = where_filter(statement, body, filters.LOGGED_MODELS, fields)
     rows = list(
         session.scalars(
             statement.order_by(LoggedModel.created_at.desc(), LoggedModel.id.desc())

@@ -36,7 +36,6 @@ from maestro.registry.schemas import (
 )
 from maestro.runtimes.formats import ModelFormat, detect_format
 from maestro.storage import ArtifactStore, StoredObject
-from maestro.tracking import search
 from maestro.tracking.models import Run
 
 if TYPE_CHECKING:
@@ -61,10 +60,11 @@ from maestro.mlflow_compat.common import (
     text,
 )
 from maestro.mlflow_compat.experiments import (
-    filter_conditions,
+    TagColumns,
     order_by_clauses,
     page_window,
     paged,
+    where_filter,
     within_budget,
 )
 from maestro.mlflow_compat.logged_models import get_logged_model_row, logged_model_uri
@@ -249,21 +249,10 @@ def search_registered_models(
     project = projects_service.project_for(session, principal, "models", scope.required(), "read")
     limit, offset = page_window(body, 100, 1000)
     statement = select(RegisteredModel).where(RegisteredModel.project_id == project.id)
-    for condition in filter_conditions(body, filters.REGISTERED_MODELS):
-        if condition.kind == "tag":
-            statement = statement.where(
-                select(ModelTag.id)
-                .where(
-                    ModelTag.model_id == RegisteredModel.id,
-                    ModelTag.key == condition.key,
-                    search.compare(ModelTag.value, condition.operator, condition.value),
-                )
-                .exists()
-            )
-        else:
-            statement = statement.where(
-                search.compare(RegisteredModel.name, condition.operator, condition.value)
-            )
+    tag_columns = TagColumns(ModelTag.model_id, ModelTag.key, ModelTag.value, RegisteredModel.id)
+    statement = where_filter(
+        statement, body, filters.REGISTERED_MODELS, {"name": RegisteredModel.name}, tag_columns
+    )
     columns = {
         "name": RegisteredModel.name,
         "timestamp": RegisteredModel.updated_at,
@@ -686,21 +675,10 @@ def search_versions(session: Session, principal: Principal, scope: Scope, body: 
         "version_number": ModelVersion.number,
         "model_id": ModelVersion.logged_model_id,
     }
-    for condition in filter_conditions(body, filters.MODEL_VERSIONS):
-        if condition.kind == "tag":
-            statement = statement.where(
-                select(RegistryVersionTag.id)
-                .where(
-                    RegistryVersionTag.version_id == ModelVersion.id,
-                    RegistryVersionTag.key == condition.key,
-                    search.compare(RegistryVersionTag.value, condition.operator, condition.value),
-                )
-                .exists()
-            )
-        else:
-            statement = statement.where(
-                search.compare(fields[condition.key], condition.operator, condition.value)
-            )
+    tag_columns = TagColumns(
+        RegistryVersionTag.version_id, RegistryVersionTag.key, RegistryVersionTag.value, ModelVersion.id
+    )
+    statement = where_filter(statement, body, filters.MODEL_VERSIONS, fields, tag_columns)
     ordering = order_by_clauses(
         strings(body, "order_by", limit=5),
         {
