@@ -241,6 +241,129 @@ class TestDeployingAScikitLearnModel:
         ]
 
 
+class TestRollbackWithoutABody:
+    """The spec's rollback "to previous version" needs no body: none, an empty one and
+    ``{}`` all serve the version served before; a body still names a target."""
+
+    BODIES = {
+        "no-body": {"content": None, "headers": {}},
+        "empty-json-body": {"content": b"", "headers": {"Content-Type": "application/json"}},
+        "empty-object": {"content": b"{}", "headers": {"Content-Type": "application/json"}},
+    }
+
+    @pytest.mark.parametrize("sent", list(BODIES))
+    def test_rolls_back_to_the_previous_version(
+        self, client: TestClient, world: World, tiny: Tiny, sent: str
+    ) -> None:
+        model = register(client, world)
+        v1, v2 = (
+            upload(client, model, world.developer.headers, skops_file(m)) for m in (tiny.first, tiny.second)
+        )
+        deployment = deployed(client, world, "fraud-api", v1["id"])["id"]
+        moved = client.put(
+            f"/api/v1/deployments/{deployment}",
+            json={"model_version_id": v2["id"]},
+            headers=world.developer.headers,
+        )
+        assert moved.status_code == 200, moved.text
+        body = self.BODIES[sent]
+        rolled = client.post(
+            f"/api/v1/deployments/{deployment}/rollback",
+            content=body["content"],
+            headers={**world.developer.headers, **body["headers"]},
+        )
+        assert rolled.status_code == 200, rolled.text
+        detail = rolled.json()["data"]
+        assert detail["model_version"]["id"] == v1["id"]
+        assert detail["history"][0]["action"] == "rolled_back"
+        assert detail["history"][0]["previous_version_id"] == v2["id"]
+        assert detail["history"][0]["reason"] is None
+        rows = tiny.X[:8]
+        assert (
+            labels(predict(client, "fraud-api", world.key_headers, records(rows)))
+            == tiny.first.predict(rows).tolist()
+        )
+
+    def test_an_explicit_target_and_reason_still_count(
+        self, client: TestClient, world: World, tiny: Tiny
+    ) -> None:
+        model = register(client, world)
+        versions = [
+            upload(client, model, world.developer.headers, skops_file(m))
+            for m in (tiny.first, tiny.second, tiny.first)
+        ]
+        deployment = deployed(client, world, "fraud-api", versions[0]["id"])["id"]
+        for version in versions[1:]:
+            moved = client.put(
+                f"/api/v1/deployments/{deployment}",
+                json={"model_version_id": version["id"]},
+                headers=world.developer.headers,
+            )
+            assert moved.status_code == 200, moved.text
+        rolled = client.post(
+            f"/api/v1/deployments/{deployment}/rollback",
+            json={"target_version_id": versions[0]["id"], "reason": "the first was better"},
+            headers=world.developer.headers,
+        )
+        assert rolled.status_code == 200, rolled.text
+        detail = rolled.json()["data"]
+        assert detail["model_version"]["id"] == versions[0]["id"]  # not the previous (1.0.1)
+        assert detail["history"][0]["reason"] == "the first was better"
+
+    @pytest.mark.parametrize("sent", list(BODIES))
+    def test_nothing_to_roll_back_to_is_a_clear_conflict(
+        self, client: TestClient, world: World, tiny: Tiny, sent: str
+    ) -> None:
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, skops_file(tiny.first))
+        deployment = deployed(client, world, "fraud-api", version["id"])["id"]
+        body = self.BODIES[sent]
+        response = client.post(
+            f"/api/v1/deployments/{deployment}/rollback",
+            content=body["content"],
+            headers={**world.developer.headers, **body["headers"]},
+        )
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "CONFLICT"
+        assert error["message"] == "This deployment has served no other version to roll back to"
+        assert error["details"] == [
+            {"field": "target_version_id", "message": "no previous version; name one"}
+        ]
+        assert get(client, deployment, world.viewer.headers)["model_version"]["id"] == version["id"]
+
+    @pytest.mark.parametrize(
+        "content", [b"[]", b"null-ish", b'{"target": "v"}', b'{"target_version_id": 7}', b'{"reason": "x"']
+    )
+    def test_a_malformed_body_is_refused_and_changes_nothing(
+        self, client: TestClient, world: World, tiny: Tiny, content: bytes
+    ) -> None:
+        model = register(client, world)
+        v1, v2 = (
+            upload(client, model, world.developer.headers, skops_file(m)) for m in (tiny.first, tiny.second)
+        )
+        deployment = deployed(client, world, "fraud-api", v1["id"])["id"]
+        client.put(
+            f"/api/v1/deployments/{deployment}",
+            json={"model_version_id": v2["id"]},
+            headers=world.developer.headers,
+        )
+        response = client.post(
+            f"/api/v1/deployments/{deployment}/rollback",
+            content=content,
+            headers={**world.developer.headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+        assert get(client, deployment, world.viewer.headers)["model_version"]["id"] == v2["id"]
+
+    def test_the_openapi_document_says_the_body_is_optional(self, client: TestClient) -> None:
+        operation = client.get("/api/v1/openapi.json").json()["paths"][
+            "/api/v1/deployments/{deployment_id}/rollback"
+        ]
+        assert operation["post"]["requestBody"].get("required", False) is False
+
+
 class TestDeployingAnOnnxModel:
     def test_deploy_predict_redeploy_and_roll_back(
         self, client: TestClient, app: FastAPI, world: World, tiny: Tiny

@@ -15,7 +15,7 @@ from typing import Annotated, cast
 
 import orjson
 from anyio.to_thread import run_sync
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -216,13 +216,15 @@ def delete_deployment(
 )
 def rollback_deployment(
     deployment_id: DeploymentId,
-    body: RollbackRequest,
     principal: CurrentPrincipal,
     session: SessionDep,
     serving: ServingDep,
+    body: Annotated[RollbackRequest | None, Body()] = None,
 ) -> Envelope[DeploymentDetail]:
-    """Serve an earlier version again: `target_version_id`, or by default the version
-    served before the current one. Loaded and warmed before traffic moves."""
+    """Serve an earlier version again: `target_version_id`, or by default (no body, or
+    `{}`) the version served before the current one. Loaded and warmed before traffic
+    moves."""
+    body = body or RollbackRequest()
     deployment, target = service.check_rollback(session, principal, deployment_id, body)
     deployment = service.deploy_version(
         session,
