@@ -26,7 +26,16 @@ from maestro.config import Settings
 from maestro.deployments.fast_path import InferenceFastPath
 from maestro.deployments.models import PredictionLog
 from maestro.identity.models import AuditLog
-from tests.deployments.platform import Tiny, deployed, onnx_file, records, register, skops_file, upload
+from tests.deployments.platform import (
+    SCHEMA,
+    Tiny,
+    deployed,
+    onnx_file,
+    records,
+    register,
+    skops_file,
+    upload,
+)
 from tests.factories import Factory, World
 from tests.fast_path_equality import (
     assert_same_answer,
@@ -53,8 +62,9 @@ class Apps:
 
 @pytest.fixture(scope="module")
 def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Iterator[Apps]:  # noqa: F811
-    """Acme's "fraud-api" (ONNX) and "fraud-slow" (skops) active, "paused-api" inactive;
-    Globex's "globex-api"."""
+    """Acme's "fraud-api" (ONNX), "fraud-slow" (skops) and "fraud-labelled" (ONNX, its
+    classes named by the version's class_labels) active, "paused-api" inactive; Globex's
+    "globex-api"."""
     settings = equality_settings(
         module_database_url,
         tmp_path_factory.mktemp("inference-equality") / "data",
@@ -75,6 +85,14 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
         skops = upload(fast, model, team.developer.headers, skops_file(tiny.second), filename="m.skops")
         deployed(fast, team, "fraud-api", onnx["id"])
         deployed(fast, team, "fraud-slow", skops["id"])
+        labelled = upload(
+            fast,
+            model,
+            team.developer.headers,
+            onnx_file(tiny.first),
+            schema={**SCHEMA, "class_labels": ["legit", "fraud"]},
+        )
+        deployed(fast, team, "fraud-labelled", labelled["id"])
         paused = deployed(fast, team, "paused-api", onnx["id"])
         stopped = fast.put(
             f"/api/v1/deployments/{paused['id']}", json={"status": "inactive"}, headers=team.admin.headers
@@ -103,7 +121,7 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
         yield Apps(fast, routed, callers, settings)
 
 
-DEPLOYED = ("fraud-api", "fraud-slow", "paused-api")
+DEPLOYED = ("fraud-api", "fraud-slow", "fraud-labelled", "paused-api")
 ROWS = records([[0.5, 0.1, 0.2, 0.9], [-1.0, 0.3, 0.1, -0.5], [2.0, 0.0, 0.0, 1.0]])
 
 
@@ -141,6 +159,8 @@ CASES = [
     Case("rows", "fraud-api", THREE, 200),
     Case("batch", "fraud-api/batch", _json({"instances": ROWS * 4}), 200),
     Case("threaded-model", "fraud-slow", THREE, 200),
+    Case("class-labels", "fraud-labelled", THREE, 200),
+    Case("class-labels-batch", "fraud-labelled/batch", _json({"instances": ROWS * 4}), 200),
     Case("viewer-token", "fraud-api", ONE, 200, "viewer"),
     Case("json-suffix-type", "fraud-api", ONE, 200, headers={"Content-Type": "application/vnd.x+json"}),
     Case("no-content-type", "fraud-api", ONE, 200, headers={}),

@@ -106,7 +106,12 @@ class TestAnswers:
         data = schema.json()["data"]
         assert data["inputs"] == SCHEMA["inputs"]
         assert data["input_source"] == "model_schema"
-        assert data["outputs"] == {"prediction": "label", "classes": [0, 1], "probabilities": True}
+        assert data["outputs"] == {
+            "prediction": "label",
+            "classes": [0, 1],
+            "class_labels": ["0", "1"],
+            "probabilities": True,
+        }
         assert (data["max_rows"], data["max_batch_rows"]) == (100, 10_000)
         example = predict(client, "fraud-api", world.key_headers, data["example"]["instances"])
         assert example.status_code == 200

@@ -12,9 +12,10 @@ submitted and the dataset into a scratch directory, and one isolated process per
 (``batch_process``: a memory and CPU budget, a cap on what it may write, no reach into
 the data directory) loads the model, reads the dataset within the row and byte bounds
 of ``maestro.files.reading``, and writes the rows with their predictions
-(``prediction``, and ``probability_<class>`` where the model gives them) as CSV or
-Parquet. Only when that process succeeded and its file checks out is the file stored
-and recorded as a file of the project; the job's result names it, and
+(``prediction``, and ``probability_<class>`` where the model gives them, classes named
+as inference names them: ``runtimes.class_labels``) as CSV or Parquet. Only when that
+process succeeded and its file checks out is the file stored and recorded as a file of
+the project; the job's result names it, and
 ``GET …/batch-jobs/{job_id}/result`` downloads it. A crash, a budget passed or a limit
 hit fails the job with a clear message, stores nothing and leaves the server untouched.
 """

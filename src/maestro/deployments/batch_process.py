@@ -114,10 +114,12 @@ def _with_predictions(chunk: pl.DataFrame, runtime: Runtime, matrix: np.ndarray)
     import polars as pl
 
     labels, probabilities = runtime.predict_with_proba(matrix)
-    added = {"prediction": np.asarray(labels).tolist()}
-    if probabilities is not None and runtime.classes:
-        for index, label in enumerate(runtime.classes):
-            added[f"probability_{label}"] = probabilities[:, index]
+    named = runtime.class_labels  # classes named as platform inference names them
+    values = np.asarray(labels).tolist()
+    added = {"prediction": named.answers(values) if named is not None else values}
+    if probabilities is not None and named is not None:
+        for index, name in enumerate(named.names):
+            added[f"probability_{name}"] = probabilities[:, index]
     return chunk.with_columns(pl.Series(name, values) for name, values in added.items())
 
 

@@ -181,15 +181,21 @@ def _missing_not_answered(runtime: Runtime, matrix: np.ndarray, *outputs: np.nda
 def predictions(
     runtime: Runtime, matrix: np.ndarray, splitter: RowSplitter | None = None
 ) -> list[dict[str, Any]]:
+    """One row of the answer per row of ``matrix``: the prediction, and for a classifier
+    that gives them the probabilities and the confidence, classes named as the version
+    declares (``runtimes.class_labels``, as the model server and batch jobs name them)."""
     if splitter is not None:  # a large batch on a slow model: its rows spread over the cores
         labels, probabilities = splitter.run(runtime, runtime.predict_with_proba, matrix)
     else:
         labels, probabilities = runtime.predict_with_proba(matrix)
     _missing_not_answered(runtime, matrix, np.asarray(labels), probabilities)
     values = np.asarray(labels).tolist()
-    if probabilities is None or not runtime.classes:
+    named = runtime.class_labels
+    if named is not None:
+        values = named.answers(values)
+    if probabilities is None or named is None or not named.names:
         return [{"prediction": value} for value in values]
-    keys = [str(label) for label in runtime.classes]
+    keys = named.names
     rows = probabilities.tolist()
     if len(keys) == 2 and len(rows[0]) == 2:  # a binary classifier: literal dicts, twice as fast
         no, yes = keys

@@ -395,6 +395,7 @@ async def deployment_schema(
             outputs=OutputSchema(
                 prediction="label" if runtime.classes is not None else "value",
                 classes=runtime.classes,
+                class_labels=list(runtime.class_labels.names) if runtime.class_labels else None,
                 probabilities=runtime.supports_proba,
             ),
             max_rows=serving.settings.inference_max_rows,

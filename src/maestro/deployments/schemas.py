@@ -248,9 +248,14 @@ Label = str | int | float | bool
 
 
 class Prediction(BaseModel):
-    prediction: Label = Field(description="The class label, or the value of a regressor.")
+    prediction: Label = Field(
+        description="The class (named by the version's model_schema class_labels when declared), "
+        "or the value of a regressor."
+    )
     probabilities: dict[str, float] | None = Field(
-        None, description="Probability of each class (classifiers that give them)."
+        None,
+        description="Probability of each class, keyed as predictions name the classes (classifiers that "
+        "give them).",
     )
     confidence: float | None = Field(None, description="The probability of the predicted class.")
 
@@ -319,6 +324,11 @@ class FeatureRead(BaseModel):
 class OutputSchema(BaseModel):
     prediction: Literal["label", "value"] = Field(description="A class label, or a regressor's value.")
     classes: list[Label] | None
+    class_labels: list[str] | None = Field(
+        None,
+        description="What predictions and probability keys call the classes, in the classes' order: "
+        "the version's model_schema class_labels when declared, else each class as text.",
+    )
     probabilities: bool
 
 

@@ -316,7 +316,7 @@ async def answer_batch(server: ModelServer, request: Request, caller: Caller) ->
 def result_estimate(model: ServedModel, rows: int, proba: bool) -> int:
     """A generous guess at the bytes of an asynchronous result, reserved when the job is
     submitted (the real size is counted as it is written)."""
-    longest = max((len(text) for text in (model.label_names or {}).values()), default=4)
+    longest = max((len(text) for text in (model.labels.names if model.labels else ())), default=4)
     per_row = 96 + 2 * longest
     if proba:
         per_row += 32 + 26 * len(model.runtime.classes or [])

@@ -69,6 +69,7 @@ from maestro.model_server.sources import (
 )
 from maestro.runtimes.base import Runtime
 from maestro.runtimes.cache import ModelCache
+from maestro.runtimes.class_labels import ClassLabels
 from maestro.runtimes.errors import ModelLoadError, ServingError
 from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck
 from maestro.runtimes.loading import load_checked_file, load_checked_version
@@ -117,18 +118,6 @@ def cache_name(namespace: str | None, name: str) -> str:
     return name if namespace is None else f"{namespace}/{name}"
 
 
-def _label_names(runtime: Runtime, schema: Any) -> dict[Any, str] | None:
-    """Display names of a classifier's classes: the version's ``model_schema``
-    ``class_labels`` (one per class, in the classes' order) when declared, else the
-    classes themselves as text; None for a regressor."""
-    if runtime.classes is None:
-        return None
-    declared = (schema or {}).get("class_labels") if isinstance(schema, dict) else None
-    if isinstance(declared, list) and len(declared) == len(runtime.classes):
-        return {cls: str(name) for cls, name in zip(runtime.classes, declared, strict=True)}
-    return {cls: str(cls) for cls in runtime.classes}
-
-
 @dataclass
 class ServedModel:
     """A loaded model under the name clients address it by."""
@@ -141,10 +130,11 @@ class ServedModel:
     # The organisation whose callers address the model by this name; None: the operator's.
     namespace: str | None = None
     loaded_at: str = field(default_factory=utc_timestamp)
-    label_names: dict[Any, str] | None = None
+    # What answers call the classes (``prediction_label``), as platform inference does.
+    labels: ClassLabels | None = None
 
     def __post_init__(self) -> None:
-        self.label_names = _label_names(self.runtime, self.source.model_schema)
+        self.labels = ClassLabels.of(self.runtime.classes, self.source.model_schema)
         labels = (self.namespace or "", self.name, self.version)
         self._rows_ok = self.metrics.predictions.labels(*labels, "success")
         self._rows_failed = self.metrics.predictions.labels(*labels, "error")
@@ -192,13 +182,10 @@ class ServedModel:
         return Prediction(np.asarray(labels), proba, seconds)
 
     def label_texts(self, values: list[Any]) -> list[str | None]:
-        names = self.label_names
-        if names is None:
+        labels = self.labels
+        if labels is None:
             return [None] * len(values)
-        if len(values) > 16:  # a batch holds few distinct classes: name each once
-            texts = {value: names[value] if value in names else str(value) for value in set(values)}
-            return list(map(texts.__getitem__, values))
-        return [names.get(value, str(value)) for value in values]
+        return list(labels.texts(values))
 
     def describe(self) -> dict[str, Any]:
         runtime = self.runtime
@@ -214,7 +201,7 @@ class ServedModel:
             "serving": runtime.serving,
             "task": "classification" if runtime.classes is not None else "regression",
             "classes": runtime.classes,
-            "class_labels": list(self.label_names.values()) if self.label_names else None,
+            "class_labels": list(self.labels.names) if self.labels else None,
             "supports_probabilities": runtime.supports_proba,
             "n_features": runtime.n_features,
             "input_schema": runtime.input_schema.to_dict(),

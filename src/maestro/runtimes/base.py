@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maestro.runtimes.class_labels import ClassLabels
 from maestro.runtimes.errors import InputError, ModelLoadError, PredictionError, ServingError
 from maestro.runtimes.formats import ModelFormat
 from maestro.runtimes.inputs import (
@@ -60,6 +61,7 @@ class Runtime(ABC):
     serving_form: str  # what answers: onnx, sklearn, python, xgboost or lightgbm
     input_schema: InputSchema
     classes: list[Any] | None = None  # labels of a classifier; None for a regressor
+    class_labels: ClassLabels | None = None  # what answers call the classes (``name_classes``)
     supports_proba: bool = False
     accepts_missing: bool = True  # whether NaN in the input is answered (as the model defines)
     conversion: dict[str, str] | None = None  # {"status", "reason"} when ONNX conversion was tried
@@ -78,6 +80,11 @@ class Runtime(ABC):
         if self.serving_form == _NATIVE_FORM.get(self.format):
             return self.serving_form
         return f"{self.serving_form} (from {self.format})"
+
+    def name_classes(self, model_schema: Any) -> None:
+        """Name the classes as the version's ``model_schema`` declares (see
+        ``class_labels``); loading calls it once the classes are known."""
+        self.class_labels = ClassLabels.of(self.classes, model_schema)
 
     def to_matrix(self, rows: Any, **options: Any) -> np.ndarray:
         return to_matrix(rows, self.input_schema, **options)

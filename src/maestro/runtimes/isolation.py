@@ -494,6 +494,7 @@ class IsolatedRuntime(Runtime):
         self.accepts_missing = description["accepts_missing"]
         self._outputs = description["outputs"]
         self._labels = np.asarray(self.classes) if self.classes is not None else None
+        self.name_classes(model_schema)
         self.load_seconds = time.perf_counter() - started
 
     def _spawn(self) -> tuple[Child, dict[str, Any], int, int]:

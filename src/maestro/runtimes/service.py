@@ -137,6 +137,7 @@ def load_runtime(
             "unsupported_format",
             f"Models in the {fmt} format cannot be served; upload skops, ONNX, XGBoost JSON or LightGBM text",
         )
+    runtime.name_classes(model_schema)
     runtime.load_seconds = time.perf_counter() - started
     return runtime
 
