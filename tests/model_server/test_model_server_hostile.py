@@ -6,7 +6,6 @@ or run, and the server keeps serving."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ def server_settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 def started(settings: Settings) -> Iterator[TestClient]:
+    """The model server's app, once its preloading thread has said it ended."""
     with TestClient(create_model_server(settings), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/api/v1/health").json()["status"] == "loading":
-            assert time.monotonic() < deadline, "preloading did not finish"
-            time.sleep(0.05)
+        server = client.app.state.model_server  # type: ignore[attr-defined]
+        assert server.preload_done.wait(timeout=120), "preloading did not finish"
+        assert client.get("/api/v1/health").json()["status"] != "loading"
         yield client
 
 
