@@ -6,6 +6,7 @@ sign-ins; nobody else may call any of it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -148,8 +149,12 @@ class TestOrganisationsAndPlans:
     def test_replicas_sharing_redis_share_the_count_and_see_the_plan(
         self, make_client: Callable[..., TestClient], redis_url: str
     ) -> None:
-        first = make_client(rate_limits_enabled=True, redis_url=redis_url)
-        second = make_client(rate_limits_enabled=True, redis_url=redis_url)
+        shared = {
+            "rate_limits_enabled": True,
+            "redis_url": redis_url,
+            "queue_name": f"replicas-{uuid.uuid4().hex}",
+        }
+        first, second = make_client(**shared), make_client(**shared)
         factory = factory_of(first)
         admin = make_instance_admin(factory, factory.organization(plan="enterprise"))
         org = factory.organization(plan="free")
