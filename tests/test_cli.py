@@ -140,3 +140,65 @@ def test_users_create_and_reset_password(make_settings: Callable[..., Settings],
         "users", "reset-password", "--email", "root@example.com", "--password", "short", settings=settings
     )
     assert short.returncode == 2
+
+
+def test_admin_commands_work_on_the_database(make_settings: Callable[..., Settings]) -> None:
+    from fastapi.testclient import TestClient
+
+    from maestro.app import create_app
+
+    settings = make_settings()
+    created = maestro(
+        "users",
+        "create",
+        "--email",
+        "root@example.com",
+        "--password",
+        "long enough",
+        "--admin",
+        settings=settings,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "instance administrator" in created.stdout and "admin of" not in created.stdout
+    team = maestro(
+        "users",
+        "create",
+        "--email",
+        "ada@example.com",
+        "--password",
+        "long enough",
+        "--org-admin",
+        settings=settings,
+    )
+    assert team.returncode == 0, team.stderr
+    org_id = team.stdout.split("admin of ")[1].split()[0]
+
+    orgs = maestro("admin", "orgs", settings=settings)
+    assert orgs.returncode == 0, orgs.stderr
+    assert f"{org_id}\tunlimited\t1 members\tDefault" in orgs.stdout
+    assert maestro("admin", "set-plan", org_id, "gold", settings=settings).returncode == 2
+    assert maestro("admin", "set-plan", "no-such-org", "free", settings=settings).returncode == 1
+    changed = maestro("admin", "set-plan", org_id, "free", settings=settings)
+    assert changed.returncode == 0, changed.stderr
+    assert "free plan" in changed.stdout
+
+    with TestClient(create_app(settings)) as client:
+        wrong = client.post("/api/v1/auth/login", json={"email": "ada@example.com", "password": "wrong one"})
+        assert wrong.status_code == 401
+        root = client.post(
+            "/api/v1/auth/login", json={"email": "root@example.com", "password": "long enough"}
+        )
+        headers = {"Authorization": f"Bearer {root.json()['data']['access_token']}"}
+        listed = client.get("/api/v1/admin/organizations", headers=headers).json()["data"]
+        assert [(row["id"], row["subscription_plan"]) for row in listed] == [(org_id, "free")]
+
+    users = maestro("admin", "users", settings=settings)
+    assert "root@example.com\tactive\tinstance administrator" in users.stdout
+    off = maestro("admin", "deactivate", "ada@example.com", settings=settings)
+    assert off.returncode == 0 and "deactivated" in off.stdout
+    assert "ada@example.com\tdeactivated" in maestro("admin", "users", settings=settings).stdout
+    assert maestro("admin", "reactivate", "ada@example.com", settings=settings).returncode == 0
+    assert maestro("admin", "deactivate", "nobody@example.com", settings=settings).returncode == 1
+    failed = maestro("admin", "failed-sign-ins", settings=settings)
+    assert failed.returncode == 0
+    assert "wrong_password\t'ada@example.com'" in failed.stdout

@@ -39,6 +39,7 @@ from maestro.logs import configure_logging
 from maestro.mlflow_compat.fast_path import FastMlflow
 from maestro.mlflow_compat.routes import hot_router as mlflow_hot_router
 from maestro.mlflow_compat.routes import router as mlflow_router
+from maestro.organizations.admin_routes import router as admin_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
@@ -55,6 +56,7 @@ ROUTERS = (
     system_router,
     auth_router,
     organizations_router,
+    admin_router,
     projects_router,
     api_keys_router,
     audit_log_router,
@@ -124,9 +126,17 @@ def _finish_openapi(app: FastAPI) -> None:
         authenticated = _authenticated_operations(app)
         for path, path_item in schema.get("paths", {}).items():
             for method, operation in path_item.items():
+                responses = operation.setdefault("responses", {})
                 if (path, method) in authenticated:
                     operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-                responses = operation.setdefault("responses", {})
+                    # Every authenticated request counts against its organisation's plan.
+                    responses.setdefault(
+                        "429",
+                        {
+                            "description": "Rate limit exceeded",
+                            "content": {"application/json": {"schema": {"$ref": error_ref}}},
+                        },
+                    )
                 response = responses.get("422")
                 if response:
                     response["description"] = "Validation error"

@@ -277,8 +277,16 @@ def users_create(
         str,
         typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="At least 8 characters."),
     ],
-    admin: Annotated[bool, typer.Option(help="Make the user admin of a new organisation.")] = False,
-    organization: Annotated[str, typer.Option(help="Name of that organisation.")] = "Default",
+    admin: Annotated[
+        bool, typer.Option(help="Make the user an instance administrator (plans, accounts, sign-ins).")
+    ] = False,
+    org_admin: Annotated[
+        bool, typer.Option(help="Make the user admin of a new organisation (--organization).")
+    ] = False,
+    organization: Annotated[
+        str | None,
+        typer.Option(help="Name of that organisation [default: Default]; implies --org-admin."),
+    ] = None,
     first_name: str = "",
     last_name: str = "",
 ) -> None:
@@ -307,7 +315,12 @@ def users_create(
             )
             line = f"created {user.id} <{user.email}>"
             if admin:
-                org = service.create_organization(session, settings, name=organization, owner=user)
+                user.is_instance_admin = True
+                line += ", instance administrator"
+            if org_admin or organization is not None:
+                org = service.create_organization(
+                    session, settings, name=organization or "Default", owner=user
+                )
                 line += f", admin of {org.id} ({org.name})"
     except Conflict as exc:
         typer.secho(exc.message, err=True, fg="red")
@@ -337,6 +350,121 @@ def users_reset_password(
             raise typer.Exit(1)
         service.set_password(session, settings, user, _checked_password(password))
     typer.echo(f"password reset for {user.email}; all sessions ended")
+
+
+# --- instance administration: `maestro admin …`, directly on the database -------------------
+admin_app = typer.Typer(
+    help="Instance administration: organisations' plans, accounts, failed sign-ins.", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, err=True, fg="red")
+    raise typer.Exit(code)
+
+
+@admin_app.command("orgs")
+def admin_orgs() -> None:
+    """List every organisation with its plan and member count."""
+    from sqlalchemy import select
+
+    from maestro.identity.models import Organization
+    from maestro.organizations.instance_admin import organization_admin_reads
+
+    settings = _settings()
+    with _database(settings).session(write=False) as session:
+        organizations = session.scalars(select(Organization).order_by(Organization.created_at)).all()
+        for row in organization_admin_reads(session, organizations):
+            typer.echo(f"{row.id}\t{row.subscription_plan.value}\t{row.member_count} members\t{row.name}")
+
+
+@admin_app.command("set-plan")
+def admin_set_plan(
+    organization: Annotated[str, typer.Argument(help="The organisation's id or slug.")],
+    plan: Annotated[str, typer.Argument(help="unlimited, free, professional or enterprise.")],
+) -> None:
+    """Put an organisation on another plan. Running servers apply it within
+    MAESTRO_AUTH_CACHE_SECONDS."""
+    from sqlalchemy import or_, select
+
+    from maestro.identity.models import Organization, Plan
+    from maestro.organizations.instance_admin import change_plan
+
+    if plan not in {known.value for known in Plan}:
+        _fail(f"unknown plan {plan!r}; use one of: {', '.join(known.value for known in Plan)}", 2)
+    settings = _settings()
+    with _database(settings).session() as session:
+        organization_id = session.scalar(
+            select(Organization.id).where(
+                or_(Organization.id == organization, Organization.slug == organization)
+            )
+        )
+        if organization_id is None:
+            _fail(f"no organisation {organization}")
+        changed = change_plan(session, str(organization_id), Plan(plan))
+        typer.echo(f"{changed.id} ({changed.name}) is now on the {changed.subscription_plan} plan")
+
+
+@admin_app.command("users")
+def admin_users() -> None:
+    """List every account: id, email, active or not, instance administrator or not."""
+    from sqlalchemy import select
+
+    from maestro.identity.models import User
+
+    settings = _settings()
+    with _database(settings).session(write=False) as session:
+        for user in session.scalars(select(User).order_by(User.created_at)):
+            state = "active" if user.is_active else "deactivated"
+            role = "\tinstance administrator" if user.is_instance_admin else ""
+            typer.echo(f"{user.id}\t{user.email}\t{state}{role}")
+
+
+def _set_active(email: str, active: bool) -> None:
+    from sqlalchemy import select
+
+    from maestro.identity.administration import set_active
+    from maestro.identity.models import User
+
+    settings = _settings()
+    with _database(settings).session() as session:
+        user_id = session.scalar(select(User.id).where(User.email == email.strip().lower()))
+        if user_id is None:
+            _fail(f"no user with email {email}")
+        user = set_active(session, None, str(user_id), active)
+        typer.echo(f"{user.email} is now {'active' if active else 'deactivated'}")
+
+
+@admin_app.command("deactivate")
+def admin_deactivate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Deactivate an account: its sessions end and the API keys it created stop working
+    (on running servers within MAESTRO_AUTH_CACHE_SECONDS)."""
+    _set_active(email, False)
+
+
+@admin_app.command("reactivate")
+def admin_reactivate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Reactivate an account: it may sign in again, and its API keys work again."""
+    _set_active(email, True)
+
+
+@admin_app.command("failed-sign-ins")
+def admin_failed_sign_ins(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 50,
+) -> None:
+    """Print the latest refused sign-ins: time, client address, reason, email as typed."""
+    from sqlalchemy import select
+
+    from maestro.identity.models import FailedSignIn
+
+    settings = _settings()
+    with _database(settings).session(write=False) as session:
+        rows = session.scalars(
+            select(FailedSignIn).order_by(FailedSignIn.created_at.desc(), FailedSignIn.id.desc()).limit(limit)
+        )
+        for row in rows:
+            typer.echo(f"{row.created_at.isoformat()}\t{row.ip or '-'}\t{row.reason}\t{row.email!r}")
 
 
 def main() -> None:

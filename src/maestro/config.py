@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes over memory.")
     password_hash_memory_kib: int = Field(65_536, ge=8, description="argon2id memory per hash, in KiB.")
     rate_limits_enabled: bool = Field(
-        True, description="Apply per-principal plan limits, and the sign-in, sign-up and refresh limits."
+        True,
+        description="Apply the organisations' plan limits, and the sign-in, sign-up and refresh limits.",
     )
     login_limit_per_ip: str = Field("20/minute", description="Login attempts allowed from one address.")
     login_limit_per_account: str = Field("10/minute", description="Login attempts allowed for one email.")
@@ -127,10 +128,15 @@ class Settings(BaseSettings):
         "pair of the same session (concurrent refreshes); later reuse ends the session. 0: never.",
     )
     default_plan: str = Field(
-        "free",
-        pattern="^(free|professional|enterprise)$",
-        description="Plan of new organisations: free 100 requests/hour, professional 10,000/hour, "
-        "enterprise unlimited.",
+        "unlimited",
+        pattern="^(unlimited|free|professional|enterprise)$",
+        description="Plan of new organisations: unlimited (a self-hosted install's default), free 100 "
+        "requests/hour, professional 10,000/hour, enterprise unlimited. Counted per organisation.",
+    )
+    first_user_is_admin: bool = Field(
+        False,
+        description="The first account registered through POST /api/v1/auth/register becomes an "
+        "instance administrator (when no administrator exists yet).",
     )
 
     # --- request bodies, database locks and query cost --------------------------------------

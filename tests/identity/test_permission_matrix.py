@@ -59,6 +59,7 @@ class Scene:
     deployment_name: str = ""
     serving_version_ids: tuple[str, str] = ("", "")
     batch_job_id: str = ""  # a finished batch prediction of that deployment, with its result file
+    invitation_id: str = ""  # the pending invitation whose token is invitation_token
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -80,6 +81,7 @@ class Scene:
             "deployment_id": self.deployment_id,
             "deployment_name": self.deployment_name,
             "batch_job_id": self.batch_job_id,
+            "invitation_id": self.invitation_id,
         }
 
 
@@ -96,15 +98,16 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> Scene:
         token = security.new_invitation_token()
         from maestro.db import utcnow
 
-        session.add(
-            Invitation(
-                organization_id=org,
-                email=f"invitee{next(_unique)}@example.com",
-                role="viewer",
-                token_hash=security.sha256_hex(token),
-                expires_at=utcnow().replace(year=utcnow().year + 1),
-            )
+        invitation = Invitation(
+            organization_id=org,
+            email=f"invitee{next(_unique)}@example.com",
+            role="viewer",
+            token_hash=security.sha256_hex(token),
+            expires_at=utcnow().replace(year=utcnow().year + 1),
         )
+        session.add(invitation)
+        session.flush()
+        invitation_id = invitation.id
     managed_key = factory.api_key(org, {})
     with app.state.database.session(write=False) as session:
         from sqlalchemy import select
@@ -114,7 +117,9 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> Scene:
         api_key_id = session.scalar(
             select(ApiKey.id).where(ApiKey.key_hash == security.sha256_hex(managed_key))
         )
-    world = Scene(org, other_org, actors, target, project, job, api_key_id, token)
+    world = Scene(
+        org, other_org, actors, target, project, job, api_key_id, token, invitation_id=invitation_id
+    )
     with app.state.database.session() as session:
         from maestro.registry.models import ModelTag, RegisteredModel
 
@@ -401,6 +406,24 @@ RULES = [
     Rule("POST", "/api/v1/auth/logout", "401 204 204 204 204 401 401"),
     Rule("GET", "/api/v1/auth/me", "401 200 200 200 200 401 401"),
     Rule("PUT", "/api/v1/auth/me", "401 200 200 200 200 401 401", body=lambda w: {"first_name": "Renamed"}),
+    Rule(
+        "PUT",
+        "/api/v1/auth/me/password",
+        "401 204 204 204 204 401 401",
+        body=lambda w: {"current_password": "correct horse battery", "new_password": "a new long password"},
+    ),
+    # --- instance administration: no principal of the matrix administers the installation ------
+    *[
+        Rule(method, f"/api/v1/admin{path}", "401 403 403 403 403 403 403", body=body)
+        for method, path, body in (
+            ("GET", "/organizations", None),
+            ("PUT", "/organizations/{org_id}/plan", lambda w: {"plan": "free"}),
+            ("GET", "/users", None),
+            ("POST", "/users/{user_id}/deactivate", None),
+            ("POST", "/users/{user_id}/reactivate", None),
+            ("GET", "/failed-sign-ins", None),
+        )
+    ],
     # --- jobs -----------------------------------------------------------------------------------
     Rule("GET", "/api/v1/jobs/{job_id}", "401 200 200 200 404 200 403", scope=("jobs", "read")),
     # --- organisations --------------------------------------------------------------------------
@@ -443,6 +466,18 @@ RULES = [
         "401 403 403 201 404 403 403",
         scope=("invitations", "write"),
         body=lambda w: {"email": f"guest{next(_unique)}@example.com"},
+    ),
+    Rule(
+        "GET",
+        "/api/v1/organizations/{org_id}/invitations",
+        "401 403 403 200 404 403 403",
+        scope=("invitations", "read"),
+    ),
+    Rule(
+        "DELETE",
+        "/api/v1/organizations/{org_id}/invitations/{invitation_id}",
+        "401 403 403 204 404 403 403",
+        scope=("invitations", "delete"),
     ),
     Rule(
         "POST",

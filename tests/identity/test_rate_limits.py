@@ -223,3 +223,64 @@ class TestLoginLimits:
             "/api/v1/auth/register", json={"email": "new9@example.com", "password": "long enough"}
         )
         assert_rate_limited(response, 2)
+
+
+class TestOrganisationAllowance:
+    """A plan is the organisation's allowance: every member and every API key draw on
+    one count, so adding keys does not multiply it; a self-hosted install puts new
+    organisations on ``unlimited`` unless MAESTRO_DEFAULT_PLAN says otherwise."""
+
+    def test_members_and_keys_share_one_count(
+        self, make_limited_client: Callable[..., TestClient], storage: dict[str, Any]
+    ) -> None:
+        client = make_limited_client(**storage)
+        factory = factory_of(client)
+        organization_id = factory.organization(plan="free")
+        callers = [
+            factory.user(organization_id, "admin").headers,
+            factory.user(organization_id, "viewer").headers,
+            *({"X-API-Key": factory.api_key(organization_id, {"organizations": ["read"]})} for _ in range(3)),
+        ]
+        path = f"/api/v1/organizations/{organization_id}"
+        for number in range(100):
+            answer = client.get(path, headers=callers[number % len(callers)])
+            assert answer.status_code == 200
+            assert answer.headers["x-ratelimit-remaining"] == str(99 - number)
+        for headers in callers:
+            assert_rate_limited(client.get(path, headers=headers), 100)
+        # Another organisation on the same plan has its own count.
+        elsewhere = factory.user(factory.organization(plan="free"), "admin")
+        assert client.get(ME, headers=elsewhere.headers).headers["x-ratelimit-remaining"] == "99"
+
+    def test_a_fresh_install_puts_new_organisations_on_unlimited(
+        self, make_limited_client: Callable[..., TestClient]
+    ) -> None:
+        client = make_limited_client()
+        registered = client.post(
+            "/api/v1/auth/register", json={"email": "first@example.com", "password": "long enough pw"}
+        )
+        headers = {"Authorization": f"Bearer {registered.json()['data']['access_token']}"}
+        organizations = client.get("/api/v1/organizations", headers=headers).json()["data"]
+        assert [row["subscription_plan"] for row in organizations] == ["unlimited"]
+        for _ in range(150):
+            answer = client.get(ME, headers=headers)
+            assert answer.status_code == 200
+            assert "x-ratelimit-limit" not in answer.headers
+
+    def test_with_default_plan_free_the_101st_request_is_a_clean_429(
+        self, make_limited_client: Callable[..., TestClient], storage: dict[str, Any]
+    ) -> None:
+        client = make_limited_client(default_plan="free", **storage)
+        registered = client.post(
+            "/api/v1/auth/register", json={"email": "first@example.com", "password": "long enough pw"}
+        )
+        assert registered.status_code == 201
+        headers = {"Authorization": f"Bearer {registered.json()['data']['access_token']}"}
+        for _ in range(100):
+            assert client.get(ME, headers=headers).status_code == 200
+        over = client.get(ME, headers=headers)
+        assert_rate_limited(over, 100)
+        assert set(over.json()) >= {"success", "error"}
+        assert over.json()["success"] is False
+        assert set(over.json()["error"]) == {"code", "message", "details"}
+        assert "100 per hour" in over.json()["error"]["message"]

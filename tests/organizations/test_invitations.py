@@ -322,3 +322,80 @@ class TestAcceptInvitation:
 
     def test_anonymous_is_refused(self, client: TestClient) -> None:
         assert client.post(ACCEPT, json={"token": "mi_x"}).status_code == 401
+
+
+class TestPendingInvitations:
+    """Admins list their organisation's pending invitations and cancel them; a
+    cancelled token no longer accepts; another organisation's invitation id answers
+    exactly like an unknown one."""
+
+    def test_list_shows_pending_ones_only_without_tokens(self, client: TestClient, factory: Factory) -> None:
+        org = factory.organization()
+        admin = factory.user(org, "admin")
+        invitee = factory.user(email="joiner@example.com")
+        first = invite(client, org, admin, "later@example.com", "developer")
+        accepted = invite(client, org, admin, invitee.email)
+        assert (
+            client.post(ACCEPT, headers=invitee.headers, json={"token": accepted["invite_token"]}).status_code
+            == 200
+        )
+        expired = invite(client, org, admin, "expired@example.com")
+        with factory.database.session() as session:
+            session.execute(
+                update(Invitation).where(Invitation.id == expired["id"]).values(expires_at=utcnow())
+            )
+
+        listed = client.get(f"/api/v1/organizations/{org}/invitations", headers=admin.headers)
+        assert listed.status_code == 200, listed.text
+        rows = listed.json()["data"]
+        assert [row["id"] for row in rows] == [first["id"]]
+        assert rows[0]["role"] == "developer"
+        assert rows[0]["invited_by"]["id"] == admin.user_id
+        assert "invite_token" not in rows[0] and "token_hash" not in rows[0]
+        assert listed.json()["pagination"]["total"] == 1
+
+    def test_a_cancelled_invitation_no_longer_accepts(self, client: TestClient, factory: Factory) -> None:
+        org = factory.organization()
+        admin = factory.user(org, "admin")
+        invitee = factory.user(email="cancelled@example.com")
+        created = invite(client, org, admin, invitee.email)
+        url = f"/api/v1/organizations/{org}/invitations/{created['id']}"
+        assert client.delete(url, headers=admin.headers).status_code == 204
+        refused = client.post(ACCEPT, headers=invitee.headers, json={"token": created["invite_token"]})
+        assert refused.status_code == 404
+        assert client.delete(url, headers=admin.headers).status_code == 404
+        assert (
+            client.get(f"/api/v1/organizations/{org}/invitations", headers=admin.headers).json()["data"] == []
+        )
+
+    def test_another_organisations_invitation_is_not_found(
+        self, client: TestClient, factory: Factory
+    ) -> None:
+        org, other = factory.organization(), factory.organization()
+        admin, other_admin = factory.user(org, "admin"), factory.user(other, "admin")
+        theirs = invite(client, other, other_admin, "theirs@example.com")
+        through_mine = client.delete(
+            f"/api/v1/organizations/{org}/invitations/{theirs['id']}", headers=admin.headers
+        )
+        unknown = client.delete(f"/api/v1/organizations/{org}/invitations/inv_nosuch", headers=admin.headers)
+        assert through_mine.status_code == unknown.status_code == 404
+        assert through_mine.json()["error"] == unknown.json()["error"]
+        directly = client.delete(
+            f"/api/v1/organizations/{other}/invitations/{theirs['id']}", headers=admin.headers
+        )
+        assert directly.status_code == 404
+        still = client.get(f"/api/v1/organizations/{other}/invitations", headers=other_admin.headers)
+        assert [row["id"] for row in still.json()["data"]] == [theirs["id"]]
+
+    def test_members_who_are_not_admins_and_api_keys_are_refused(
+        self, client: TestClient, factory: Factory
+    ) -> None:
+        org = factory.organization()
+        admin = factory.user(org, "admin")
+        developer = factory.user(org, "developer")
+        key = factory.api_key(org, {"organizations": ["read", "write", "delete"]})
+        created = invite(client, org, admin, "guest@example.com")
+        for headers in (developer.headers, {"X-API-Key": key}):
+            assert client.get(f"/api/v1/organizations/{org}/invitations", headers=headers).status_code == 403
+            url = f"/api/v1/organizations/{org}/invitations/{created['id']}"
+            assert client.delete(url, headers=headers).status_code == 403

@@ -135,7 +135,7 @@ class TestCreateOrganization:
         assert data["slug"] == "acme-corp"
         assert data["description"] == "Fraud models"
         assert data["role"] == "admin"
-        assert data["subscription_plan"] == "free"
+        assert data["subscription_plan"] == "unlimited"  # MAESTRO_DEFAULT_PLAN's default
         assert data["member_count"] == 1
         assert data["model_count"] == 0
         assert data["id"].startswith("org_")

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
 from maestro.db import Database
-from maestro.errors import AuthenticationRequired
+from maestro.errors import AuthenticationRequired, MaestroError, PermissionDenied
 from maestro.identity import audit
 from maestro.identity.authn import authenticate, cached_principal
-from maestro.identity.rbac import Principal
+from maestro.identity.rbac import Principal, api_key_lacks, route_scope
 from maestro.jobs.queue import JobQueue
 from maestro.storage import ArtifactStore
 
@@ -129,7 +129,9 @@ async def get_principal(request: Request) -> Principal:
 def _admitted(request: Request, principal: Principal) -> Principal:
     request.state.principal = principal
     request.state.rate_limit_headers = {}
-    request.state.rate_limit_headers = request.app.state.rate_limiter.for_plan(principal.plan, principal.id)
+    request.state.rate_limit_headers = request.app.state.rate_limiter.for_plan(
+        principal.plan, principal.organization_id, principal.id
+    )
     return principal
 
 
@@ -141,6 +143,32 @@ get_reading_principal = get_principal
 def route_requires_principal(dependant: Dependant) -> bool:
     """Whether a route's dependencies include authentication (at any depth)."""
     return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
+
+
+def _reads_only(dependant: Dependant) -> bool:
+    return any(dep.call is get_read_session or _reads_only(dep) for dep in dependant.dependencies)
+
+
+async def refusal_before_validation(request: Request) -> MaestroError | None:
+    """Why a request whose input is invalid must be refused anyway, before it is told
+    what is wrong with the input: no valid credentials (401), or an API key without
+    the permission the route needs (403, derived from the route's path and method by
+    ``rbac.route_scope``). None when the input's errors are the answer. Authorisation
+    thus never depends on a body being well formed."""
+    context = request.scope.get("effective_route_context") or request.scope.get("route")
+    dependant = getattr(context, "dependant", None)
+    path = getattr(context, "path_format", None)
+    if dependant is None or path is None or not route_requires_principal(dependant):
+        return None
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        try:
+            principal = await get_principal(request)
+        except MaestroError as refused:
+            return refused
+    scope = route_scope(path, request.method, reads_only=_reads_only(dependant))
+    reason = api_key_lacks(principal, scope) if scope is not None else None
+    return PermissionDenied(reason) if reason else None
 
 
 async def get_store(request: Request) -> ArtifactStore:

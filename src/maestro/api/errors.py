@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from maestro.api.deps import refusal_before_validation
 from maestro.api.envelope import ErrorBody, ErrorResponse
 from maestro.errors import (
     ErrorDetail,
@@ -83,8 +84,11 @@ async def _on_maestro_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    refusal = await refusal_before_validation(request)
+    if refusal is not None:
+        return await _on_maestro_error(request, refusal)
     return error_response(422, "Invalid input parameters", details=validation_details(exc.errors()))
 
 

@@ -1,9 +1,13 @@
 """Rate limits with the ``limits`` library: in memory by default, in Redis when
 ``MAESTRO_REDIS_URL`` is set (so every replica shares the count).
 
-Each principal gets its organisation's plan: free 100 requests/hour, professional
-10,000/hour, enterprise unlimited. Sign-in and sign-up are limited per client address
-and per account, refresh-token exchanges per client address. Limited responses carry
+Requests count against the plan of the organisation they act for, whoever sends
+them (every member and every API key share the organisation's allowance): unlimited
+(a self-hosted install's default), free 100 requests/hour, professional 10,000/hour,
+enterprise unlimited. The count of an organisation is one, whatever its plan, so a
+plan change applies to the very next request with the requests already made. Sign-in
+and sign-up are limited per client address and per account, refresh-token exchanges
+per client address. Limited responses carry
 ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; a 429 adds ``Retry-After``.
 
 Anonymous traffic chooses the keys (its address, any email), so what is kept for a
@@ -19,6 +23,7 @@ import threading
 import time
 
 from limits import RateLimitItem, parse
+from limits.limits import safe_string
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -26,6 +31,7 @@ from maestro.config import Settings
 from maestro.errors import RateLimited
 
 PLAN_LIMITS: dict[str, str | None] = {
+    "unlimited": None,
     "free": "100/hour",
     "professional": "10000/hour",
     "enterprise": None,
@@ -66,6 +72,21 @@ class SweptMemoryStorage(MemoryStorage):
                     self.locks.pop(key, None)
 
 
+def _key_without_amount(self: RateLimitItem, *identifiers: bytes | str | int | float) -> str:
+    parts = [safe_string(part) for part in identifiers]
+    return "/".join([self.namespace, "plan", *parts, safe_string(self.multiples), self.GRANULARITY.name])
+
+
+def plan_item(limit: str) -> RateLimitItem:
+    """A plan's limit whose counter is named without its amount: every plan of the same
+    window shares an organisation's one count, so changing the plan neither forgets nor
+    restarts what was counted."""
+    parsed = parse(limit)
+    shared = type(f"Plan{type(parsed).__name__}", (type(parsed),), {"key_for": _key_without_amount})
+    item: RateLimitItem = shared(parsed.amount, parsed.multiples, parsed.namespace)
+    return item
+
+
 def client_key(address: str) -> str:
     """What a per-address limit counts by: an IPv6 client usually holds a whole /64,
     so all of its addresses count as one."""
@@ -97,7 +118,8 @@ class RateLimiter:
         self.login_per_ip = parse(settings.login_limit_per_ip)
         self.login_per_account = parse(settings.login_limit_per_account)
         self.refresh_per_ip = parse(settings.refresh_limit_per_ip)
-        self.plans = {plan: parse(limit) if limit else None for plan, limit in PLAN_LIMITS.items()}
+        self.default_plan = settings.default_plan
+        self.plans = {plan: plan_item(limit) if limit else None for plan, limit in PLAN_LIMITS.items()}
 
     def hit(self, item: RateLimitItem, *identifiers: str) -> dict[str, str]:
         """Count one request; the headers to send, or RateLimited when over."""
@@ -116,13 +138,17 @@ class RateLimiter:
             )
         return headers
 
-    def for_plan(self, plan: str | None, principal_id: str) -> dict[str, str]:
+    def for_plan(self, plan: str | None, organization_id: str | None, principal_id: str) -> dict[str, str]:
+        """Count a request against its organisation's plan. A caller acting for no
+        organisation (a user who belongs to none) is counted alone, on the default plan."""
         if not self.enabled:
             return {}
-        item = self.plans.get(plan or "free", self.plans["free"])
+        item = self.plans.get(plan or self.default_plan, self.plans["free"])
         if item is None:
             return {}
-        return self.hit(item, "principal", principal_id)
+        if organization_id is None:
+            return self.hit(item, "principal", principal_id)
+        return self.hit(item, "organization", organization_id)
 
     def login(self, client_ip: str, email: str) -> None:
         """Sign-in and sign-up attempts: per address first, so one address cannot

@@ -92,12 +92,15 @@ def _api_key_principal(session: Session, key: str) -> tuple[Principal, datetime 
     if not security.api_key_is_well_formed(key):
         raise AuthenticationRequired("Malformed API key")
     row = session.execute(
-        select(ApiKey, Organization.subscription_plan)
+        select(ApiKey, Organization.subscription_plan, User.is_active.label("creator_active"))
         .join(Organization, Organization.id == ApiKey.organization_id)
+        .outerjoin(User, User.id == ApiKey.created_by_id)
         .where(ApiKey.key_hash == security.sha256_hex(key))
     ).first()
     if row is None or row.ApiKey.revoked_at is not None:
         raise AuthenticationRequired("Unknown or revoked API key")
+    if row.creator_active is False:
+        raise AuthenticationRequired("The account that created this API key is deactivated")
     api_key: ApiKey = row.ApiKey
     now = utcnow()
     if api_key.expires_at is not None and api_key.expires_at <= now:
@@ -123,8 +126,12 @@ def _user_principal(
 ) -> tuple[Principal, datetime | None]:
     try:
         claims = security.decode_access_token(settings, token)
+    except security.ExpiredToken as exc:
+        raise AuthenticationRequired(
+            "The access token has expired; get a new one with POST /api/v1/auth/refresh, or use an API key"
+        ) from exc
     except security.InvalidToken as exc:
-        raise AuthenticationRequired("Invalid or expired access token") from exc
+        raise AuthenticationRequired("Invalid access token") from exc
     row = session.execute(
         select(User, AuthSession)
         .join(AuthSession, AuthSession.user_id == User.id)
@@ -155,6 +162,7 @@ def _user_principal(
         organization_id=organization_id,
         org_role=role,
         plan=plan,
+        is_instance_admin=user.is_instance_admin,
     )
     return principal, datetime.fromtimestamp(claims["exp"], tz=UTC)
 

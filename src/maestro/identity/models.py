@@ -20,6 +20,8 @@ class User(IdMixin, TimestampMixin, Base):
     last_name: Mapped[str] = mapped_column(String(100), default="")
     avatar_url: Mapped[str | None] = mapped_column(String(500))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Administers the whole installation: organisations' plans, accounts, failed sign-ins.
+    is_instance_admin: Mapped[bool] = mapped_column(default=False)
     current_organization_id: Mapped[str | None] = mapped_column(
         ForeignKey("organizations.id", ondelete="SET NULL")
     )
@@ -74,6 +76,18 @@ class ApiKey(IdMixin, TimestampMixin, Base):
     revoked_at: Mapped[datetime | None]
 
 
+class FailedSignIn(IdMixin, Base):
+    """A refused ``POST /auth/login``, for the instance administrators to read."""
+
+    __tablename__ = "failed_sign_ins"
+    id_prefix = "fsi"
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    email: Mapped[str] = mapped_column(String(320))  # as typed, bounded
+    ip: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(40))
+
+
 class AuditLog(IdMixin, Base):
     __tablename__ = "audit_logs"
     id_prefix = "audit"
@@ -109,6 +123,10 @@ class Role(StrEnum):
 
 
 class Plan(StrEnum):
+    """Request allowances per organisation. ``unlimited`` is a self-hosted install's
+    own default: no billing tier, no limit; the other three are the hosted tiers."""
+
+    unlimited = "unlimited"
     free = "free"
     professional = "professional"
     enterprise = "enterprise"

@@ -87,6 +87,7 @@ class Principal:
     session_id: str | None = None
     permissions: dict[str, list[str]] = field(default_factory=dict)  # an API key's grants
     plan: str | None = None
+    is_instance_admin: bool = False  # a user who administers the whole installation
 
     @property
     def is_user(self) -> bool:
@@ -219,4 +220,101 @@ def authorize(
         raise NotFound(
             missing or ("No such project" if target.project is not None else "No such organization")
         )
-    raise PermissionDenied(f"You may not {action} {target.kind.replace('_', ' ')} here")
+    raise PermissionDenied(denial_message(session, principal, action, target))
+
+
+def denial_message(session: Session, principal: Principal, action: Action, target: Target) -> str:
+    """What a 403 says: the permission an API key lacks, or the role an action needs."""
+    kind = target.kind.replace("_", " ")
+    if principal.kind == "api_key":
+        if target.kind in USER_ONLY_RESOURCES:
+            return f"Only a person may {action} {kind}; API keys cannot"
+        return f"This API key lacks {target.kind}: {action}"
+    if target.project is None:
+        role = organization_role(session, principal, target.organization_id)
+        needed = ORGANIZATION_RULES.get((target.kind, action))
+        where = "in this organization"
+    else:
+        role = project_role(session, principal, target.project)
+        needed = PROJECT_RULES.get((target.kind, action), _PROJECT_DEFAULT[action])
+        where = "in this project"
+    if needed is None:
+        return f"Nobody may {action} {kind} {where}"
+    yours = role.value if role is not None else "none"
+    return f"To {action} {kind} {where} you need the {needed.value} role; yours is {yours}"
+
+
+def required_instance_admin(principal: Principal) -> None:
+    """Raise unless the caller is a person who administers the installation."""
+    if principal.kind != "user" or not principal.is_instance_admin:
+        raise PermissionDenied("Only an instance administrator may do this")
+
+
+# --- the permission a route needs of an API key, from its path and method ------------------
+# Path segments naming a kind of resource; the last one in a route's path is what the
+# route acts on (``/projects/{id}/models`` → models, ``/experiments/{id}/runs`` →
+# experiments). Used where a route's own check has not run yet: a request whose body
+# is invalid is refused for a missing permission before it is told what is wrong.
+_SEGMENT_KINDS = {
+    "organizations": "organizations",
+    "projects": "projects",
+    "models": "models",
+    "experiments": "experiments",
+    "runs": "experiments",
+    "deployments": "deployments",
+    "inference": "inference",
+    "monitoring": "monitoring",
+    "webhooks": "webhooks",
+    "files": "files",
+    "datasets": "files",
+    "jobs": "jobs",
+    "users": "members",
+    "members": "members",
+    "api-keys": "api_keys",
+    "audit-logs": "audit_logs",
+    "invitations": "invitations",
+    "invite": "invitations",
+}
+# Routes whose permission the rule above does not give.
+_ROUTE_SCOPES: dict[tuple[str, str], tuple[str, Action]] = {
+    ("GET", "/api/v1/projects/{project_id}/members"): ("projects", "read"),
+    ("DELETE", "/api/v1/models/{model_id}/tags/{key}"): ("models", "write"),
+    ("DELETE", "/api/v1/models/{model_id}/aliases/{alias}"): ("models", "write"),
+    ("DELETE", "/api/v1/models/{model_id}/versions/{version}/tags/{key}"): ("models", "write"),
+    ("POST", "/api/v1/upload/models"): ("files", "write"),
+    ("POST", "/api/v1/inference/{deployment_name}"): ("inference", "read"),
+    ("POST", "/api/v1/inference/{deployment_name}/batch"): ("inference", "read"),
+}
+
+
+def route_scope(path: str, method: str, *, reads_only: bool) -> tuple[str, Action] | None:
+    """(kind, action) an API key needs for a route of the platform API, or None when
+    the path names no kind (the route then decides alone)."""
+    method = method.upper()
+    if (method, path) in _ROUTE_SCOPES:
+        return _ROUTE_SCOPES[method, path]
+    if not path.startswith("/api/v1/") or path.startswith("/api/v1/admin/"):
+        return None
+    kinds = [_SEGMENT_KINDS[part] for part in path.split("/") if part in _SEGMENT_KINDS]
+    if not kinds:
+        return None
+    action: Action
+    if method in ("GET", "HEAD") or reads_only:
+        action = "read"
+    elif method == "DELETE":
+        action = "delete"
+    else:
+        action = "write"
+    return kinds[-1], action
+
+
+def api_key_lacks(principal: Principal, scope: tuple[str, Action]) -> str | None:
+    """Why an API key may not use a route needing ``scope``; None when it may (or is no key)."""
+    if principal.kind != "api_key":
+        return None
+    kind, action = scope
+    if kind in USER_ONLY_RESOURCES:
+        return f"Only a person may {action} {kind.replace('_', ' ')}; API keys cannot"
+    if action not in principal.permissions.get(kind, []):
+        return f"This API key lacks {kind}: {action}"
+    return None

@@ -90,3 +90,29 @@ class MeUpdate(StrictModel):
 
 def user_ref(user: Any) -> UserRef | None:
     return UserRef(id=user.id, name=user.full_name) if user is not None else None
+
+
+class PasswordChange(StrictModel):
+    current_password: Annotated[str, Field(max_length=256)]
+    new_password: Password
+
+
+class AccountRead(BaseModel):
+    """An account as an instance administrator sees it."""
+
+    id: str
+    email: str
+    first_name: str
+    last_name: str
+    is_active: bool
+    is_instance_admin: bool
+    last_login_at: datetime | None = None
+    created_at: datetime
+
+
+class FailedSignInRead(BaseModel):
+    id: str
+    created_at: datetime
+    email: str = Field(description="The email as it was typed (at most 320 characters).")
+    ip: str | None = Field(description="The client address the server saw.")
+    reason: str = Field(description="unknown_email, wrong_password or account_disabled.")

@@ -95,6 +95,10 @@ class InvalidToken(Exception):
     pass
 
 
+class ExpiredToken(InvalidToken):
+    """Signed by this server and well formed, but past its expiry."""
+
+
 def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
     """Validate signature, algorithm (pinned: ``alg: none`` and any other algorithm
     are refused), expiry, issuer, type and the presence of every claim we rely on."""
@@ -110,6 +114,8 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
             options={"require": ["exp", "iat", "sub", "jti", "sid", "typ", "iss"]},
             leeway=5,
         )
+    except jwt.ExpiredSignatureError as exc:
+        raise ExpiredToken(str(exc)) from exc
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from exc
     if claims.get("typ") != ACCESS_TOKEN_TYPE:

@@ -16,6 +16,7 @@ from maestro.db import flush_unique, matched_rows, new_id, utcnow
 from maestro.errors import AuthenticationRequired, Conflict, NotFound, PermissionDenied
 from maestro.identity import audit, security
 from maestro.identity.models import AuthSession, Membership, Organization, RefreshToken, Role, User
+from maestro.identity.rbac import Principal
 from maestro.identity.schemas import CurrentOrganization, MeUpdate, RegisterRequest, TokenPair, UserRead
 
 
@@ -90,6 +91,8 @@ def register(session: Session, settings: Settings, body: RegisterRequest, *, ip:
             "This email address cannot be registered; sign in instead, or use another address",
             details=[("email", "cannot be registered")],
         ) from exc
+    if settings.first_user_is_admin and _is_first_account(session, user):
+        user.is_instance_admin = True
     organization = create_organization(
         session, settings, name=body.organization_name or f"{user.full_name}'s organization", owner=user
     )
@@ -104,14 +107,29 @@ def register(session: Session, settings: Settings, body: RegisterRequest, *, ip:
     return start_session(session, settings, user, ip=ip, user_agent=None)
 
 
+def _is_first_account(session: Session, user: User) -> bool:
+    """Whether ``user`` is the installation's only account: MAESTRO_FIRST_USER_IS_ADMIN
+    never promotes a later sign-up, even on a server where it was turned on late."""
+    return session.scalar(select(User.id).where(User.id != user.id).limit(1)) is None
+
+
+class SignInRefused(AuthenticationRequired):
+    """A refused sign-in, with why (for the failed sign-ins an administrator reads;
+    the caller sees the same message whatever the reason)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def check_password(session: Session, settings: Settings, *, email: str, password: str) -> str:
     """The id of the account that ``email`` and ``password`` open, or 401. Meant for a
     reader: a wrong password, which costs a full hash, never holds the write lock."""
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if not security.verify_password(settings, user.password_hash if user else None, password) or user is None:
-        raise AuthenticationRequired("Wrong email or password")
+        raise SignInRefused("Wrong email or password", "unknown_email" if user is None else "wrong_password")
     if not user.is_active:
-        raise AuthenticationRequired("This account is disabled")
+        raise SignInRefused("This account is disabled", "account_disabled")
     return user.id
 
 
@@ -319,6 +337,31 @@ def update_me(session: Session, user: User, body: MeUpdate) -> User:
     audit.describe(session, resource_type="users", resource_id=user.id)
     session.flush()
     return user
+
+
+def change_password(
+    session: Session, settings: Settings, principal: Principal, *, known_hash: str, new_hash: str
+) -> None:
+    """Replace the password the caller proved they know (``known_hash``, read and
+    verified before this transaction) and end every other session of theirs; the
+    current one goes on. A change made meanwhile by someone else wins: 409."""
+    changed = session.execute(
+        update(User)
+        .where(User.id == principal.user_id, User.password_hash == known_hash)
+        .values(password_hash=new_hash)
+    )
+    if matched_rows(changed) != 1:
+        raise Conflict("The password was changed meanwhile; sign in again")
+    session.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.user_id == principal.user_id,
+            AuthSession.id != principal.session_id,
+            AuthSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow(), revoked_reason="password changed")
+    )
+    audit.describe(session, resource_type="users", resource_id=principal.user_id, changed=["password"])
 
 
 def set_password(session: Session, settings: Settings, user: User, password: str) -> None:

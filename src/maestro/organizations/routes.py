@@ -8,13 +8,15 @@ from maestro.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep
 from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses
 from maestro.api.pagination import PageParamsDep, paginate
-from maestro.api.params import OrganizationId, UserId
+from maestro.api.params import InvitationId, OrganizationId, UserId
 from maestro.identity.models import Membership, Organization, Role
 from maestro.organizations import service
+from maestro.organizations.models import Invitation
 from maestro.organizations.schemas import (
     InvitationAccept,
     InvitationCreate,
     InvitationCreated,
+    InvitationRead,
     MemberRead,
     MemberRoleUpdate,
     OrganizationCreate,
@@ -134,6 +136,39 @@ def invite_member(
     """Invite someone by email (admins only); the invitation token is returned once."""
     organization = service.organization_for(session, principal, org_id, "invitations", "write")
     return Envelope(data=service.invite(session, settings, principal, organization.id, body))
+
+
+@router.get(
+    "/organizations/{org_id}/invitations",
+    response_model=Page[InvitationRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def list_invitations(
+    org_id: OrganizationId, principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+) -> Page[InvitationRead]:
+    """Pending invitations of an organization, newest first (admins only)."""
+    organization = service.organization_for(session, principal, org_id, "invitations", "read")
+    return paginate(
+        session,
+        service.pending_invitations_query(organization.id),
+        params,
+        sort_column=Invitation.created_at,
+        id_column=Invitation.id,
+        to_item=lambda rows: service.invitation_reads(session, rows),
+    )
+
+
+@router.delete(
+    "/organizations/{org_id}/invitations/{invitation_id}",
+    status_code=204,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def cancel_invitation(
+    org_id: OrganizationId, invitation_id: InvitationId, principal: CurrentPrincipal, session: SessionDep
+) -> None:
+    """Cancel a pending invitation (admins only): its token stops working at once."""
+    organization = service.organization_for(session, principal, org_id, "invitations", "delete")
+    service.cancel_invitation(session, organization.id, invitation_id)
 
 
 @router.post(

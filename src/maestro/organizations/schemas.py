@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from maestro.identity.models import Plan, Role
-from maestro.identity.schemas import Email
+from maestro.identity.schemas import Email, UserRef
 from maestro.schemas import StrictModel, Visible
 
 # Names are one line of visible text; descriptions may span lines. Neither may hold
@@ -93,3 +93,29 @@ class InvitationCreated(BaseModel):
 
 class InvitationAccept(StrictModel):
     token: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class InvitationRead(BaseModel):
+    """A pending invitation (never its token, which is shown only when it is made)."""
+
+    id: str
+    email: str
+    role: Role
+    invited_by: UserRef | None = None
+    created_at: datetime
+    expires_at: datetime
+
+
+class PlanUpdate(StrictModel):
+    plan: Plan
+
+
+class OrganizationAdminRead(BaseModel):
+    """An organisation as an instance administrator sees it."""
+
+    id: str
+    name: str
+    slug: str
+    subscription_plan: Plan
+    member_count: int
+    created_at: datetime

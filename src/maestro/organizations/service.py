@@ -22,11 +22,13 @@ from maestro.identity import audit, security
 from maestro.identity import service as identity_service
 from maestro.identity.models import Membership, Organization, Plan, ProjectMember, Role, User
 from maestro.identity.rbac import Action, Principal, Target, authorize
+from maestro.identity.schemas import user_ref
 from maestro.identity.service import users_by_id
 from maestro.organizations.models import Invitation
 from maestro.organizations.schemas import (
     InvitationCreate,
     InvitationCreated,
+    InvitationRead,
     MemberRead,
     OrganizationCreate,
     OrganizationRead,
@@ -347,6 +349,49 @@ def invite(
         expires_at=invitation.expires_at,
         created_at=invitation.created_at,
         invite_token=token,
+    )
+
+
+def pending_invitations_query(organization_id: str) -> Select[Invitation]:
+    """Invitations of the organisation not yet accepted and not yet expired."""
+    return select(Invitation).where(
+        Invitation.organization_id == organization_id,
+        Invitation.accepted_at.is_(None),
+        Invitation.expires_at > utcnow(),
+    )
+
+
+def invitation_reads(session: Session, invitations: Sequence[Invitation]) -> list[InvitationRead]:
+    inviters = users_by_id(session, (invitation.invited_by_id for invitation in invitations))
+    return [
+        InvitationRead(
+            id=invitation.id,
+            email=invitation.email,
+            role=Role(invitation.role),
+            invited_by=user_ref(inviters.get(invitation.invited_by_id or "")),
+            created_at=invitation.created_at,
+            expires_at=invitation.expires_at,
+        )
+        for invitation in invitations
+    ]
+
+
+def cancel_invitation(session: Session, organization_id: str, invitation_id: str) -> None:
+    """Cancel a pending invitation: its token stops working. An accepted one, or one
+    of another organisation, answers like an unknown one."""
+    cancelled = session.execute(
+        delete(Invitation)
+        .where(
+            Invitation.id == invitation_id,
+            Invitation.organization_id == organization_id,
+            Invitation.accepted_at.is_(None),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if matched_rows(cancelled) != 1:
+        raise NotFound("No such pending invitation")
+    audit.describe(
+        session, resource_type="invitations", resource_id=invitation_id, organization_id=organization_id
     )
 
 
