@@ -142,12 +142,18 @@ def transition_model_version_stage(
 def _one_key(query: str | None, body: TagKeyBody | None) -> str:
     keys = {key for key in (query, body.key if body else None) if key}
     if len(keys) != 1:
-        reason = "required, in the body or the query" if not keys else "the body and the query differ"
+        reason = (
+            "required: key in the body, or tag in the query" if not keys else "the body and the query differ"
+        )
         raise ValidationFailed(f"Name the tag's key once: {reason}", details=[("key", reason)])
     return keys.pop()
 
 
-KeyQuery = Annotated[TagKey | None, Query(description="The tag's key (or send it in the body).")]
+# `?key=` would be refused as a credential in a query string (every route refuses those),
+# so the query names the tag's key `tag`.
+KeyQuery = Annotated[
+    TagKey | None, Query(alias="tag", description='The tag\'s key, when the body (`{"key"}`) has none.')
+]
 
 
 @router.post(
@@ -175,7 +181,7 @@ def remove_model_tag(
     key: KeyQuery = None,
     body: TagKeyBody | None = None,
 ) -> None:
-    """Remove a model's tag named by `key`, in the body or the query."""
+    """Remove a model's tag named by `key` in the body, or by the query's `tag`."""
     service.delete_tag(session, principal, model_id, _one_key(key, body))
 
 
@@ -205,7 +211,7 @@ def remove_version_tag(
     key: KeyQuery = None,
     body: TagKeyBody | None = None,
 ) -> None:
-    """Remove a version's tag named by `key`, in the body or the query."""
+    """Remove a version's tag named by `key` in the body, or by the query's `tag`."""
     labels.delete_version_tag(session, principal, model_id, version, _one_key(key, body))
 
 
