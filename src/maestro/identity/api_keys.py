@@ -248,7 +248,6 @@ def revoke_key(session: Session, principal: Principal, key_id: str) -> None:
     )
 
 
-
 # --- who acted: keys named by other domains' records ---------------------------------------
 def api_keys_by_id(session: Session, ids: Iterable[str | None]) -> dict[str, ApiKey]:
     """The keys among ``ids`` (None and repeats ignored), revoked ones included, in one
