@@ -43,6 +43,7 @@ from maestro.organizations.admin_routes import router as admin_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
 from maestro.registry.routes import router as registry_router
+from maestro.registry.spec_routes import router as registry_by_name_router
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
 from maestro.tracking.routes import router as tracking_router
@@ -61,6 +62,7 @@ ROUTERS = (
     api_keys_router,
     audit_log_router,
     registry_router,
+    registry_by_name_router,  # the name-addressed registry API, beside the platform's routes
     files_router,
     jobs_router,
     tracking_router,

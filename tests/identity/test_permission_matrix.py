@@ -384,6 +384,16 @@ def instances(_: Scene) -> dict[str, Any]:
     return {"instances": [{"x0": 1.0, "x1": 2.0}]}
 
 
+# The name-addressed registry rows: the same rules as the routes they stand beside.
+BY_NAME_VERSION = "/models/{model_id}/versions/{version}"
+MODEL_CARD = "/model-cards/{model_id}/versions/{version}"
+DELETED = "401 403 204 204 404 204 403"
+
+
+def registered_by_name(world: Scene) -> dict[str, Any]:
+    return {"name": f"by-name-{next(_unique)}", "project_id": world.project, "tags": {"team": "growth"}}
+
+
 RULES = [
     # --- server ---------------------------------------------------------------------------------
     Rule("GET", "/", "200 200 200 200 200 200 200"),
@@ -734,6 +744,23 @@ RULES = [
         "401 200 200 200 404 200 403",
         scope=("models", "read"),
     ),
+    # --- the name-addressed registry API (the world's model by name, version 1 = 1.0.0) ---------
+    *[
+        Rule(method, f"/api/v1{path}", expect, scope=("models", action), body=body)
+        for method, path, expect, action, body in (
+            ("GET", "/models", "401 200 200 200 200 200 403", "read", None),
+            ("POST", "/models", CREATE, "write", registered_by_name),
+            ("PATCH", "/models/{model_id}", CHANGE, "write", lambda w: {"tags": {"team": "risk"}}),
+            ("POST", BY_NAME_VERSION + "/stage", CHANGE, "write", lambda w: {"stage": "Staging"}),
+            ("POST", "/models/{model_id}/tags", CHANGE, "write", lambda w: {"key": "k", "value": "v"}),
+            ("DELETE", "/models/{model_id}/tags", DELETED, "write", lambda w: {"key": w.tag_key}),
+            ("POST", BY_NAME_VERSION + "/tags", CHANGE, "write", lambda w: {"key": "k", "value": "v"}),
+            ("DELETE", BY_NAME_VERSION + "/tags", DELETED, "write", lambda w: {"key": w.tag_key}),
+            ("GET", MODEL_CARD, READ, "read", None),
+            ("POST", MODEL_CARD + "/generate", READ, "read", lambda w: {"overrides": {"limitations": ["x"]}}),
+            ("POST", MODEL_CARD + "/validate", READ, "read", None),
+        )
+    ],
     # --- files (a dataset in the world's project) -----------------------------------------------
     Rule(
         "POST",

@@ -43,7 +43,7 @@ class TestListModelTags:
         assert client.get(tags_url(model)).status_code == 401
 
     def test_malformed(self, client: TestClient, world: World) -> None:
-        assert client.get("/api/v1/models/bad%20id/tags", headers=world.admin.headers).status_code == 422
+        assert client.get("/api/v1/models/bad%00id/tags", headers=world.admin.headers).status_code == 422
 
 
 class TestSetModelTag:

@@ -245,7 +245,8 @@ class TestCreateVersion:
         model = new_model(client, world.project, world.developer.headers)
         key = factory.api_key(world.org, {"models": ["write"]})
         data = new_version(client, model["id"], api_key_headers(key))
-        assert data["created_by"] is None
+        assert data["created_by"]["kind"] == "api_key"
+        assert data["created_by"]["prefix"] == key[: len(data["created_by"]["prefix"])]
 
     def test_viewer_cannot_upload(self, client: TestClient, factory: Factory, world: World, app) -> None:
         model = new_model(client, world.project, world.developer.headers)

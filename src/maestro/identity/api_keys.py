@@ -8,7 +8,7 @@ organisation's admins, and never by another key."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -246,6 +246,16 @@ def revoke_key(session: Session, principal: Principal, key_id: str) -> None:
         name=api_key.name,
         prefix=api_key.prefix,
     )
+
+
+# --- who acted: keys named by other domains' records ---------------------------------------
+def api_keys_by_id(session: Session, ids: Iterable[str | None]) -> dict[str, ApiKey]:
+    """The keys among ``ids`` (None and repeats ignored), revoked ones included, in one
+    query: how other domains name the key that created or changed something."""
+    wanted = {key_id for key_id in ids if key_id}
+    if not wanted:
+        return {}
+    return {key.id: key for key in session.scalars(select(ApiKey).where(ApiKey.id.in_(wanted)))}
 
 
 # --- routes ------------------------------------------------------------------------------

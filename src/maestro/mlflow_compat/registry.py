@@ -333,19 +333,7 @@ def version_row(
     return model, row
 
 
-def semantic_version(session: Session, model: RegisteredModel, number: int) -> str:
-    """``N.0.0`` for MLflow's version N, or its next free patch when that is taken."""
-    taken = set(
-        session.scalars(
-            select(ModelVersion.version).where(
-                ModelVersion.model_id == model.id, ModelVersion.version.like(f"{number}.0.%")
-            )
-        )
-    )
-    patch = 0
-    while f"{number}.0.{patch}" in taken:
-        patch += 1
-    return f"{number}.0.{patch}"
+semantic_version = registry.semantic_version  # N.0.0 for MLflow's version N (the registry's rule)
 
 
 @dataclass

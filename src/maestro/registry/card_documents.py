@@ -79,7 +79,9 @@ def format_time(moment: datetime) -> str:
 
 
 def _by(ref: Any) -> str:
-    return ref.name if ref is not None else "an API key"
+    if ref is None:
+        return "a deleted user or API key"
+    return f"API key {ref.name} ({ref.prefix})" if getattr(ref, "kind", "user") == "api_key" else ref.name
 
 
 def document_filename(card: ModelCard, suffix: str) -> str:

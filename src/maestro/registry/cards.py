@@ -19,11 +19,9 @@ from maestro.api.errors import validation_details
 from maestro.db import utcnow
 from maestro.errors import ValidationFailed
 from maestro.identity import audit
-from maestro.identity.models import User
 from maestro.identity.rbac import Principal
-from maestro.identity.schemas import user_ref
-from maestro.identity.service import users_by_id
 from maestro.registry import service
+from maestro.registry.actors import Actors, actors
 from maestro.registry.models import (
     ModelAlias,
     ModelTag,
@@ -167,15 +165,13 @@ def _tags(rows: Iterable[ModelTag | VersionTag]) -> list[TagRead]:
     return [TagRead(key=tag.key, value=tag.value) for tag in sorted(rows, key=lambda tag: tag.key)]
 
 
-def _transition_reads(
-    transitions: Sequence[StageTransition], users: dict[str, User]
-) -> list[StageTransitionRead]:
+def _transition_reads(transitions: Sequence[StageTransition], people: Actors) -> list[StageTransitionRead]:
     return [
         StageTransitionRead(
             from_stage=Stage(t.from_stage) if t.from_stage else None,
             to_stage=Stage(t.to_stage),
             description=t.description,
-            changed_by=user_ref(users.get(t.changed_by_id or "")),
+            changed_by=people.ref(t.changed_by_id, t.changed_by_key_id),
             changed_at=t.created_at,
         )
         for t in transitions
@@ -186,7 +182,13 @@ def build_card(
     session: Session, model: RegisteredModel, row: ModelVersion, sections: ModelCardSections
 ) -> ModelCard:
     transitions = service.stage_history(session, row)
-    users = users_by_id(session, [row.created_by_id, *(t.changed_by_id for t in transitions)])
+    people = actors(
+        session,
+        [
+            (row.created_by_id, row.created_by_key_id),
+            *((t.changed_by_id, t.changed_by_key_id) for t in transitions),
+        ],
+    )
     model_tags = session.scalars(select(ModelTag).where(ModelTag.model_id == model.id))
     version_tags = session.scalars(select(VersionTag).where(VersionTag.version_id == row.id))
     aliases = session.scalars(
@@ -215,14 +217,14 @@ def build_card(
             requirements=requirements,
             tags=_tags(version_tags),
             aliases=list(aliases),
-            created_by=user_ref(users.get(row.created_by_id or "")),
+            created_by=people.ref(row.created_by_id, row.created_by_key_id),
             created_at=row.created_at,
         ),
         performance_metrics=card_metrics(row.performance_metrics),
         training_metrics=card_metrics(row.training_metrics),
         model_schema=card_schema(row.model_schema),
         lineage=CardLineage(run_id=row.run_id),
-        stage_history=_transition_reads(transitions, users),
+        stage_history=_transition_reads(transitions, people),
         sections=sections,
         generated_at=utcnow(),
     )
@@ -247,7 +249,9 @@ def version_stage_history(
     """A version's stage changes, oldest first."""
     _, row = service.get_version(session, principal, model_id, version, "read")
     transitions = service.stage_history(session, row)
-    return _transition_reads(transitions, users_by_id(session, (t.changed_by_id for t in transitions)))
+    return _transition_reads(
+        transitions, actors(session, ((t.changed_by_id, t.changed_by_key_id) for t in transitions))
+    )
 
 
 def get_card(

@@ -56,6 +56,8 @@ class RegisteredModel(IdMixin, TimestampMixin, Base):
     framework: Mapped[str | None] = mapped_column(String(50))
     task_type: Mapped[str | None] = mapped_column(String(50))
     created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The API key that created it, when no person did: its name and prefix show who acted.
+    created_by_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
 
     __table_args__ = (
         UniqueConstraint("project_id", "name"),
@@ -123,6 +125,7 @@ class ModelVersion(IdMixin, Base):
     # Narrative sections of the model card that people write (intended use, limitations…).
     card_sections: Mapped[dict[str, Any] | None]
     created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_by_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
@@ -154,6 +157,7 @@ class StageTransition(IdMixin, Base):
     to_stage: Mapped[str] = mapped_column(String(20))
     description: Mapped[str | None] = mapped_column(String(2000))
     changed_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    changed_by_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_stage_transitions_version_id_created_at", "version_id", "created_at"),)

@@ -16,7 +16,7 @@ from maestro.api.errors import error_responses, validation_details
 from maestro.api.heavy import HeavyDep
 from maestro.api.multipart import ReceivedUpload, UploadForm, receive_upload, staged_upload, stored_key
 from maestro.api.pagination import PageParamsDep, paginate
-from maestro.api.params import ModelId, ProjectId
+from maestro.api.params import ProjectId
 from maestro.db import release_write_lock
 from maestro.errors import NotFound, ValidationFailed
 from maestro.projects import service as projects_service
@@ -26,6 +26,7 @@ from maestro.registry.schemas import (
     ALIAS_PATTERN,
     SEMVER_PATTERN,
     TAG_KEY_PATTERN,
+    VERSION_REF_PATTERN,
     AliasRead,
     AliasSet,
     ModelCreate,
@@ -51,6 +52,16 @@ ModelName = Annotated[
         max_length=200,
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="The model's exact name, URL-encoded.",
+    ),
+]
+# Every route that takes a model takes its id or its name (``service.get_visible_model``).
+ModelId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f/]+$",
+        description="The model's id, or its name (URL-encoded) when one model you can see has it.",
     ),
 ]
 TagKeyPath = Annotated[str, Path(pattern=TAG_KEY_PATTERN, description="The tag's key.")]
@@ -210,7 +221,12 @@ def delete_model_tag(
 
 # --- versions ------------------------------------------------------------------------------
 VersionPath = Annotated[
-    str, Path(max_length=50, pattern=SEMVER_PATTERN, description="The version, such as 1.2.0.")
+    str,
+    Path(
+        max_length=50,
+        pattern=VERSION_REF_PATTERN,
+        description="The version, such as 1.2.0; an integer N is N.0.0.",
+    ),
 ]
 AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, description="The alias, such as champion.")]
 JSON_FIELDS = ("performance_metrics", "training_metrics", "model_schema")

@@ -90,6 +90,14 @@ class ModelUpdate(StrictModel):
         return list(dict.fromkeys(value)) if isinstance(value, list) else value
 
 
+class ActorRef(UserRef):
+    """Who created or changed something: a person, or an API key named by its name and
+    the first characters of the key (``prefix``)."""
+
+    kind: Literal["user", "api_key"] = "user"
+    prefix: str | None = Field(None, description="An API key's visible prefix; null for a person.")
+
+
 class LatestVersion(BaseModel):
     version: str = Field(examples=["1.2.0"])
     stage: Stage
@@ -106,7 +114,7 @@ class ModelRead(BaseModel):
     tags: list[str] = Field(description="The model's tag keys, in alphabetical order.")
     version_count: int
     latest_version: LatestVersion | None = Field(description="The most recently created version, if any.")
-    created_by: UserRef | None = Field(None, description="Null when created with an API key.")
+    created_by: ActorRef | None = Field(None, description="Null when its creator has been deleted.")
     created_at: datetime
     updated_at: datetime
 
@@ -206,7 +214,7 @@ class VersionRead(BaseModel):
     load_check: LoadCheckRead | None = Field(
         None, description="The file's load check; null until a loadable file has been checked."
     )
-    created_by: UserRef | None = Field(None, description="Null when uploaded with an API key.")
+    created_by: ActorRef | None = Field(None, description="Null when its uploader has been deleted.")
     created_at: datetime
 
 
@@ -229,6 +237,100 @@ class AliasSet(StrictModel):
 class AliasRead(BaseModel):
     alias: str = Field(examples=["champion"])
     version: VersionRead
+
+
+# --- the name-addressed API (`/api/v1/models`, `…/stage`, `…/tags` with bodies) ------------
+# A version in a path: semantic (1.2.0), or an integer N, which is N.0.0.
+VERSION_REF_PATTERN = r"^(?:[0-9]{1,9}|" + SEMVER_PATTERN[1:-1] + r")$"
+TagValues = Annotated[
+    dict[TagKey, TagValue],
+    Field(max_length=MAX_TAGS, description="Tags as an object of key/value pairs."),
+]
+ProjectRef = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def tag_values(tags: dict[str, str] | list[str]) -> dict[str, str]:
+    """Tags in either shape as key/value pairs: a list of keys is keys without values."""
+    return dict(tags) if isinstance(tags, dict) else dict.fromkeys(tags, "")
+
+
+class ModelRegister(StrictModel):
+    """A model registered by name, in the project named by `project_id`, the
+    `X-Maestro-Project` header, or the caller's only project."""
+
+    project_id: ProjectRef | None = Field(None, description="The project; see the header and defaults.")
+    name: ModelName = Field(examples=["customer-churn"], description="Unique within the project; no slashes.")
+    description: Description | None = Field(None, examples=["Predicts customer churn"])
+    model_type: ModelType = ModelType.other
+    framework: Label | None = None
+    task_type: Label | None = None
+    tags: TagValues | TagKeys = Field(
+        default_factory=dict,
+        examples=[{"team": "growth"}],
+        description="An object of key/value pairs, or a list of keys without values.",
+    )
+
+    def create_body(self) -> ModelCreate:
+        return ModelCreate(
+            name=self.name,
+            description=self.description,
+            model_type=self.model_type,
+            framework=self.framework,
+            task_type=self.task_type,
+            tags=list(tag_values(self.tags)),
+        )
+
+
+class ModelPatch(ModelUpdate):
+    """Only the fields sent are changed. `tags` replaces the model's tags: an object sets
+    every value given and removes keys not listed; a list of keys keeps listed values."""
+
+    tags: TagValues | TagKeys | None = Field(None, description="Not null.")  # type: ignore[assignment]
+
+
+SPEC_STAGES = {
+    "none": Stage.development,
+    "development": Stage.development,
+    "staging": Stage.staging,
+    "production": Stage.production,
+    "archived": Stage.archived,
+}
+
+
+class StageRequest(StrictModel):
+    """A stage in any case: `Staging`, `Production`, `Archived`, or `None` (which is
+    `development`); the platform's lowercase names are accepted too."""
+
+    stage: str = Field(
+        max_length=20, examples=["Staging"], description="Staging, Production, Archived or None."
+    )
+    archive_existing_versions: bool = Field(
+        False, description="When promoting to Production, archive the model's other Production versions."
+    )
+    description: Description | None = None
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        if value.lower() not in SPEC_STAGES:
+            raise ValueError("must be one of Staging, Production, Archived, None (any case)")
+        return value
+
+    def change(self) -> StageChange:
+        return StageChange(
+            stage=SPEC_STAGES[self.stage.lower()],
+            description=self.description,
+            archive_existing_versions=self.archive_existing_versions,
+        )
+
+
+class TagPair(StrictModel):
+    key: TagKey = Field(examples=["validated"])
+    value: TagValue = Field("", examples=["true"], description="May be empty: a label without a value.")
+
+
+class TagKeyBody(StrictModel):
+    key: TagKey = Field(examples=["validated"])
 
 
 # --- model cards ---------------------------------------------------------------------------
@@ -323,7 +425,7 @@ class StageTransitionRead(BaseModel):
     from_stage: Stage | None = Field(description="Null for the stage a version was uploaded in.")
     to_stage: Stage
     description: str | None = None
-    changed_by: UserRef | None = Field(None, description="Null when changed with an API key.")
+    changed_by: ActorRef | None = Field(None, description="Null when whoever changed it has been deleted.")
     changed_at: datetime
 
 
@@ -372,7 +474,7 @@ class CardVersionDetails(BaseModel):
     requirements: list[str] = Field(description="The version's requirements, one per line.")
     tags: list[TagRead]
     aliases: list[str] = Field(description="Aliases of the model that name this version.")
-    created_by: UserRef | None = None
+    created_by: ActorRef | None = None
     created_at: datetime
 
 

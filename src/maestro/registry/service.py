@@ -6,7 +6,7 @@ audit log; creations also go to the event outbox, in the same transaction."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
@@ -18,12 +18,11 @@ from maestro.errors import Conflict, NotFound, PermissionDenied, ValidationFaile
 from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, organization_role
-from maestro.identity.schemas import user_ref
-from maestro.identity.service import users_by_id
 from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.projects.sources import register_counter, register_file_source
+from maestro.registry.actors import acting, actors
 from maestro.registry.models import (
     ModelTag,
     ModelType,
@@ -43,6 +42,7 @@ from maestro.registry.schemas import (
     VersionCreate,
     VersionRead,
 )
+from maestro.registry.scope import readable_projects
 from maestro.runtimes.formats import ModelFormat
 from maestro.runtimes.isolation import TRUST_REASONS, Isolation, check_model, needs_check
 from maestro.storage import ArtifactStore, StoredObject, delete_after_commit
@@ -60,23 +60,55 @@ DUPLICATE_NAME = "A model with this name already exists in the project"
 
 
 # --- loading and access --------------------------------------------------------------------
+NO_SUCH_MODEL = "No such model"
 
 
 def get_model(session: Session, model_id: str) -> RegisteredModel:
     model = session.get(RegisteredModel, model_id)
     if model is None:
-        raise NotFound("No such model")
+        raise NotFound(NO_SUCH_MODEL)
     return model
+
+
+def _model_named(session: Session, principal: Principal, name: str) -> RegisteredModel:
+    """The one model named ``name`` among those the principal can see: 404 (the same as
+    for an unknown id) when there is none, 409 naming the projects when there are several."""
+    projects = readable_projects(session, principal)
+    if projects is None:
+        raise NotFound(NO_SUCH_MODEL)
+    project_ids = projects.with_only_columns(Project.id).order_by(None)
+    rows = session.execute(
+        select(RegisteredModel, Project.name)
+        .join(Project, Project.id == RegisteredModel.project_id)
+        .where(RegisteredModel.name == name, RegisteredModel.project_id.in_(project_ids))
+        .order_by(Project.name, Project.id)
+        .limit(20)
+    ).all()
+    if not rows:
+        raise NotFound(NO_SUCH_MODEL)
+    if len(rows) > 1:
+        places = ", ".join(f"{project_name!r} ({model.project_id})" for model, project_name in rows)
+        raise Conflict(
+            f"{len(rows)} models you can see are named {name!r}, in the projects {places}; "
+            "address one by its id",
+            details=[("model", f"ambiguous name, in projects {places}")],
+        )
+    return rows[0][0]
 
 
 def get_visible_model(
     session: Session, principal: Principal, model_id: str, action: Action
 ) -> RegisteredModel:
-    """The model, once ``principal`` may perform ``action`` on it (404 when invisible)."""
-    model = get_model(session, model_id)
+    """The model, once ``principal`` may perform ``action`` on it (404 when invisible).
+    ``model_id`` is the model's id or, failing that, its name: the one model of that
+    name the principal can see (an id always wins). Every route that takes a model
+    comes here."""
+    model = session.get(RegisteredModel, model_id)
+    if model is None:
+        model = _model_named(session, principal, model_id)
     project = projects_service.get_project(session, model.project_id)
     projects_service.authorize_in_project(
-        session, principal, "models", action, project, missing="No such model"
+        session, principal, "models", action, project, missing=NO_SUCH_MODEL
     )
     return model
 
@@ -160,7 +192,7 @@ def model_reads(session: Session, models: Sequence[RegisteredModel]) -> list[Mod
             ),
         )
 
-    creators = users_by_id(session, (model.created_by_id for model in models))
+    creators = actors(session, ((model.created_by_id, model.created_by_key_id) for model in models))
 
     reads = []
     for model in models:
@@ -176,7 +208,7 @@ def model_reads(session: Session, models: Sequence[RegisteredModel]) -> list[Mod
                 tags=sorted(tags.get(model.id, [])),
                 version_count=version_count,
                 latest_version=latest_version,
-                created_by=user_ref(creators.get(model.created_by_id or "")),
+                created_by=creators.ref(model.created_by_id, model.created_by_key_id),
                 created_at=model.created_at,
                 updated_at=model.updated_at,
             )
@@ -193,10 +225,16 @@ _NAMES = UniqueName(RegisteredModel, "project_id", DUPLICATE_NAME, "already used
 
 
 def create_model(
-    session: Session, principal: Principal, project_id: str, body: ModelCreate
+    session: Session,
+    principal: Principal,
+    project_id: str,
+    body: ModelCreate,
+    tag_values: Mapping[str, str] | None = None,
 ) -> RegisteredModel:
+    """Register a model; ``tag_values`` gives values to tags of ``body`` (keys alone have none)."""
     project = projects_service.project_for(session, principal, "models", project_id, "write")
     _NAMES.check(session, project.id, body.name)
+    user_id, key_id = acting(principal)
     model = RegisteredModel(
         organization_id=project.organization_id,
         project_id=project.id,
@@ -205,11 +243,13 @@ def create_model(
         model_type=body.model_type,
         framework=body.framework,
         task_type=body.task_type,
-        created_by_id=principal.user_id,
+        created_by_id=user_id,
+        created_by_key_id=key_id,
     )
     session.add(model)
     _NAMES.flush(session)
-    session.add_all(ModelTag(model_id=model.id, key=key, value="") for key in body.tags)
+    values = tag_values or {}
+    session.add_all(ModelTag(model_id=model.id, key=key, value=values.get(key, "")) for key in body.tags)
     session.flush()
     events.record(
         session,
@@ -228,16 +268,23 @@ def create_model(
     return model
 
 
-def _replace_tag_keys(session: Session, model: RegisteredModel, keys: Sequence[str]) -> None:
+def _replace_tag_keys(
+    session: Session, model: RegisteredModel, keys: Sequence[str] | Mapping[str, str]
+) -> None:
     """Keep the listed keys (with their values), add the new ones without a value and
-    remove the others."""
+    remove the others; key/value pairs also set the values of the keys they list."""
     existing = {
         tag.key: tag for tag in session.scalars(select(ModelTag).where(ModelTag.model_id == model.id))
     }
     for key, tag in existing.items():
         if key not in keys:
             session.delete(tag)
-    session.add_all(ModelTag(model_id=model.id, key=key, value="") for key in keys if key not in existing)
+        elif isinstance(keys, Mapping):
+            tag.value = keys[key]
+    values = keys if isinstance(keys, Mapping) else {}
+    session.add_all(
+        ModelTag(model_id=model.id, key=key, value=values.get(key, "")) for key in keys if key not in existing
+    )
 
 
 def update_model(session: Session, principal: Principal, model_id: str, body: ModelUpdate) -> RegisteredModel:
@@ -371,13 +418,41 @@ def model_files_prefix(model: RegisteredModel) -> str:
     return f"models/{model.project_id.lower()}"
 
 
+def numbered_version(number: int, patch: int = 0) -> str:
+    """The semantic version of integer version ``number``: N is N.0.0."""
+    return f"{number}.0.{patch}"
+
+
+def version_text(version: str) -> str:
+    """A version as the registry keeps it: semantic as given, an integer N as N.0.0."""
+    return numbered_version(int(version)) if version.isdigit() else version
+
+
+def semantic_version(session: Session, model: RegisteredModel, number: int) -> str:
+    """``N.0.0`` for a new integer version N, or its next free patch when that is taken."""
+    taken = set(
+        session.scalars(
+            select(ModelVersion.version).where(
+                ModelVersion.model_id == model.id, ModelVersion.version.like(f"{number}.0.%")
+            )
+        )
+    )
+    patch = 0
+    while numbered_version(number, patch) in taken:
+        patch += 1
+    return numbered_version(number, patch)
+
+
 def get_version(
     session: Session, principal: Principal, model_id: str, version: str, action: Action
 ) -> tuple[RegisteredModel, ModelVersion]:
-    """A version of a visible model, once ``principal`` may perform ``action`` on it."""
+    """A version of a visible model, once ``principal`` may perform ``action`` on it;
+    ``version`` is semantic (1.2.0) or an integer (3, which is 3.0.0)."""
     model = get_visible_model(session, principal, model_id, action)
     row = session.scalar(
-        select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version)
+        select(ModelVersion).where(
+            ModelVersion.model_id == model.id, ModelVersion.version == version_text(version)
+        )
     )
     if row is None:
         raise NotFound(NO_SUCH_VERSION)
@@ -398,7 +473,8 @@ def _record_transition(
         from_stage=from_stage,
         to_stage=to_stage,
         description=description,
-        changed_by_id=principal.user_id,
+        changed_by_id=acting(principal)[0],
+        changed_by_key_id=acting(principal)[1],
     )
     session.add(transition)
     return transition
@@ -508,7 +584,8 @@ def create_version(
         training_metrics=body.training_metrics,
         model_schema=body.model_schema,
         requirements=body.requirements or None,
-        created_by_id=principal.user_id,
+        created_by_id=acting(principal)[0],
+        created_by_key_id=acting(principal)[1],
     )
     session.add(row)
     flush_unique(session, duplicate)
@@ -562,7 +639,7 @@ def record_load_check(session: Session, version_id: str, check: dict[str, Any]) 
 
 
 def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[VersionRead]:
-    creators = users_by_id(session, (row.created_by_id for row in rows))
+    creators = actors(session, ((row.created_by_id, row.created_by_key_id) for row in rows))
     return [
         VersionRead(
             id=row.id,
@@ -580,7 +657,7 @@ def version_reads(session: Session, rows: Sequence[ModelVersion]) -> list[Versio
             model_schema=row.model_schema,
             requirements=row.requirements,
             load_check=_load_check_read(row.load_check),
-            created_by=user_ref(creators.get(row.created_by_id or "")),
+            created_by=creators.ref(row.created_by_id, row.created_by_key_id),
             created_at=row.created_at,
         )
         for row in rows
