@@ -1,8 +1,8 @@
 """instance administration: users.is_instance_admin and the failed_sign_ins table
 
-Revision ID: d4a6c8e0f234
-Revises: c3f5a7b9d123
-Create Date: 2026-12-14 09:00:00
+Revision ID: e5b7d9f1a345
+Revises: d4a6c8e0f234
+Create Date: 2026-12-07 09:10:00
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from alembic import op
 
 import maestro.db
 
-revision: str = "d4a6c8e0f234"
-down_revision: str | None = "c3f5a7b9d123"
+revision: str = "e5b7d9f1a345"
+down_revision: str | None = "d4a6c8e0f234"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,7 +3,7 @@ changed a version's stage, when no person did
 
 Revision ID: d4a6c8e0f234
 Revises: c3f5a7b9d123
-Create Date: 2026-12-08 09:00:00
+Create Date: 2026-12-07 09:00:00
 """
 
 from __future__ import annotations
