@@ -26,9 +26,9 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
+# `serve --migrate` applies the migrations itself, once, whatever the database.
 serve: $(STAMP)
-	$(BIN)/maestro db upgrade
-	$(BIN)/maestro serve
+	$(BIN)/maestro serve --migrate
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
