@@ -89,11 +89,9 @@ def serve(
     from maestro.logs import configure_logging
 
     settings = _settings()
-    configure_logging(settings)
-    _require_secret_key(settings)
     host, port = host or settings.host, port or settings.port
     busy = server.port_in_use(host, port)
-    if busy:
+    if busy:  # said first, alone: nothing was started or written yet
         typer.secho(
             f"cannot listen on {host}:{port}: {busy}; choose another port with "
             f"MAESTRO_PORT={_another_port(port)} or --port {_another_port(port)}",
@@ -101,6 +99,8 @@ def serve(
             fg="red",
         )
         raise typer.Exit(1)
+    configure_logging(settings)
+    _require_secret_key(settings)
     if settings.uses_embedded_database if migrate is None else migrate:
         with server.collector_paused():  # loads every table's module, as the app would
             from maestro.migrations import upgrade
