@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio.to_thread
 from sqlalchemy import text
@@ -18,6 +18,13 @@ from maestro.storage import ArtifactStore
 from maestro.system.schemas import DependencyCheck, Readiness
 
 CHECK_TIMEOUT_SECONDS = 3.0
+
+
+class Warming(Protocol):
+    """What serves deployments in this process (``deployments.state.ServingState``)."""
+
+    def warming(self) -> str | None:
+        """None once the active deployments' models are loaded; else what is left."""
 
 
 async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyCheck:
@@ -37,7 +44,16 @@ async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyChe
     )
 
 
-async def readiness(database: Database, store: ArtifactStore, queue: JobQueue) -> Readiness:
+def _deployments_check(serving: Warming | None) -> DependencyCheck:
+    """Up once the models of the active deployments are loaded, so a balancer sends no
+    prediction to a server that would first have to load its model."""
+    left = serving.warming() if serving is not None else None
+    return DependencyCheck(status="down" if left else "up", latency_ms=0.0, backend="models", detail=left)
+
+
+async def readiness(
+    database: Database, store: ArtifactStore, queue: JobQueue, serving: Warming | None = None
+) -> Readiness:
     def database_probe() -> None:
         with database.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -54,6 +70,11 @@ async def readiness(database: Database, store: ArtifactStore, queue: JobQueue) -
         _timed(storage_probe, store.protocol),
         _timed(queue_probe, queue_backend),
     )
-    checks = {"database": database_check, "storage": storage_check, "queue": queue_check}
+    checks = {
+        "database": database_check,
+        "storage": storage_check,
+        "queue": queue_check,
+        "deployments": _deployments_check(serving),
+    }
     healthy = all(check.status == "up" for check in checks.values())
     return Readiness(status="healthy" if healthy else "unhealthy", version=__version__, checks=checks)
