@@ -143,7 +143,9 @@ def test_users_create_and_reset_password(make_settings: Callable[..., Settings],
 
 
 # --- start-up: commands that only read, and a busy port ------------------------------------
-def test_db_current_never_creates_the_database(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_db_current_never_creates_the_database(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     fresh = tmp_path / "nothing-here"
     result = maestro("db", "current", settings=make_settings(data_dir=fresh, database_url=None))
     assert result.returncode == 0, result.stderr

@@ -355,12 +355,15 @@ class ServingState:
             with self.database.session(write=False) as session:
                 rows = session.execute(
                     select(Deployment.name, Deployment.model_version_id)
-                    .where(Deployment.status == DeploymentStatus.active, Deployment.model_version_id.is_not(None))
+                    .where(
+                        Deployment.status == DeploymentStatus.active, Deployment.model_version_id.is_not(None)
+                    )
                     .order_by(Deployment.updated_at.desc())
                     .limit(self.settings.serving_cache_max_models)
                 ).all()
             self._warming = (0, len(rows))
             for done, (name, version_id) in enumerate(rows, start=1):
+                assert version_id is not None  # selected so
                 if self._stop.is_set():
                     return
                 try:

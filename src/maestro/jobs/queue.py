@@ -66,7 +66,9 @@ class JobQueue:
                 huey = build_huey(self.settings)
                 self._execute_task = huey.task(name=EXECUTE_TASK)(self.execute)
                 if self.settings.maintenance_interval_minutes:
-                    huey.periodic_task(crontab(), name="maestro.schedule_maintenance")(self.schedule_maintenance)
+                    huey.periodic_task(crontab(), name="maestro.schedule_maintenance")(
+                        self.schedule_maintenance
+                    )
                 self._huey = huey
             return self._huey
 
@@ -198,7 +200,9 @@ class EmbeddedWorker:
         self.queue = queue
         self.consumer: Consumer | None = None
         self.reaper = Reaper(queue)
-        self._starting = threading.Thread(target=self._start_consumer, name="maestro-worker-start", daemon=True)
+        self._starting = threading.Thread(
+            target=self._start_consumer, name="maestro-worker-start", daemon=True
+        )
 
     def _start_consumer(self) -> None:
         self.consumer = _embedded_consumer(self.queue)
