@@ -4,7 +4,8 @@ need no server take.
 
     .venv/bin/python bench/startup.py [--runs 5] [--compare /path/to/other/src]
 
-Every figure comes from fresh processes of this interpreter. ``--compare`` measures a
+Every figure comes from fresh processes of this interpreter, with compiled bytecode
+cached (in a private directory) as in an installation. ``--compare`` measures a
 second source tree (its ``src`` directory, put first on ``PYTHONPATH``) in the same run,
 interleaved with this one, so a before/after pair shares the machine's state.
 """
@@ -12,9 +13,11 @@ interleaved with this one, so a before/after pair shares the machine's state.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -62,8 +65,17 @@ def group_of(module: str) -> str:
     return "other (stdlib and small libraries)"
 
 
+# Compiled bytecode goes to a private directory (no tree is written to), and is written
+# even where PYTHONDONTWRITEBYTECODE is set: an installation compiles its modules once,
+# so a start that compiles every module from source measures something no user sees.
+PYCACHE = Path(tempfile.mkdtemp(prefix="maestro-startup-pycache-"))
+atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)
+
+
 def environment(src: Path | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MAESTRO_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
     return env
@@ -156,8 +168,11 @@ def main() -> None:
 
     trees: list[tuple[str, Path | None]] = [("this tree", None)]
     if options.compare:
-        trees.insert(0, (f"compare ({options.compare})", options.compare.resolve()))
+        trees.insert(0, ("compare", options.compare.resolve()))
+        print(f"compare: {options.compare.resolve()}; this tree: {Path(__file__).resolve().parents[1]}\n")
 
+    for _, src in trees:  # compiles the bytecode once, as an installation does
+        import_profile(src, "import maestro.app, maestro.cli")
     profiles = {label: import_profile(src, "import maestro.app") for label, src in trees}
     names = sorted({name for groups, _ in profiles.values() for name in groups})
     width = max(len(name) for name in names)
@@ -173,6 +188,7 @@ def main() -> None:
     print("\nImport time of maestro.cli (ms): " + ", ".join(f"{k}: {v:.0f}" for k, v in cli_profiles.items()))
 
     print(f"\nSeconds, median of {options.runs} runs: wall clock (CPU time of the process)")
+    print(f"  (load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores)")
     maestro = [sys.executable, "-m", "maestro"]
     figures: dict[str, dict[str, Figure]] = defaultdict(dict)
     with tempfile.TemporaryDirectory() as scratch:
