@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from maestro import __version__
 
@@ -29,6 +28,8 @@ app.add_typer(users_app, name="users")
 
 
 def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
     from maestro.config import Settings
 
     try:
