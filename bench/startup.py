@@ -131,7 +131,6 @@ def serve_to_health(src: Path | None, data_dir: Path) -> Figure:
     port = free_port()
     env = environment(src) | {
         "MAESTRO_DATA_DIR": str(data_dir),
-        "MAESTRO_RUN_WORKER_IN_PROCESS": "false",
         "MAESTRO_LOG_LEVEL": "WARNING",
     }
     started = time.perf_counter()
