@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("maestro.serving")
 
 ENTRY_MAX_AGE = 60.0  # seconds before a directory entry is read again regardless
+LISTING_WAIT = 3.0  # seconds readiness waits for the deployments to warm to be listed
 GENERATION_ROW = 1
 # (session, version id, deployment ids, message) -> the deployments marked failed
 FailServing = Callable[[Session, str, list[str], str], list[Deployment]]
@@ -112,6 +113,7 @@ class ServingState:
         self._thread: threading.Thread | None = None
         self._warmer: threading.Thread | None = None
         self.warm = threading.Event()  # set once the active deployments are loaded (or failed to)
+        self.listed = threading.Event()  # set once the deployments to warm are known
         self._warming = (0, 0)  # (deployments warmed, to warm)
 
     # --- the directory ---------------------------------------------------------------------------
@@ -336,22 +338,24 @@ class ServingState:
 
     # --- warming at start ----------------------------------------------------------------------
     def warming(self) -> str | None:
-        """None once the active deployments are warm; else what is still being done."""
+        """None once the active deployments are warm (or in a process that never started
+        serving); else what is still being done. Blocks while the deployments to warm are
+        being listed, a moment after start."""
+        if self._warmer is None or self.warm.is_set():
+            return None
+        self.listed.wait(LISTING_WAIT)
         if self.warm.is_set():
             return None
         done, total = self._warming
+        if not self.listed.is_set():
+            return "listing the active deployments"
         return f"loading the models of the active deployments ({done} of {total} loaded)"
 
     def _warm_up(self) -> None:
-        """Load the version each active deployment serves, most recently changed first,
-        while the server already answers; a version that fails to load is logged and
-        left for its first request (which answers as it always did)."""
+        """List the active deployments, then load the version each serves, most recently
+        changed first, while the server already answers; a version that fails to load
+        is logged and left for its first request (which answers as it always did)."""
         try:
-            hold = self.settings.warmup_hold_file
-            while hold is not None and not hold.exists() and not self._stop.wait(0.05):
-                pass
-            if self._stop.is_set():
-                return
             with self.database.session(write=False) as session:
                 rows = session.execute(
                     select(Deployment.name, Deployment.model_version_id)
@@ -362,6 +366,10 @@ class ServingState:
                     .limit(self.settings.serving_cache_max_models)
                 ).all()
             self._warming = (0, len(rows))
+            self.listed.set()
+            hold = self.settings.warmup_hold_file
+            while rows and hold is not None and not hold.exists() and not self._stop.wait(0.05):
+                pass
             for done, (name, version_id) in enumerate(rows, start=1):
                 assert version_id is not None  # selected so
                 if self._stop.is_set():
@@ -379,6 +387,7 @@ class ServingState:
             logger.exception("warming the active deployments failed; they load on their first request")
         finally:
             self.warm.set()
+            self.listed.set()
 
     def stop(self) -> None:
         """Stop the background thread and write everything still in memory."""

@@ -24,7 +24,8 @@ class Warming(Protocol):
     """What serves deployments in this process (``deployments.state.ServingState``)."""
 
     def warming(self) -> str | None:
-        """None once the active deployments' models are loaded; else what is left."""
+        """None once the active deployments' models are loaded; else what is left (may
+        block a moment, while they are being listed)."""
 
 
 async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyCheck:
@@ -44,11 +45,17 @@ async def _timed(probe: Callable[[], str | None], backend: str) -> DependencyChe
     )
 
 
-def _deployments_check(serving: Warming | None) -> DependencyCheck:
+async def _deployments_check(serving: Warming | None) -> DependencyCheck:
     """Up once the models of the active deployments are loaded, so a balancer sends no
     prediction to a server that would first have to load its model."""
-    left = serving.warming() if serving is not None else None
-    return DependencyCheck(status="down" if left else "up", latency_ms=0.0, backend="models", detail=left)
+    started = time.perf_counter()
+    left = await anyio.to_thread.run_sync(serving.warming) if serving is not None else None
+    return DependencyCheck(
+        status="down" if left else "up",
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        backend="models",
+        detail=left,
+    )
 
 
 async def readiness(
@@ -65,16 +72,17 @@ async def readiness(
         return f"{queue.pending()} pending"
 
     queue_backend = "redis" if queue.settings.redis_url else "sqlite"
-    database_check, storage_check, queue_check = await asyncio.gather(
+    database_check, storage_check, queue_check, deployments_check = await asyncio.gather(
         _timed(database_probe, database.engine.dialect.name),
         _timed(storage_probe, store.protocol),
         _timed(queue_probe, queue_backend),
+        _deployments_check(serving),
     )
     checks = {
         "database": database_check,
         "storage": storage_check,
         "queue": queue_check,
-        "deployments": _deployments_check(serving),
+        "deployments": deployments_check,
     }
     healthy = all(check.status == "up" for check in checks.values())
     return Readiness(status="healthy" if healthy else "unhealthy", version=__version__, checks=checks)
