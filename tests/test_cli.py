@@ -202,3 +202,36 @@ def test_admin_commands_work_on_the_database(make_settings: Callable[..., Settin
     failed = maestro("admin", "failed-sign-ins", settings=settings)
     assert failed.returncode == 0
     assert "wrong_password\t'ada@example.com'" in failed.stdout
+
+
+# --- start-up: commands that only read, and a busy port ------------------------------------
+def test_db_current_never_creates_the_database(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    fresh = tmp_path / "nothing-here"
+    result = maestro("db", "current", settings=make_settings(data_dir=fresh, database_url=None))
+    assert result.returncode == 0, result.stderr
+    assert "empty" in result.stdout
+    assert not (fresh / "maestro.db").exists()
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    import socket
+
+    fresh = tmp_path / "fresh"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = maestro(
+            "serve", "--port", str(port), settings=make_settings(data_dir=fresh, database_url=None)
+        )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "already in use" in lines[0]
+    assert "MAESTRO_PORT=" in lines[0] and "--port" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (fresh / "maestro.db").exists()  # refused before migrating anything

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -51,6 +52,10 @@ from maestro.tracking.routes import router as tracking_router
 logger = logging.getLogger("maestro")
 
 OPENAPI_URL = "/api/v1/openapi.json"
+# Swagger UI and ReDoc ship inside the package (static/vendor/manifest.json says which
+# versions), so /docs and /redoc work on an installation without internet access.
+DOCS_ASSETS = "/static/docs"
+VENDOR_DIR = Path(__file__).parent / "static" / "vendor"
 ROUTERS = (
     mlflow_hot_router,  # first: MLflow's logging and search routes (see mlflow_compat.routes)
     inference_router,  # early: routes are matched in order, and predictions are the hot path
@@ -164,6 +169,48 @@ def _finish_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # how FastAPI documents customising it
 
 
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, from the package's own copies of their assets."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=VENDOR_DIR), name="docs-assets")
+
+    def assets(request: Request) -> str:
+        return f"{request.scope.get('root_path', '')}{DOCS_ASSETS}"
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root, base = request.scope.get("root_path", ""), assets(request)
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{OPENAPI_URL}",
+            title="Maestro API",
+            swagger_js_url=f"{base}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{base}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{base}/swagger-ui/favicon-32x32.png",
+            oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+        )
+
+    async def swagger_ui_redirect(_request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        base = assets(request)
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{OPENAPI_URL}",
+            title="Maestro API",
+            redoc_js_url=f"{base}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{base}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route("/docs/oauth2-redirect", swagger_ui_redirect, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
@@ -195,8 +242,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         openapi_url=OPENAPI_URL,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served from the package's assets (_install_docs)
+        redoc_url=None,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
     )
@@ -212,6 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     _finish_openapi(app)
+    _install_docs(app)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from maestro import __version__
 
@@ -29,6 +28,8 @@ app.add_typer(users_app, name="users")
 
 
 def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
     from maestro.config import Settings
 
     try:
@@ -76,25 +77,45 @@ def serve(
     loop: Annotated[
         EventLoop, typer.Option(help="Event loop; auto picks uvloop when installed.")
     ] = EventLoop.auto,
+    migrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="Apply database migrations before serving [default: only on the embedded database].",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (and, unless disabled, a job consumer inside it)."""
     from maestro import server
     from maestro.logs import configure_logging
-    from maestro.migrations import upgrade
 
     settings = _settings()
+    host, port = host or settings.host, port or settings.port
+    busy = server.port_in_use(host, port)
+    if busy:  # said first, alone: nothing was started or written yet
+        typer.secho(
+            f"cannot listen on {host}:{port}: {busy}; choose another port with "
+            f"MAESTRO_PORT={_another_port(port)} or --port {_another_port(port)}",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
     configure_logging(settings)
     _require_secret_key(settings)
-    if settings.uses_embedded_database:
-        upgrade(settings.resolved_database_url)
-    server.run(
-        settings,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        reload=reload,
-        loop=str(loop),
-    )
+    if settings.uses_embedded_database if migrate is None else migrate:
+        with server.collector_paused():  # loads every table's module, as the app would
+            from maestro.migrations import upgrade
+
+            upgrade(settings.resolved_database_url)
+    workers = workers or settings.workers
+    if workers == 1 and not reload:
+        with server.collector_paused():  # this process serves: load the app now, quickly
+            import maestro.app  # noqa: F401
+    server.run(settings, host=host, port=port, workers=workers, reload=reload, loop=str(loop))
+
+
+def _another_port(port: int) -> int:
+    return port + 1 if port < 65535 else port - 1
 
 
 @app.command()

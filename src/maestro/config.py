@@ -284,6 +284,11 @@ class Settings(BaseSettings):
     prediction_log_max_pending: int = Field(
         20_000, ge=1, description="Prediction logs held in memory at most; beyond this they are dropped."
     )
+    warmup_hold_file: Path | None = Field(
+        None,
+        description="Rehearsals and tests: warming the active deployments at start waits until this "
+        "file exists (readiness answers 503 meanwhile). Unset: warming starts at once.",
+    )
     deployment_check_seconds: float = Field(
         1.0, gt=0, le=300, description="How often a serving process checks for deployment changes by others."
     )

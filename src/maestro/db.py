@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast
+from urllib.parse import quote
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    make_url,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -198,10 +200,33 @@ def ensure_sqlite_directory(url: str) -> None:
             os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
 
 
-def build_engine(settings: Settings) -> Engine:
+def shown_url(url: str) -> str:
+    """The database URL as it may be written in a log or an error: password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: say only its scheme
+        return url.split(":", 1)[0] + ":…"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names (None for an in-memory database or another backend)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return None if not database or database == ":memory:" or database.startswith("file:") else database
+
+
+def build_engine(settings: Settings, *, create: bool = True) -> Engine:
+    """``create=False``: open an existing SQLite file only (never create it, nor its
+    directory), for a process that uses a database another one owns."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
-        ensure_sqlite_directory(url)
+        path = sqlite_file(url)
+        if create:
+            ensure_sqlite_directory(url)
+        elif path is not None:
+            # SQLite creates a missing file on connect unless opened by URI in "rw" mode.
+            url = f"sqlite:///file:{quote(path)}?mode=rw&uri=true"
         engine = create_engine(
             url,
             echo=settings.database_echo,
@@ -247,9 +272,12 @@ class Database:
     lock up front on SQLite (a no-op on PostgreSQL); each also in a variant for HTTP
     requests, whose statements are held to the request budget."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, create: bool = True) -> None:
+        """``create=False``: the database must exist; a SQLite file is never created."""
         import_models()  # every table must be known before the first query resolves foreign keys
-        self.engine = build_engine(settings)
+        self.url = shown_url(settings.resolved_database_url)
+        self.file = sqlite_file(settings.resolved_database_url)
+        self.engine = build_engine(settings, create=create)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(

@@ -71,6 +71,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# Libraries that narrate their routine work at INFO: the font subsetter writes dozens of
+# lines for one PDF model card, alembic one per plugin it sets up. Their warnings still show.
+QUIET_LOGGERS = ("fontTools", "alembic.runtime.plugins")
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
@@ -83,3 +88,5 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # uvicorn's own access log would duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

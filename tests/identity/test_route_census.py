@@ -17,8 +17,8 @@ PUBLIC = {
     ("POST", "/api/v1/auth/refresh"),
     ("GET", "/metrics"),  # Prometheus scrapes unauthenticated; MAESTRO_METRICS_ENABLED=false turns it off
 }
-# FastAPI's own documentation routes (plain Starlette routes, not API routes).
-DOCUMENTATION = {"/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The documentation routes (plain Starlette routes, not API routes) and their assets.
+DOCUMENTATION = {"/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static/docs"}
 
 
 def test_every_route_authenticates_unless_allowlisted(app: FastAPI) -> None:

@@ -42,7 +42,7 @@ class TestReadiness:
         assert response.status_code == 200
         data = response.json()["data"]
         assert data["status"] == "healthy"
-        assert set(data["checks"]) == {"database", "storage", "queue"}
+        assert set(data["checks"]) == {"database", "storage", "queue", "deployments"}
         for check in data["checks"].values():
             assert check["status"] == "up"
             assert check["latency_ms"] >= 0

@@ -14,6 +14,9 @@ every prediction.
   crashes, the deployments it serves get a log line; after repeated crashes they are
   marked failed (answering 503 until deployed again).
 - **The recorder** of served requests, flushed by the background thread.
+- **Warming at start**: once the server starts, a thread loads the versions of the active
+  deployments (as many as the cache holds), so the first prediction after a restart finds
+  its model loaded; readiness answers 503 until it is done (``warming``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("maestro.serving")
 
 ENTRY_MAX_AGE = 60.0  # seconds before a directory entry is read again regardless
+LISTING_WAIT = 3.0  # seconds readiness waits for the deployments to warm to be listed
 GENERATION_ROW = 1
 # (session, version id, deployment ids, message) -> the deployments marked failed
 FailServing = Callable[[Session, str, list[str], str], list[Deployment]]
@@ -107,6 +111,10 @@ class ServingState:
         self._generation: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warmer: threading.Thread | None = None
+        self.warm = threading.Event()  # set once the active deployments are loaded (or failed to)
+        self.listed = threading.Event()  # set once the deployments to warm are known
+        self._warming = (0, 0)  # (deployments warmed, to warm)
 
     # --- the directory ---------------------------------------------------------------------------
     def known(self, organization_id: str, name: str) -> tuple[bool, LiveDeployment | None]:
@@ -325,6 +333,61 @@ class ServingState:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="maestro-serving", daemon=True)
         self._thread.start()
+        self._warmer = threading.Thread(target=self._warm_up, name="maestro-warmup", daemon=True)
+        self._warmer.start()
+
+    # --- warming at start ----------------------------------------------------------------------
+    def warming(self) -> str | None:
+        """None once the active deployments are warm (or in a process that never started
+        serving); else what is still being done. Blocks while the deployments to warm are
+        being listed, a moment after start."""
+        if self._warmer is None or self.warm.is_set():
+            return None
+        self.listed.wait(LISTING_WAIT)
+        if self.warm.is_set():
+            return None
+        done, total = self._warming
+        if not self.listed.is_set():
+            return "listing the active deployments"
+        return f"loading the models of the active deployments ({done} of {total} loaded)"
+
+    def _warm_up(self) -> None:
+        """List the active deployments, then load the version each serves, most recently
+        changed first, while the server already answers; a version that fails to load
+        is logged and left for its first request (which answers as it always did)."""
+        try:
+            with self.database.session(write=False) as session:
+                rows = session.execute(
+                    select(Deployment.name, Deployment.model_version_id)
+                    .where(
+                        Deployment.status == DeploymentStatus.active, Deployment.model_version_id.is_not(None)
+                    )
+                    .order_by(Deployment.updated_at.desc())
+                    .limit(self.settings.serving_cache_max_models)
+                ).all()
+            self._warming = (0, len(rows))
+            self.listed.set()
+            hold = self.settings.warmup_hold_file
+            while rows and hold is not None and not hold.exists() and not self._stop.wait(0.05):
+                pass
+            for done, (name, version_id) in enumerate(rows, start=1):
+                assert version_id is not None  # selected so
+                if self._stop.is_set():
+                    return
+                try:
+                    # Loaded, not yet named: the first request names it (``runtime``), after
+                    # checking the version is still current, so a deploy made meanwhile wins.
+                    self.cache.get(version_id)
+                except ModelLoadError as exc:
+                    logger.warning("deployment %s: version %s not loaded at start: %s", name, version_id, exc)
+                self._warming = (done, len(rows))
+            if rows:
+                logger.info("%d active deployment(s) loaded", len(rows))
+        except Exception:
+            logger.exception("warming the active deployments failed; they load on their first request")
+        finally:
+            self.warm.set()
+            self.listed.set()
 
     def stop(self) -> None:
         """Stop the background thread and write everything still in memory."""
@@ -334,6 +397,9 @@ class ServingState:
             self.recorder.wake.set()
             thread.join(timeout=30)
             gc.unfreeze()
+        if self._warmer is not None:
+            self._warmer.join(timeout=30)  # a model it is loading is closed with the cache below
+            self._warmer = None
         self.splitter.close()
         self.recorder.flush(everything=True)
         self.cache.close()  # model processes end with the server

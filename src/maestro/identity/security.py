@@ -18,7 +18,6 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -88,6 +87,8 @@ def issue_access_token(
         "exp": now + timedelta(seconds=settings.access_token_ttl_seconds),
         "jti": new_id("jti"),
     }
+    import jwt  # with cryptography: loaded at the first token, not at start
+
     return jwt.encode(claims, settings.signing_key, algorithm=JWT_ALGORITHM, headers={"typ": "JWT"})
 
 
@@ -102,6 +103,8 @@ class ExpiredToken(InvalidToken):
 def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
     """Validate signature, algorithm (pinned: ``alg: none`` and any other algorithm
     are refused), expiry, issuer, type and the presence of every claim we rely on."""
+    import jwt  # with cryptography: loaded at the first token, not at start
+
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") != JWT_ALGORITHM or {"jku", "jwk", "x5u", "x5c"} & set(header):

@@ -12,10 +12,7 @@ import os
 import socket
 import threading
 from datetime import timedelta
-from typing import Any
-
-from huey import Huey, RedisHuey, SqliteHuey, crontab
-from huey.consumer import Consumer
+from typing import TYPE_CHECKING, Any
 
 from maestro.config import Settings
 from maestro.db import Database, utcnow
@@ -23,12 +20,18 @@ from maestro.jobs import service
 from maestro.jobs.handlers import HANDLERS, JobContext, load_handlers
 from maestro.storage import ArtifactStore
 
+if TYPE_CHECKING:
+    from huey import Huey
+    from huey.consumer import Consumer
+
 logger = logging.getLogger("maestro.jobs")
 
 EXECUTE_TASK = "maestro.execute_job"
 
 
 def build_huey(settings: Settings) -> Huey:
+    from huey import RedisHuey, SqliteHuey  # with its storage drivers: loaded when first used
+
     if settings.redis_url:
         return RedisHuey(settings.queue_name, url=settings.redis_url, results=False, utc=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,13 +52,29 @@ class JobQueue:
         self.settings = settings
         self.database = database
         self.store = store
-        self.huey = build_huey(settings)
-        self._execute_task = self.huey.task(name=EXECUTE_TASK)(self.execute)
-        if settings.maintenance_interval_minutes:
-            self.huey.periodic_task(crontab(), name="maestro.schedule_maintenance")(self.schedule_maintenance)
+        self._huey: Huey | None = None
+        self._execute_task: Any = None
+        self._huey_lock = threading.Lock()
+
+    @property
+    def huey(self) -> Huey:
+        """Built on first use, so a process starts without loading Huey."""
+        with self._huey_lock:
+            if self._huey is None:
+                from huey import crontab
+
+                huey = build_huey(self.settings)
+                self._execute_task = huey.task(name=EXECUTE_TASK)(self.execute)
+                if self.settings.maintenance_interval_minutes:
+                    huey.periodic_task(crontab(), name="maestro.schedule_maintenance")(
+                        self.schedule_maintenance
+                    )
+                self._huey = huey
+            return self._huey
 
     # --- submitting --------------------------------------------------------------------
     def enqueue(self, job_id: str) -> None:
+        self.huey  # noqa: B018 - builds the queue and its task on first use
         self._execute_task(job_id)
 
     def submit(
@@ -70,7 +89,8 @@ class JobQueue:
         return int(self.huey.storage.queue_size())
 
     def close(self) -> None:
-        self.huey.storage.close()
+        if self._huey is not None:
+            self._huey.storage.close()
 
     # --- executing ---------------------------------------------------------------------
     def execute(self, job_id: str) -> None:
@@ -131,13 +151,6 @@ class JobQueue:
                 self.submit(session, CLEANUP)
 
 
-class _EmbeddedConsumer(Consumer):
-    """A Huey consumer that leaves signal handling to its host process (uvicorn)."""
-
-    def _set_signal_handlers(self) -> None:
-        pass
-
-
 class Reaper(threading.Thread):
     def __init__(self, queue: JobQueue) -> None:
         super().__init__(name="maestro-reaper", daemon=True)
@@ -167,29 +180,52 @@ def _consumer_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _embedded_consumer(queue: JobQueue) -> Consumer:
+    from huey.consumer import Consumer
+
+    class EmbeddedConsumer(Consumer):
+        """A Huey consumer that leaves signal handling to its host process (uvicorn)."""
+
+        def _set_signal_handlers(self) -> None:
+            pass
+
+    return EmbeddedConsumer(queue.huey, shutdown_timeout=10, **_consumer_options(queue.settings))
+
+
 class EmbeddedWorker:
-    """Consumer threads and a reaper inside the API server process."""
+    """Consumer threads and a reaper inside the API server process. The consumer is
+    built and started in the background, so the server answers while Huey loads."""
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
-        self.consumer = _EmbeddedConsumer(
-            queue.huey, shutdown_timeout=10, **_consumer_options(queue.settings)
-        )
+        self.consumer: Consumer | None = None
         self.reaper = Reaper(queue)
+        self._starting = threading.Thread(
+            target=self._start_consumer, name="maestro-worker-start", daemon=True
+        )
+
+    def _start_consumer(self) -> None:
+        self.consumer = _embedded_consumer(self.queue)
+        self.consumer.start()
 
     def start(self) -> None:
-        self.consumer.start()
+        self._starting.start()
         self.reaper.start()
 
     def stop(self) -> None:
         self.reaper.stop()
-        self.consumer.stop(graceful=True)
+        if self._starting.ident is not None:  # started
+            self._starting.join()
+        if self.consumer is not None:
+            self.consumer.stop(graceful=True)
 
 
 def run_worker(queue: JobQueue) -> None:
     """The ``maestro worker`` main loop; returns on SIGINT/SIGTERM."""
     reaper = Reaper(queue)
     reaper.start()
+    from huey.consumer import Consumer
+
     consumer = Consumer(queue.huey, **_consumer_options(queue.settings))
     try:
         consumer.run()

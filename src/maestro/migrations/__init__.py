@@ -3,12 +3,13 @@ automatically by ``maestro serve`` on the embedded database)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-from maestro.db import MODEL_MODULES, ensure_sqlite_directory, import_models
+from maestro.db import MODEL_MODULES, ensure_sqlite_directory, import_models, sqlite_file
 
 __all__ = ["MODEL_MODULES", "alembic_config", "current_revision", "import_models", "upgrade"]
 
@@ -35,7 +36,9 @@ def current_revision(database_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
-    ensure_sqlite_directory(database_url)
+    path = sqlite_file(database_url)
+    if path is not None and not os.path.exists(path):
+        return None  # a question about a database never creates one
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:

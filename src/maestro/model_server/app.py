@@ -38,6 +38,22 @@ or access token (`Authorization: Bearer …` or `X-API-Key`).
 """
 
 
+def _say_if_the_platform_database_is_missing(settings: Settings) -> None:
+    """Registry models and platform credentials need the platform's database, which this
+    server opens but never creates: a missing one is said at the start, by its path."""
+    import os
+
+    from maestro.db import shown_url, sqlite_file
+
+    path = sqlite_file(settings.resolved_database_url)
+    if path is not None and not os.path.exists(path):
+        logger.warning(
+            "the platform database %s does not exist: registry models and platform credentials are "
+            "unavailable until MAESTRO_DATABASE_URL or MAESTRO_DATA_DIR names the platform's",
+            shown_url(settings.resolved_database_url),
+        )
+
+
 def create_model_server(settings: Settings | None = None) -> FastAPI:
     from maestro.logs import configure_logging
 
@@ -54,6 +70,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
         logger.info(
             "Maestro model server %s starting; preloading %d model(s)", __version__, server.preload.total
         )
+        _say_if_the_platform_database_is_missing(settings)
         try:
             yield
         finally:

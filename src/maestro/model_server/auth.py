@@ -34,12 +34,13 @@ from maestro.errors import AuthenticationRequired, ServiceUnavailable
 from maestro.identity.authn import ORGANIZATION_HEADER, CredentialCache, authenticate, credentials
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.rbac import Action, Principal, Target, can
+from maestro.model_server.sources import platform_unavailable
 
 if TYPE_CHECKING:
     from maestro.config import Settings
     from maestro.db import Database
 
-PLATFORM_UNAVAILABLE = "The platform database cannot be reached to check this credential; try again later"
+PURPOSE = "to check this credential"  # what the platform database was asked for
 
 
 def _digest(value: str) -> str:
@@ -126,7 +127,7 @@ class Authenticator:
             with self._database().session(write=False) as session:
                 principal = authenticate(request, session, self.settings, self.callers)
         except SQLAlchemyError as exc:
-            raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
+            raise ServiceUnavailable(platform_unavailable(self._database(), PURPOSE)) from exc
         if principal is None:  # pragma: no cover - credentials() said there were some
             raise AuthenticationRequired()
         return Caller("platform", principal.id, principal)
@@ -189,7 +190,7 @@ class Authenticator:
                     return False
                 return can(session, principal, action, Target(kind, organization_id, project))
         except SQLAlchemyError as exc:
-            raise ServiceUnavailable(PLATFORM_UNAVAILABLE) from exc
+            raise ServiceUnavailable(platform_unavailable(self._database(), PURPOSE)) from exc
 
     def forget(self) -> None:
         self.callers.clear()

@@ -61,6 +61,7 @@ from maestro.model_server.sources import (
     check_served_name,
     file_source,
     parse_preload,
+    platform_unavailable,
     read_model_file,
     registry_source,
     resolve_model_file,
@@ -282,7 +283,7 @@ class ModelServer:
             if self._database is None:
                 from maestro.db import Database
 
-                self._database = Database(self.settings)
+                self._database = Database(self.settings, create=False)  # the platform's: never created here
             return self._database
 
     def store(self) -> ArtifactStore:
@@ -474,7 +475,7 @@ class ModelServer:
                     alias=request.alias,
                 )
         except SQLAlchemyError as exc:
-            raise ServiceUnavailable("The platform database cannot be reached to find the model") from exc
+            raise ServiceUnavailable(platform_unavailable(self.database(), "to find the model")) from exc
 
     def _namespace_for(self, caller: Caller, source: Source, name: str) -> str | None:
         """Where a load puts its name: an operator's, among the operator's names (or the

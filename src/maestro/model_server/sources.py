@@ -27,6 +27,7 @@ from maestro.runtimes.errors import ModelLoadError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from maestro.db import Database
     from maestro.model_server.auth import Caller
 
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,6 +49,17 @@ class Source:
     project_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     model_schema: Mapping[str, Any] | None = None
+
+
+def platform_unavailable(database: Database, purpose: str) -> str:
+    """What a caller is told when the platform database fails: which database (its URL,
+    password hidden), and that a missing one is never created by the model server."""
+    if database.file is not None and not os.path.exists(database.file):
+        return (
+            f"The platform database {database.url} does not exist (the model server opens it, never "
+            "creates it); set MAESTRO_DATABASE_URL or MAESTRO_DATA_DIR to the platform's"
+        )
+    return f"The platform database {database.url} cannot be reached {purpose}; try again later"
 
 
 def check_served_name(name: Any, field_name: str = "model_name") -> str:

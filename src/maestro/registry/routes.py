@@ -20,7 +20,7 @@ from maestro.api.params import ProjectId
 from maestro.db import release_write_lock
 from maestro.errors import NotFound, ValidationFailed
 from maestro.projects import service as projects_service
-from maestro.registry import card_documents, cards, labels, schemas, service
+from maestro.registry import cards, labels, schemas, service
 from maestro.registry.models import ModelType, ModelVersion, RegisteredModel, Stage
 from maestro.registry.schemas import (
     ALIAS_PATTERN,
@@ -566,6 +566,8 @@ def get_model_card(
     """A version's model card: what the registry knows about it and the sections people wrote."""
     card = cards.get_card(session, principal, model_id, version)
     if format_ == "markdown":
+        from maestro.registry import card_documents  # fpdf2 and its fonts load on first use
+
         markdown = card_documents.render_markdown(card)
         return _download(
             markdown, "text/markdown; charset=utf-8", card_documents.document_filename(card, ".md")
@@ -615,6 +617,8 @@ def generate_model_card(
     # A reader: rendering changes nothing, so it takes no write lock and leaves no audit row.
     card = cards.get_card(session, principal, model_id, version, overrides, rendering="pdf")
     release_write_lock(session)  # no snapshot held while the document renders
+    from maestro.registry import card_documents  # fpdf2 and its fonts load on first use
+
     document = card_documents.render_pdf_in_turn(heavy, principal, card)
     return _download(document, "application/pdf", card_documents.document_filename(card, ".pdf"))
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -36,11 +35,12 @@ async def liveness() -> Liveness:
     responses=error_responses(503),
 )
 async def readiness(
-    database: DatabaseDep, store: StoreDep, queue: QueueDep
+    request: Request, database: DatabaseDep, store: StoreDep, queue: QueueDep
 ) -> Envelope[Readiness] | JSONResponse:
     """Readiness: the database, artifact storage and job queue each answer, with the
-    latency of each check. 503 names the dependencies that are down."""
-    report = await service.readiness(database, store, queue)
+    latency of each check, and the models of the active deployments are loaded (at start
+    they load in the background). 503 names the dependencies that are down."""
+    report = await service.readiness(database, store, queue, getattr(request.app.state, "serving", None))
     if report.status == "healthy":
         return Envelope(data=report)
     down = [(name, check.detail or "down") for name, check in report.checks.items() if check.status == "down"]
@@ -54,4 +54,6 @@ async def readiness(
 @router.get("/api/v1/openapi.yaml", include_in_schema=False)
 def openapi_yaml(request: Request) -> Response:
     """The OpenAPI document as YAML (the JSON form is at /api/v1/openapi.json)."""
+    import yaml
+
     return Response(yaml.safe_dump(request.app.openapi(), sort_keys=False), media_type="application/yaml")

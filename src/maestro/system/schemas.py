@@ -30,5 +30,6 @@ class Readiness(BaseModel):
     status: Literal["healthy", "unhealthy"]
     version: str
     checks: dict[str, DependencyCheck] = Field(
-        description="One entry per dependency: `database`, `storage`, `queue`."
+        description="One entry per dependency: `database`, `storage`, `queue`, and `deployments` "
+        "(the models of the active deployments, loaded at start)."
     )
