@@ -869,3 +869,31 @@ def test_every_route_has_a_rule(app: FastAPI) -> None:
     ruled = {(rule.method, rule.path) for rule in RULES}
     assert documented - ruled == set(), "routes without a rule in the permission matrix"
     assert ruled - documented == set(), "rules for routes that do not exist"
+
+
+def test_the_permission_checked_before_validation_is_the_routes_own(app: FastAPI) -> None:
+    """A request with an invalid body is refused first for the permission that
+    ``rbac.route_scope`` derives from the route's path and method; for every row whose
+    scoped key succeeds, that permission must be one the key holds, or an API key with
+    exactly the right grant would be refused whenever its body has a mistake."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    from maestro.api.deps import reads_only
+    from maestro.identity.rbac import route_scope
+
+    routes = {
+        (method, context.path_format): context.original_route
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+        for method in context.original_route.methods or ()
+    }
+    wrong = []
+    for rule in RULES:
+        statuses = rule.statuses()
+        if rule.scope is None or not 200 <= statuses["key"] < 300:
+            continue
+        route = routes[rule.method, rule.path]
+        derived = route_scope(rule.path, rule.method, reads_only=reads_only(route.dependant))
+        if derived is not None and derived != rule.scope:
+            wrong.append(f"{rule.method} {rule.path}: derived {derived}, the route needs {rule.scope}")
+    assert wrong == []

@@ -145,8 +145,9 @@ def route_requires_principal(dependant: Dependant) -> bool:
     return any(dep.call is get_principal or route_requires_principal(dep) for dep in dependant.dependencies)
 
 
-def _reads_only(dependant: Dependant) -> bool:
-    return any(dep.call is get_read_session or _reads_only(dep) for dep in dependant.dependencies)
+def reads_only(dependant: Dependant) -> bool:
+    """Whether the route only reads (it takes a read-only session), whatever its method."""
+    return any(dep.call is get_read_session or reads_only(dep) for dep in dependant.dependencies)
 
 
 async def refusal_before_validation(request: Request) -> MaestroError | None:
@@ -166,7 +167,7 @@ async def refusal_before_validation(request: Request) -> MaestroError | None:
             principal = await get_principal(request)
         except MaestroError as refused:
             return refused
-    scope = route_scope(path, request.method, reads_only=_reads_only(dependant))
+    scope = route_scope(path, request.method, reads_only=reads_only(dependant))
     reason = api_key_lacks(principal, scope) if scope is not None else None
     return PermissionDenied(reason) if reason else None
 
