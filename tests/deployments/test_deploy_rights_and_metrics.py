@@ -157,3 +157,42 @@ def test_with_a_scrape_token_only_the_scraper_sees_deployments(
             'maestro_predictions_total{deployment="globex-secret-api",outcome="success",version="1.0.0"} 1.0'
             in scraped.text
         )
+
+
+# --- who acted: an API key is named by its name and prefix -------------------------------------
+def test_what_an_api_key_does_is_shown_by_its_name_and_prefix(
+    client: TestClient, factory: Factory, world: World, tiny: Tiny
+) -> None:
+    model = register(client, world)
+    first = upload(client, model, world.developer.headers, onnx_file(tiny.first))["id"]
+    second = upload(client, model, world.developer.headers, onnx_file(tiny.second))["id"]
+    key = factory.api_key(
+        world.org, {"deployments": ["read", "write"], "models": ["read"]}, name="release pipeline"
+    )
+    headers = {"X-API-Key": key}
+    created = deploy(client, world, "churn-api", first, headers=headers)
+    assert created.status_code == 201, created.text
+    url = f"/api/v1/deployments/{created.json()['data']['id']}"
+    assert client.put(url, json={"model_version_id": second}, headers=headers).status_code == 200
+
+    detail = client.get(url, headers=world.developer.headers).json()["data"]
+    listed = client.get(f"/api/v1/organizations/{world.org}/api-keys", headers=world.admin.headers)
+    prefix = next(item["prefix"] for item in listed.json()["data"] if item["name"] == "release pipeline")
+    assert key.startswith(prefix)
+    assert detail["created_by"]["kind"] == "api_key"
+    assert (detail["created_by"]["name"], detail["created_by"]["prefix"]) == ("release pipeline", prefix)
+    assert [
+        (entry["actor"]["type"], entry["actor"]["name"], entry["actor"]["prefix"])
+        for entry in detail["history"]
+    ] == [("api_key", "release pipeline", prefix)] * 2
+    logs = client.get(f"{url}/logs", headers=world.developer.headers).json()["data"]
+    messages = [entry["message"] for entry in logs]
+    assert any(message.startswith(f"Created by API key release pipeline ({prefix})") for message in messages)
+    assert any(
+        f"by API key release pipeline ({prefix})" in message for message in messages if "Deployed" in message
+    )
+
+    # A person is still named as before.
+    person = deploy(client, world, "churn-two", first, headers=world.developer.headers).json()["data"]
+    assert person["created_by"]["id"] == world.developer.user_id
+    assert person["created_by"]["kind"] == "user"

@@ -51,9 +51,8 @@ from maestro.deployments.service import (
 )
 from maestro.deployments.state import ServingState
 from maestro.errors import ValidationFailed
-from maestro.identity.models import User
+from maestro.identity.actors import actors
 from maestro.identity.rbac import Principal
-from maestro.identity.schemas import user_ref
 from maestro.projects.models import Project
 from maestro.registry.models import ModelVersion, RegisteredModel
 
@@ -116,12 +115,18 @@ def deployment_reads(
             .group_by(DeploymentMinute.deployment_id)
         ).all()
     )
-    creator_ids = {row.created_by_id for row in rows if row.created_by_id}
-    creators = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(creator_ids)))}
-        if creator_ids
-        else {}
+    # A deployment created with an API key has no creating user; its "created" revision
+    # names the key.
+    by_key = dict(
+        session.execute(
+            select(DeploymentRevision.deployment_id, DeploymentRevision.actor_id).where(
+                DeploymentRevision.deployment_id.in_([row.id for row in rows if not row.created_by_id]),
+                DeploymentRevision.action == "created",
+                DeploymentRevision.actor_type == "api_key",
+            )
+        ).all()
     )
+    creators = actors(session, ((row.created_by_id, by_key.get(row.id)) for row in rows))
     public_url = serving.settings.public_url
     reads = []
     for row in rows:
@@ -153,12 +158,19 @@ def deployment_reads(
                 deployed_at=row.deployed_at,
                 last_request_at=row.last_request_at,
                 request_count_24h=int(counts.get(row.id) or 0),
-                created_by=user_ref(creators.get(row.created_by_id or "")),
+                created_by=creators.ref(row.created_by_id, by_key.get(row.id)),
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
         )
     return reads
+
+
+def _actor_ids(revision: DeploymentRevision) -> tuple[str | None, str | None]:
+    """(user id, API key id) of a revision's actor."""
+    if revision.actor_type == "api_key":
+        return None, revision.actor_id
+    return revision.actor_id, None
 
 
 def history(session: Session, deployment: Deployment) -> list[DeploymentRevisionRead]:
@@ -170,15 +182,10 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
         .order_by(DeploymentRevision.created_at.desc(), DeploymentRevision.id.desc())
         .limit(HISTORY_SHOWN)
     ).all()
-    user_ids = {r.DeploymentRevision.actor_id for r in rows if r.DeploymentRevision.actor_type == "user"}
-    users = (
-        {user.id: user for user in session.scalars(select(User).where(User.id.in_(user_ids)))}
-        if user_ids
-        else {}
-    )
+    named = actors(session, (_actor_ids(r.DeploymentRevision) for r in rows))
     reads = []
     for revision, model_id, model_name in rows:
-        user = users.get(revision.actor_id or "") if revision.actor_type == "user" else None
+        ref = named.ref(*_actor_ids(revision))
         reads.append(
             DeploymentRevisionRead(
                 action=cast(RevisionAction, revision.action),
@@ -193,7 +200,8 @@ def history(session: Session, deployment: Deployment) -> list[DeploymentRevision
                 actor=Actor(
                     type=cast(ActorType, revision.actor_type),
                     id=revision.actor_id,
-                    name=user.full_name if user is not None else None,
+                    name=ref.name if ref is not None else None,
+                    prefix=ref.prefix if ref is not None else None,
                 ),
                 created_at=revision.created_at,
             )

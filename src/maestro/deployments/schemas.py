@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 
 from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
 from maestro.deployments.models import DeploymentStatus, Environment, InstanceType, LogLevel
-from maestro.identity.schemas import UserRef
+from maestro.identity.schemas import ActorRef
 from maestro.schemas import StrictModel, Visible
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -148,7 +148,8 @@ InputSource = Literal["model_schema", "model", "generated"]
 class Actor(BaseModel):
     type: ActorType
     id: str | None
-    name: str | None = Field(None, description="The user's name; null for an API key.")
+    name: str | None = Field(None, description="The user's name, or the API key's; null once deleted.")
+    prefix: str | None = Field(None, description="An API key's visible prefix; null for a person.")
 
 
 class DeploymentRevisionRead(BaseModel):
@@ -190,7 +191,9 @@ class DeploymentRead(BaseModel):
     deployed_at: datetime | None
     last_request_at: datetime | None
     request_count_24h: int
-    created_by: UserRef | None = Field(None, description="Null when created with an API key.")
+    created_by: ActorRef | None = Field(
+        None, description="The person or API key that created it; null once deleted."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -51,6 +51,7 @@ from maestro.deployments.state import GENERATION_ROW, ServingState
 from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
+from maestro.identity.actors import who
 from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
@@ -185,10 +186,6 @@ def bump_generation(session: Session) -> None:
 
 def _actor(principal: Principal) -> dict[str, str | None]:
     return {"actor_type": principal.kind, "actor_id": principal.user_id or principal.id}
-
-
-def _who(principal: Principal) -> str:
-    return "an API key" if principal.kind == "api_key" else "a user"
 
 
 def _event(
@@ -336,12 +333,13 @@ def create(
             **_actor(principal),
         )
     )
+    by = who(session, principal)
     _event(
         session,
         deployment,
         LogLevel.info,
         "created",
-        f"Created by {_who(principal)}, serving version {version.version} as {described.get('serving')}",
+        f"Created by {by}, serving version {version.version} as {described.get('serving')}",
         version_id=version.id,
         version=version.version,
         actor_id=principal.user_id or principal.id,
@@ -435,7 +433,7 @@ def _deploy(
         deployment,
         LogLevel.info,
         action,
-        f"{verb} version {version.version}{was} by {_who(principal)}{because}",
+        f"{verb} version {version.version}{was} by {who(session, principal)}{because}",
         version_id=version.id,
         version=version.version,
         previous_version_id=previous_id,
@@ -495,7 +493,7 @@ def update(
         deployment.status = changes["status"]
         changed.append("status")
         verb = "Activated" if deployment.status == DeploymentStatus.active else "Deactivated"
-        _event(session, deployment, LogLevel.info, verb.lower(), f"{verb} by {_who(principal)}")
+        _event(session, deployment, LogLevel.info, verb.lower(), f"{verb} by {who(session, principal)}")
     config_changes = [field for field in changed if field not in ("model_version_id", "status")]
     if config_changes:
         _event(
@@ -503,7 +501,7 @@ def update(
             deployment,
             LogLevel.info,
             "updated",
-            f"Configuration changed by {_who(principal)}: {', '.join(config_changes)}",
+            f"Configuration changed by {who(session, principal)}: {', '.join(config_changes)}",
             changed=config_changes,
         )
     if changed:

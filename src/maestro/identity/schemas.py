@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -31,6 +31,14 @@ class UserRef(BaseModel):
 
     id: str
     name: str
+
+
+class ActorRef(UserRef):
+    """Who created or changed something: a person, or an API key named by its name and
+    the first characters of the key (``prefix``)."""
+
+    kind: Literal["user", "api_key"] = "user"
+    prefix: str | None = Field(None, description="An API key's visible prefix; null for a person.")
 
 
 class RegisterRequest(StrictModel):

@@ -19,9 +19,9 @@ from maestro.api.errors import validation_details
 from maestro.db import utcnow
 from maestro.errors import ValidationFailed
 from maestro.identity import audit
+from maestro.identity.actors import Actors, actors
 from maestro.identity.rbac import Principal
 from maestro.registry import service
-from maestro.registry.actors import Actors, actors
 from maestro.registry.models import (
     ModelAlias,
     ModelTag,

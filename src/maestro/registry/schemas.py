@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
-from maestro.identity.schemas import UserRef
+from maestro.identity.schemas import ActorRef
 from maestro.registry.models import ModelType, Stage
 from maestro.runtimes.formats import ModelFormat
 from maestro.schemas import JsonDepth, StrictModel, Visible
@@ -88,14 +88,6 @@ class ModelUpdate(StrictModel):
         if value is None:
             raise ValueError("cannot be null")
         return list(dict.fromkeys(value)) if isinstance(value, list) else value
-
-
-class ActorRef(UserRef):
-    """Who created or changed something: a person, or an API key named by its name and
-    the first characters of the key (``prefix``)."""
-
-    kind: Literal["user", "api_key"] = "user"
-    prefix: str | None = Field(None, description="An API key's visible prefix; null for a person.")
 
 
 class LatestVersion(BaseModel):

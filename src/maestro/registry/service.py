@@ -17,12 +17,12 @@ from maestro.db import UniqueName, flush_unique, run_after_commit, utcnow
 from maestro.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from maestro.events import service as events
 from maestro.identity import audit
+from maestro.identity.actors import acting, actors
 from maestro.identity.rbac import Action, Principal, Target, organization_role
 from maestro.organizations.models import Role
 from maestro.projects import service as projects_service
 from maestro.projects.models import Project
 from maestro.projects.sources import register_counter, register_file_source
-from maestro.registry.actors import acting, actors
 from maestro.registry.models import (
     ModelTag,
     ModelType,

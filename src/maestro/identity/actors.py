@@ -1,5 +1,6 @@
-"""Who created or changed something in the registry: a person, or an API key, named by
-its name and visible prefix (rows keep both ids; reads load them a page at a time)."""
+"""Who created or changed something: a person, or an API key, named by its name and
+visible prefix (rows keep both ids, or a kind and an id; reads load them a page at a
+time). The registry, deployments and their histories all name actors this way."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from sqlalchemy.orm import Session
 from maestro.identity.api_keys import api_keys_by_id
 from maestro.identity.models import ApiKey, User
 from maestro.identity.rbac import Principal
+from maestro.identity.schemas import ActorRef
 from maestro.identity.service import users_by_id
-from maestro.registry.schemas import ActorRef
 
 
 def acting(principal: Principal) -> tuple[str | None, str | None]:
@@ -35,6 +36,14 @@ class Actors:
         if key is not None:
             return ActorRef(id=key.id, name=key.name, kind="api_key", prefix=key.prefix)
         return None
+
+
+def who(session: Session, principal: Principal) -> str:
+    """How a message names whoever acts: "API key <name> (<prefix>)", or "a user"."""
+    if principal.kind != "api_key":
+        return "a user"
+    key = api_keys_by_id(session, [principal.id]).get(principal.id)
+    return "an API key" if key is None else f"API key {key.name} ({key.prefix})"
 
 
 def actors(session: Session, pairs: Iterable[tuple[str | None, str | None]]) -> Actors:
