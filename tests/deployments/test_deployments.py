@@ -81,6 +81,24 @@ def totals(client: TestClient, deployment_id: str, headers: dict[str, str]) -> d
     return response.json()["data"]["totals"]
 
 
+def three_versions_deployed(client: TestClient, world: World, tiny: Tiny) -> tuple[str, list[dict[str, Any]]]:
+    """A deployment "fraud-api" that served versions 1.0.0 and 1.0.1 and now serves 1.0.2."""
+    model = register(client, world)
+    versions = [
+        upload(client, model, world.developer.headers, skops_file(m))
+        for m in (tiny.first, tiny.second, tiny.first)
+    ]
+    deployment = deployed(client, world, "fraud-api", versions[0]["id"])["id"]
+    for version in versions[1:]:
+        moved = client.put(
+            f"/api/v1/deployments/{deployment}",
+            json={"model_version_id": version["id"]},
+            headers=world.developer.headers,
+        )
+        assert moved.status_code == 200, moved.text
+    return deployment, versions
+
+
 class TestDeployingAScikitLearnModel:
     """Registered as skops, served as ONNX converted from it: deploy, predict, deploy a
     second version, roll back, and see all of it in the history, logs and metrics."""
@@ -200,19 +218,7 @@ class TestDeployingAScikitLearnModel:
         ]
 
     def test_rollback_to_a_named_version(self, client: TestClient, world: World, tiny: Tiny) -> None:
-        model = register(client, world)
-        versions = [
-            upload(client, model, world.developer.headers, skops_file(m))
-            for m in (tiny.first, tiny.second, tiny.first)
-        ]
-        deployment = deployed(client, world, "fraud-api", versions[0]["id"])["id"]
-        for version in versions[1:]:
-            response = client.put(
-                f"/api/v1/deployments/{deployment}",
-                json={"model_version_id": version["id"]},
-                headers=world.developer.headers,
-            )
-            assert response.status_code == 200, response.text
+        deployment, versions = three_versions_deployed(client, world, tiny)
         rolled = client.post(
             f"/api/v1/deployments/{deployment}/rollback",
             json={"target_version_id": versions[1]["id"]},
@@ -287,19 +293,7 @@ class TestRollbackWithoutABody:
     def test_an_explicit_target_and_reason_still_count(
         self, client: TestClient, world: World, tiny: Tiny
     ) -> None:
-        model = register(client, world)
-        versions = [
-            upload(client, model, world.developer.headers, skops_file(m))
-            for m in (tiny.first, tiny.second, tiny.first)
-        ]
-        deployment = deployed(client, world, "fraud-api", versions[0]["id"])["id"]
-        for version in versions[1:]:
-            moved = client.put(
-                f"/api/v1/deployments/{deployment}",
-                json={"model_version_id": version["id"]},
-                headers=world.developer.headers,
-            )
-            assert moved.status_code == 200, moved.text
+        deployment, versions = three_versions_deployed(client, world, tiny)
         rolled = client.post(
             f"/api/v1/deployments/{deployment}/rollback",
             json={"target_version_id": versions[0]["id"], "reason": "the first was better"},

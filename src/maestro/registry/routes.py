@@ -517,6 +517,21 @@ def delete_version_tag(
 
 # --- model cards ---------------------------------------------------------------------------
 CARD_ERRORS = error_responses(401, 403, 404, 422, 429)
+CARD_READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The card as JSON (the default), or a Markdown document with `format=markdown`.",
+        "content": {"text/markdown": {"schema": {"type": "string"}}},
+    },
+    **CARD_ERRORS,
+}
+CARD_PDF_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The card as a PDF document.",
+        "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **CARD_ERRORS,
+    **error_responses(503),
+}
 
 
 def _download(content: bytes | str, media_type: str, filename: str) -> Response:
@@ -545,13 +560,7 @@ def list_model_version_stages(
 @router.get(
     "/models/{model_id}/versions/{version}/card",
     response_model=Envelope[schemas.ModelCard],
-    responses={
-        200: {
-            "description": "The card as JSON (the default), or a Markdown document with `format=markdown`.",
-            "content": {"text/markdown": {"schema": {"type": "string"}}},
-        },
-        **CARD_ERRORS,
-    },
+    responses=CARD_READ_RESPONSES,
 )
 def get_model_card(
     model_id: ModelId,
@@ -595,14 +604,7 @@ def update_model_card(
 @router.post(
     "/models/{model_id}/versions/{version}/card/generate",
     response_class=Response,
-    responses={
-        200: {
-            "description": "The card as a PDF document.",
-            "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
-        },
-        **CARD_ERRORS,
-        **error_responses(503),
-    },
+    responses=CARD_PDF_RESPONSES,
 )
 def generate_model_card(
     model_id: ModelId,

@@ -20,7 +20,7 @@ from maestro.errors import ValidationFailed
 from maestro.registry import labels, routes, schemas, scope, service
 from maestro.registry.filters import MAX_FILTER_LENGTH
 from maestro.registry.models import RegisteredModel
-from maestro.registry.routes import CARD_ERRORS, ModelId, VersionPath
+from maestro.registry.routes import CARD_ERRORS, CARD_PDF_RESPONSES, CARD_READ_RESPONSES, ModelId, VersionPath
 from maestro.registry.schemas import (
     ModelPatch,
     ModelRead,
@@ -222,13 +222,7 @@ CARD = "/model-cards/{model_id}/versions/{version}"
 @router.get(
     CARD,
     response_model=Envelope[schemas.ModelCard],
-    responses={
-        200: {
-            "description": "The card as JSON (the default), or a Markdown document with `format=markdown`.",
-            "content": {"text/markdown": {"schema": {"type": "string"}}},
-        },
-        **CARD_ERRORS,
-    },
+    responses=CARD_READ_RESPONSES,
 )
 def read_model_card(
     model_id: ModelId,
@@ -247,14 +241,7 @@ def read_model_card(
 @router.post(
     f"{CARD}/generate",
     response_class=Response,
-    responses={
-        200: {
-            "description": "The card as a PDF document.",
-            "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
-        },
-        **CARD_ERRORS,
-        **error_responses(503),
-    },
+    responses=CARD_PDF_RESPONSES,
 )
 def render_model_card(
     model_id: ModelId,
