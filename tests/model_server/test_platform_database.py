@@ -76,7 +76,7 @@ def test_the_log_names_a_database_server_without_its_password(
 ) -> None:
     from maestro.config import Settings
     from maestro.db import Database
-    from maestro.model_server.sources import platform_unavailable
+    from maestro.model_server.auth import platform_unavailable
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]

@@ -23,6 +23,8 @@ session stops working within that time, and an expired one at its expiry.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -34,13 +36,31 @@ from maestro.errors import AuthenticationRequired, ServiceUnavailable
 from maestro.identity.authn import ORGANIZATION_HEADER, CredentialCache, authenticate, credentials
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.rbac import Action, Principal, Target, can
-from maestro.model_server.sources import platform_unavailable
 
 if TYPE_CHECKING:
     from maestro.config import Settings
     from maestro.db import Database
 
 PURPOSE = "to check this credential"  # what the platform database was asked for
+logger = logging.getLogger("maestro.model_server")
+
+
+def platform_unavailable(database: Database, purpose: str) -> str:
+    """What a caller is told when the platform database fails. The log names the database
+    (its URL, password hidden) for the operator; the caller, who may not even be
+    authenticated yet, learns no path or host."""
+    if database.file is not None and not os.path.exists(database.file):
+        logger.warning(
+            "the platform database %s does not exist (the model server opens it, never creates it); "
+            "set MAESTRO_DATABASE_URL or MAESTRO_DATA_DIR to the platform's",
+            database.url,
+        )
+        return (
+            "The platform database does not exist (the model server opens it, never creates it); "
+            "the model server's log names the database it looked for"
+        )
+    logger.warning("the platform database %s cannot be reached %s", database.url, purpose)
+    return f"The platform database cannot be reached {purpose}; try again later"
 
 
 def _digest(value: str) -> str:

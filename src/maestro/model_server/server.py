@@ -52,7 +52,7 @@ from maestro.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from maestro.model_server.auth import Authenticator, Caller
+from maestro.model_server.auth import Authenticator, Caller, platform_unavailable
 from maestro.model_server.jobs import AsyncJobs
 from maestro.model_server.metrics import ServerMetrics
 from maestro.model_server.sources import (
@@ -61,7 +61,6 @@ from maestro.model_server.sources import (
     check_served_name,
     file_source,
     parse_preload,
-    platform_unavailable,
     read_model_file,
     registry_source,
     resolve_model_file,

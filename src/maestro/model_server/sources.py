@@ -10,7 +10,6 @@ the directory. Anything else is refused before a byte is read.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import stat
@@ -25,12 +24,9 @@ from maestro.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied
 from maestro.identity.rbac import Target, authorize
 from maestro.runtimes.errors import ModelLoadError
 
-logger = logging.getLogger("maestro.model_server")
-
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from maestro.db import Database
     from maestro.model_server.auth import Caller
 
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,24 +48,6 @@ class Source:
     project_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     model_schema: Mapping[str, Any] | None = None
-
-
-def platform_unavailable(database: Database, purpose: str) -> str:
-    """What a caller is told when the platform database fails. The log names the database
-    (its URL, password hidden) for the operator; the caller, who may not even be
-    authenticated yet, learns no path or host."""
-    if database.file is not None and not os.path.exists(database.file):
-        logger.warning(
-            "the platform database %s does not exist (the model server opens it, never creates it); "
-            "set MAESTRO_DATABASE_URL or MAESTRO_DATA_DIR to the platform's",
-            database.url,
-        )
-        return (
-            "The platform database does not exist (the model server opens it, never creates it); "
-            "the model server's log names the database it looked for"
-        )
-    logger.warning("the platform database %s cannot be reached %s", database.url, purpose)
-    return f"The platform database cannot be reached {purpose}; try again later"
 
 
 def check_served_name(name: Any, field_name: str = "model_name") -> str:
