@@ -166,9 +166,7 @@ def test_what_an_api_key_does_is_shown_by_its_name_and_prefix(
     model = register(client, world)
     first = upload(client, model, world.developer.headers, onnx_file(tiny.first))["id"]
     second = upload(client, model, world.developer.headers, onnx_file(tiny.second))["id"]
-    key = factory.api_key(
-        world.org, {"deployments": ["read", "write"], "models": ["read"]}, name="release pipeline"
-    )
+    key = factory.api_key(world.org, {"deployments": ["read", "write"], "models": ["read"]})
     headers = {"X-API-Key": key}
     created = deploy(client, world, "churn-api", first, headers=headers)
     assert created.status_code == 201, created.text
@@ -177,20 +175,19 @@ def test_what_an_api_key_does_is_shown_by_its_name_and_prefix(
 
     detail = client.get(url, headers=world.developer.headers).json()["data"]
     listed = client.get(f"/api/v1/organizations/{world.org}/api-keys", headers=world.admin.headers)
-    prefix = next(item["prefix"] for item in listed.json()["data"] if item["name"] == "release pipeline")
-    assert key.startswith(prefix)
+    name, prefix = next(
+        (item["name"], item["prefix"]) for item in listed.json()["data"] if key.startswith(item["prefix"])
+    )
     assert detail["created_by"]["kind"] == "api_key"
-    assert (detail["created_by"]["name"], detail["created_by"]["prefix"]) == ("release pipeline", prefix)
+    assert (detail["created_by"]["name"], detail["created_by"]["prefix"]) == (name, prefix)
     assert [
         (entry["actor"]["type"], entry["actor"]["name"], entry["actor"]["prefix"])
         for entry in detail["history"]
-    ] == [("api_key", "release pipeline", prefix)] * 2
+    ] == [("api_key", name, prefix)] * 2
     logs = client.get(f"{url}/logs", headers=world.developer.headers).json()["data"]
     messages = [entry["message"] for entry in logs]
-    assert any(message.startswith(f"Created by API key release pipeline ({prefix})") for message in messages)
-    assert any(
-        f"by API key release pipeline ({prefix})" in message for message in messages if "Deployed" in message
-    )
+    assert any(message.startswith(f"Created by API key {name} ({prefix})") for message in messages)
+    assert any(f"by API key {name} ({prefix})" in message for message in messages if "Deployed" in message)
 
     # A person is still named as before.
     person = deploy(client, world, "churn-two", first, headers=world.developer.headers).json()["data"]
