@@ -235,3 +235,25 @@ def test_serve_on_a_busy_port_says_so_in_one_line(
     assert "MAESTRO_PORT=" in lines[0] and "--port" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (fresh / "maestro.db").exists()  # refused before migrating anything
+
+
+def test_commands_on_a_database_that_is_not_there_say_so_and_create_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'nowhere' / 'maestro.db'}")
+    for command in (
+        ("users", "create", "--email", "ada@example.com", "--password", "long enough"),
+        ("admin", "users"),
+    ):
+        result = maestro(*command, settings=settings)
+        assert result.returncode == 1, result.stdout
+        assert "has no Maestro tables yet: run `maestro db upgrade`" in result.stderr
+        assert str(tmp_path / "nowhere" / "maestro.db") in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+    unreachable = make_settings(database_url="postgresql+psycopg://maestro:hunter2@127.0.0.1:9/platform")
+    result = maestro("admin", "users", settings=unreachable)
+    assert result.returncode == 1
+    assert "cannot be reached" in result.stderr and "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -279,9 +279,28 @@ def jobs_show(job_id: str) -> None:
 
 
 def _database(settings: Any) -> Any:
-    from maestro.db import Database
+    """The database of the commands that work on it directly. It must exist and be
+    migrated: a missing or empty one is said in one line, and never created here."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return Database(settings)
+    from maestro.db import Database, shown_url
+    from maestro.migrations import current_revision
+
+    url = settings.resolved_database_url
+    try:
+        revision = current_revision(url)
+    except SQLAlchemyError as exc:
+        typer.secho(f"The database {shown_url(url)} cannot be reached: {exc.orig or exc}", err=True, fg="red")
+        raise typer.Exit(1) from exc
+    if revision is None:
+        typer.secho(
+            f"The database {shown_url(url)} has no Maestro tables yet: run `maestro db upgrade` "
+            "(or `make serve`) with the same settings first",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(1)
+    return Database(settings, create=False)
 
 
 def _checked_password(password: str) -> str:
