@@ -290,7 +290,8 @@ def _database(settings: Any) -> Any:
     try:
         revision = current_revision(url)
     except SQLAlchemyError as exc:
-        typer.secho(f"The database {shown_url(url)} cannot be reached: {exc.orig or exc}", err=True, fg="red")
+        reason = getattr(exc, "orig", None) or exc
+        typer.secho(f"The database {shown_url(url)} cannot be reached: {reason}", err=True, fg="red")
         raise typer.Exit(1) from exc
     if revision is None:
         typer.secho(
