@@ -17,7 +17,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sqlalchemy import select
 
-from maestro.deployments.models import PredictionLog
+from maestro.deployments.predictions import logged_predictions
 from maestro.events.models import OutboxEvent
 from maestro.identity.models import AuditLog
 from tests.deployments.platform import (
@@ -201,7 +201,7 @@ class TestDeployingAScikitLearnModel:
         assert row["request_count_24h"] == 4
         assert row["last_request_at"] is not None
         with factory.database.session(write=False) as session:
-            logged = list(session.scalars(select(PredictionLog).order_by(PredictionLog.created_at)))
+            logged = logged_predictions(session, deployment)
         assert len(logged) == 4
         assert logged[0].inputs[0] == dict(zip(FEATURES, rows[0].tolist(), strict=True))
         assert logged[0].outputs[0]["prediction"] == tiny.first.predict(rows[:1])[0]

@@ -22,8 +22,9 @@ from sqlalchemy import event, func, select
 
 from maestro.app import create_app
 from maestro.config import Settings
+from maestro.db import new_id
 from maestro.deployments.models import PredictionLog
-from maestro.deployments.predictions import logged_predictions
+from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served, logged_predictions
 from maestro.identity.models import AuditLog
 from maestro.jobs.models import Job
 from tests.deployments.platform import (
@@ -309,6 +310,48 @@ class TestPredictionLog:
         assert all(p.status_code == 200 and p.row_count == 1 and len(p.outputs) == 1 for p in everything)
         assert len(later) >= 3 and all(p.created_at >= everything[2].created_at for p in later)
         assert before == [] and elsewhere == []
+
+    def test_logged_rows_read_back_as_sent_with_missing_values_as_null(
+        self, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]
+    ) -> None:
+        """What the log keeps of a request is what came and went: a missing value (NaN in
+        the matrix) reads back as null, the outputs as the response wrote them, and a
+        request over ``MAX_LOGGED_ROWS`` is cut there but counted whole."""
+        names = tuple(FEATURES)
+        small = np.array([[1.0, 2.5, -3.0, 0.5], [0.1, np.nan, 0.3, 0.0]])
+        big = np.arange(4 * (MAX_LOGGED_ROWS + 5), dtype=float).reshape(-1, 4)
+        recorder = app.state.serving.recorder
+        for matrix in (small, big):
+            outputs = [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * len(matrix)
+            recorder.record(
+                Served(
+                    deployment_id=live["id"],
+                    organization_id=world.org,
+                    version_id=live["model_version"]["id"],
+                    request_id="req",
+                    prediction_id=new_id("pred"),
+                    status_code=200,
+                    latency_ms=1.0,
+                    rows=len(matrix),
+                    names=names,
+                    matrix=matrix,
+                    outputs=outputs,
+                    outputs_json=orjson.dumps(outputs),
+                ),
+                log=True,
+            )
+        flush(app)
+        with factory.database.session(write=False) as session:
+            first, second = logged_predictions(session, live["id"])
+        assert first.inputs == [
+            dict(zip(names, [1.0, 2.5, -3.0, 0.5], strict=True)),
+            dict(zip(names, [0.1, None, 0.3, 0.0], strict=True)),
+        ]
+        assert first.outputs == [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * 2
+        assert (second.row_count, len(second.inputs), len(second.outputs)) == (MAX_LOGGED_ROWS + 5,) + (
+            MAX_LOGGED_ROWS,
+        ) * 2
+        assert second.inputs[-1] == dict(zip(names, big[MAX_LOGGED_ROWS - 1].tolist(), strict=True))
 
     def test_failures_are_logged_without_their_input(
         self, client: TestClient, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]

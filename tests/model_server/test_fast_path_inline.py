@@ -14,7 +14,6 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from maestro.deployments.predictions import Served, _serialisable, _serialised_log_row
 from maestro.model_server.auth import Caller
 from maestro.runtimes.errors import InputError
 from maestro.runtimes.parallel import SPLIT_MIN_ROWS, RowSplitter, splittable
@@ -174,35 +173,3 @@ def test_the_model_server_batch_with_a_split_model_matches_the_runtime(
     assert [p["prediction"] for p in body["predictions"]] == labels.tolist()
     assert [p["probabilities"] for p in body["predictions"]] == proba.tolist()
     assert [p["prediction_label"] for p in body["predictions"]] == [str(v) for v in labels.tolist()]
-
-
-def _served(matrix: np.ndarray | None, outputs: list[Any] | None) -> Served:
-    return Served(
-        deployment_id="dep_x",
-        organization_id="org_x",
-        version_id="ver_x",
-        request_id="req",
-        prediction_id="pred_x",
-        status_code=200 if outputs is not None else 500,
-        latency_ms=1.0,
-        rows=0 if matrix is None else len(matrix),
-        names=tuple(f"f{i}" for i in range(3)),
-        matrix=matrix,
-        outputs=outputs,
-    )
-
-
-def test_prediction_logs_are_serialised_as_the_json_type_would_store_them() -> None:
-    matrix = np.array([[1.0, 2.5, -3.0], [0.1, 0.2, 0.3]])
-    outputs = [{"prediction": 1, "probabilities": {"0": 0.25, "1": 0.75}, "confidence": 0.75}] * 2
-    row = _serialised_log_row(_served(matrix, outputs))
-    assert row is not None
-    assert orjson.loads(row["inputs_json"]) == [
-        dict(zip(("f0", "f1", "f2"), r, strict=True)) for r in matrix.tolist()
-    ]
-    assert orjson.loads(row["outputs_json"]) == outputs
-    # Missing values and failures keep the JSON type's own serialisation.
-    holes = matrix.copy()
-    holes[1, 2] = np.nan
-    assert not _serialisable(_served(holes, outputs))
-    assert _serialised_log_row(_served(None, None)) is None

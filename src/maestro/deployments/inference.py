@@ -260,9 +260,11 @@ async def predict(
         _record_failure(serving, live, prediction_id, request_id, started, 500, type(exc).__name__, log)
         raise
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    # Written once: the response embeds these bytes and the prediction log keeps them.
+    outputs_json = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
     payload = {
         "success": True,
-        "predictions": outputs,
+        "predictions": orjson.Fragment(outputs_json),
         "model_info": {
             "deployment": live.name,
             "model_id": live.model_id,
@@ -287,6 +289,7 @@ async def predict(
             names=runtime.input_schema.names,
             matrix=matrix,
             outputs=outputs,
+            outputs_json=outputs_json,
         ),
         log=log,
     )
@@ -295,7 +298,7 @@ async def predict(
     metrics.predictions.labels(live.name, version, "success").inc()
     metrics.predicted_rows.labels(live.name, version).inc(rows)
     metrics.prediction_seconds.labels(live.name, version).observe(latency_ms / 1000)
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON_MEDIA)
+    return Response(orjson.dumps(payload), media_type=JSON_MEDIA)
 
 
 def _record_failure(

@@ -117,8 +117,10 @@ class DeploymentEvent(IdMixin, Base):
 
 class PredictionLog(IdMixin, Base):
     """A served request (sampled): what came in, what went out, how long it took.
-    ``inputs`` are records of named features and ``outputs`` the predictions, both cut
-    to the first ``MAX_LOGGED_ROWS`` rows; ``row_count`` is the request's real size."""
+    ``inputs`` are the named features as ``{"columns": [...], "rows": [[...]]}`` (older
+    logs: a list of records; ``predictions.logged_predictions`` reads both) and
+    ``outputs`` the predictions, both cut to the first ``MAX_LOGGED_ROWS`` rows;
+    ``row_count`` is the request's real size."""
 
     __tablename__ = "prediction_logs"
     id_prefix = "pred"

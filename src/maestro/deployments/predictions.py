@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -68,6 +67,7 @@ class Served:
     names: tuple[str, ...] | None = None  # the features, in the matrix's column order
     matrix: np.ndarray | None = None
     outputs: list[dict[str, Any]] | None = None
+    outputs_json: bytes | None = None  # ``outputs`` as the response wrote them, to log as they are
     error: str | None = None
     at: float = field(default_factory=time.time)
 
@@ -227,20 +227,18 @@ class PredictionRecorder:
                 with self.database.session() as session:
                     # A deployment deleted meanwhile takes its rows with it.
                     live = set(session.scalars(select(Deployment.id).where(Deployment.id.in_(ids))))
-                    serialised, plain = [], []
+                    answered, plain = [], []
                     for served in pending:
                         if served.deployment_id in live:
-                            row = _serialised_log_row(served)
-                            if row is not None:
-                                serialised.append(row)
+                            if _answered(served):
+                                answered.append(served)
                             else:
                                 plain.append(_log_row(served))
-                    if serialised:
-                        dialect = session.get_bind().dialect.name
-                        session.execute(_serialised_insert(dialect), serialised)
+                    if answered:
+                        _bulk_insert(session, answered)
                     if plain:
                         session.execute(insert(PredictionLog), plain)
-                    logs = serialised + plain
+                    logs = len(answered) + len(plain)
                     minute_rows = [
                         _minute_row(deployment, minute, aggregate)
                         for (deployment, minute), aggregate in minutes.items()
@@ -266,7 +264,7 @@ class PredictionRecorder:
                                 .values(last_request_at=when, updated_at=Deployment.updated_at)
                                 .execution_options(synchronize_session=False)
                             )
-                return FlushReport(logs=len(logs), minutes=len(minute_rows), events=len(event_rows))
+                return FlushReport(logs=logs, minutes=len(minute_rows), events=len(event_rows))
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -294,41 +292,77 @@ def _log_row(served: Served) -> dict[str, Any]:
     }
 
 
-def _serialisable(served: Served) -> bool:
-    """Whether the log is written as JSON text serialised here (orjson): a successful
-    request with finite inputs. Others (errors, inputs with missing values, which the
-    JSON type writes as NaN) take the ORM's JSON type as before."""
-    return (
-        served.matrix is not None
-        and served.names is not None
-        and served.outputs is not None
-        and bool(np.isfinite(served.matrix[:MAX_LOGGED_ROWS]).all())
-    )
+def _answered(served: Served) -> bool:
+    """A request answered with predictions: logged by ``_bulk_insert``. Failures carry
+    error text and no rows, and take the ORM's insert."""
+    return served.matrix is not None and served.names is not None and served.outputs is not None
 
 
-def _serialised_log_row(served: Served) -> dict[str, Any] | None:
-    """``_log_row`` with ``inputs`` and ``outputs`` as JSON text. The JSON type's own
-    serialiser (the standard library's) spends far longer on a 1,000-row log than the
-    request that produced it took; orjson writes the same values in a tenth of the time."""
-    if not _serialisable(served):
-        return None
-    row = _log_row(served)
-    try:
-        row["inputs_json"] = orjson.dumps(row.pop("inputs")).decode()
-        row["outputs_json"] = orjson.dumps(row.pop("outputs")).decode()
-    except TypeError:  # a value orjson does not take: leave it to the JSON type
-        return None
-    return row
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S"
 
 
-def _serialised_insert(dialect: str) -> Any:
-    """INSERT of prediction logs whose JSON columns are bound as text (cast to JSONB on
-    PostgreSQL; SQLite stores JSON as text)."""
-    inputs: Any = bindparam("inputs_json", type_=Text())
-    outputs: Any = bindparam("outputs_json", type_=Text())
+def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
+    """The answered requests of a flush as rows of ``_BULK_COLUMNS``, their JSON already
+    text: inputs kept as columns and rows (``{"columns": [...], "rows": [[...]]}``)
+    straight from the matrix, missing values as null; outputs as the response wrote them."""
+    rows = []
+    for served in answered:
+        assert served.matrix is not None
+        assert served.outputs is not None
+        inputs = orjson.dumps(
+            {"columns": served.names, "rows": served.matrix[:MAX_LOGGED_ROWS]},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        outputs = served.outputs_json
+        if outputs is None or served.rows > MAX_LOGGED_ROWS:
+            outputs = orjson.dumps(served.outputs[:MAX_LOGGED_ROWS], option=orjson.OPT_SERIALIZE_NUMPY)
+        at = _utc(served.at)
+        rows.append(
+            (
+                served.prediction_id,
+                served.organization_id,
+                served.deployment_id,
+                served.version_id,
+                served.request_id,
+                inputs.decode(),
+                outputs.decode(),
+                served.rows,
+                served.latency_ms,
+                served.status_code,
+                # As SQLAlchemy stores a UTC time in SQLite; PostgreSQL takes the time itself.
+                f"{at.strftime(_SQLITE_TIME)}.{at.microsecond:06d}" if dialect == "sqlite" else at,
+            )
+        )
+    return rows
+
+
+_BULK_COLUMNS = (
+    "id",
+    "organization_id",
+    "deployment_id",
+    "model_version_id",
+    "request_id",
+    "inputs",
+    "outputs",
+    "row_count",
+    "latency_ms",
+    "status_code",
+    "created_at",
+)
+
+
+def _bulk_insert(session: Session, answered: list[Served]) -> None:
+    """Insert the answered requests' logs through the driver itself: the ORM's work per
+    row (bind processing, JSON encoding) would cost more than the request did."""
+    dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        inputs, outputs = cast(inputs, JSONB), cast(outputs, JSONB)
-    return insert(PredictionLog.__table__).values(inputs=inputs, outputs=outputs)
+        marks = ["%s"] * len(_BULK_COLUMNS)
+        marks[5] = marks[6] = "%s::jsonb"
+    else:
+        marks = ["?"] * len(_BULK_COLUMNS)
+    columns = ", ".join(_BULK_COLUMNS)
+    statement = f"INSERT INTO prediction_logs ({columns}) VALUES ({', '.join(marks)})"  # noqa: S608 - constants
+    session.connection().exec_driver_sql(statement, _bulk_rows(answered, dialect))
 
 
 def _minute_row(deployment_id: str, minute: int, aggregate: _Minute) -> dict[str, Any]:
@@ -358,6 +392,15 @@ def _event_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- reading the log ------------------------------------------------------------------------------
+def _records(inputs: Any) -> list[Any]:
+    """Logged inputs as records of named features, whether kept as columns and rows or
+    (logs written before) as records."""
+    if isinstance(inputs, dict):
+        columns = inputs.get("columns") or []
+        return [dict(zip(columns, row, strict=True)) for row in inputs.get("rows") or []]
+    return inputs or []
+
+
 @dataclass(frozen=True)
 class LoggedPrediction:
     """One logged request, as other domains see it (monitoring reads these, never the
@@ -409,7 +452,7 @@ def logged_predictions(
             deployment_id=row.deployment_id,
             model_version_id=row.model_version_id,
             request_id=row.request_id,
-            inputs=row.inputs or [],
+            inputs=_records(row.inputs),
             outputs=row.outputs or [],
             row_count=row.row_count,
             latency_ms=row.latency_ms,
