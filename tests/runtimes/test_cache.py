@@ -171,6 +171,18 @@ class TestLimits:
         cache.discard("v3")
         assert "v3" not in cache
 
+    def test_a_change_learnt_late_never_undoes_a_newer_swap(self) -> None:
+        cache, _ = make(max_models=1)
+        cache.swap("churn", "v1")
+        cache.prepare("v2")  # another process deployed v2 while this one served v1
+        assert cache.move("churn", "v2", serving="v1")
+        assert cache.key_for("churn") == "v2"
+        cache.prepare("v3")  # learnt late: meanwhile this process deployed v4
+        cache.swap("churn", "v4")
+        assert not cache.move("churn", "v3", serving="v2")
+        assert cache.key_for("churn") == "v4"
+        assert "v3" not in cache  # let go, not kept as if still to be swapped in
+
 
 class Held:
     """Holds a load until ``waiters`` other requests wait on it (the cache's ``on_wait``

@@ -4,8 +4,13 @@ every prediction.
 - **The directory**: deployment name (within an organisation) → the deployment, its
   version and project. Filled from the database on first use; an entry is dropped when
   a deployment changes in this process, when the generation counter shows a change by
-  another process (checked every ``MAESTRO_DEPLOYMENT_CHECK_SECONDS`` by the background
-  thread), and at the latest a minute after it was read.
+  another process (checked every ``MAESTRO_DEPLOYMENT_CHECK_SECONDS`` by a thread of its
+  own), and at the latest a minute after it was read.
+- **Following another process's deploys**: when the generation counter moves, the new
+  versions of the deployments this process has loaded are loaded and warmed here before
+  their names move and the directory is dropped, so traffic here too moves only to a
+  warm model. A version that fails to load here is logged, and the deployment keeps
+  serving the old one until its directory entry is read again (a minute at most).
 - **The model cache** (``ModelCache``), where each deployment's id is a live name
   pointing at the version it serves. A deploy prepares (loads and warms) the new version
   before the name moves, so no request fails during it. Versions load through
@@ -25,7 +30,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -40,7 +45,7 @@ from maestro.deployments.predictions import PredictionRecorder
 from maestro.identity.credential_cache import ShortMemory
 from maestro.registry import service as registry
 from maestro.registry.models import ModelVersion, RegisteredModel
-from maestro.runtimes.base import Runtime
+from maestro.runtimes.base import Runtime, brief
 from maestro.runtimes.cache import ModelCache
 from maestro.runtimes.errors import ModelLoadError
 from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck
@@ -111,6 +116,8 @@ class ServingState:
         self._generation: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._checking = threading.Lock()  # one generation check at a time
         self._warmer: threading.Thread | None = None
         self.warm = threading.Event()  # set once the active deployments are loaded (or failed to)
         self.listed = threading.Event()  # set once the deployments to warm are known
@@ -162,9 +169,12 @@ class ServingState:
             for name in names:
                 self._directory.pop((organization_id, name), None)
 
-    def forget_all(self) -> None:
+    def forget_all(self, *, but: Collection[str] = ()) -> None:
+        """Drop every directory entry except those of the deployments ``but`` names."""
         with self._lock:
-            self._directory.clear()
+            for key, (live, _) in list(self._directory.items()):
+                if live is None or live.id not in but:
+                    del self._directory[key]
 
     # --- models ------------------------------------------------------------------------------------
     def _load(self, version_id: str) -> Runtime:
@@ -314,17 +324,78 @@ class ServingState:
 
     # --- the background thread -------------------------------------------------------------------
     def check_generation(self) -> bool:
-        """Drop the directory when another process changed a deployment; True if so."""
+        """When another process changed a deployment (the generation counter moved),
+        follow its deploys (``_follow_deploys``), then drop the directory so the next
+        requests read the deployments as they now are; True if something changed."""
+        with self._checking:
+            with self.database.session(write=False) as session:
+                value = session.scalar(
+                    select(ServingGeneration.value).where(ServingGeneration.id == GENERATION_ROW)
+                )
+            value = int(value or 0)
+            changed = self._generation is not None and value != self._generation
+            if changed:
+                self.forget_all(but=self._follow_deploys())
+            self._generation = value
+            return changed
+
+    def _follow_deploys(self) -> set[str]:
+        """Load and warm the version each deployment this process has loaded now serves,
+        where that changed, then move its name, while the old version keeps answering:
+        the most recently changed first, as many as the cache holds. Returns the
+        deployments whose new version failed to load here; they keep the old one."""
+        served = self.cache.names()
+        with self._lock:
+            known = [live for live, _ in self._directory.values() if live is not None]
+        was = {live.id: live.version_id for live in known if live.version_id in self.cache}
+        was.update(served)
+        if not was:
+            return set()
         with self.database.session(write=False) as session:
-            value = session.scalar(
-                select(ServingGeneration.value).where(ServingGeneration.id == GENERATION_ROW)
-            )
-        value = int(value or 0)
-        changed = self._generation is not None and value != self._generation
-        self._generation = value
-        if changed:
-            self.forget_all()
-        return changed
+            rows = session.execute(
+                select(Deployment.id, Deployment.model_version_id, ModelVersion.version)
+                .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
+                .where(Deployment.id.in_(was), Deployment.status == DeploymentStatus.active)
+                .order_by(Deployment.updated_at.desc())
+            ).all()
+        moved = [
+            (deployment, version_id, version)
+            for deployment, version_id, version in rows
+            if version_id != was[deployment]
+        ]
+        failed: set[str] = set()
+        for deployment_id, version_id, version in moved[: self.cache.max_models]:
+            assert version_id is not None  # joined so
+            try:
+                self.cache.prepare(version_id)
+            except Exception as exc:
+                self._not_followed(deployment_id, version_id, version, exc)
+                failed.add(deployment_id)
+                continue
+            try:
+                self.cache.move(deployment_id, version_id, serving=served.get(deployment_id))
+            except Exception as exc:
+                self.cache.discard(version_id)
+                self._not_followed(deployment_id, version_id, version, exc)
+                failed.add(deployment_id)
+        return failed
+
+    def _not_followed(self, deployment_id: str, version_id: str, version: str, exc: Exception) -> None:
+        if isinstance(exc, ModelLoadError):
+            reason, message = exc.reason, exc.message
+            logger.warning("deployment %s: version %s not loaded here: %s", deployment_id, version, message)
+        else:
+            reason, message = "unexpected", brief(exc)
+            logger.exception("deployment %s: version %s not loaded here", deployment_id, version)
+        self.recorder.event(
+            deployment_id,
+            LogLevel.error,
+            "load_failed",
+            f"Version {version} could not be loaded in this process: {message}; the version it "
+            "served here keeps serving until the deployment is read again (a minute at most)",
+            version_id=version_id,
+            reason=reason,
+        )
 
     def start(self) -> None:
         if self._thread is not None:
@@ -333,6 +404,8 @@ class ServingState:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="maestro-serving", daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch, name="maestro-deployments", daemon=True)
+        self._watcher.start()
         self._warmer = threading.Thread(target=self._warm_up, name="maestro-warmup", daemon=True)
         self._warmer.start()
 
@@ -397,6 +470,9 @@ class ServingState:
             self.recorder.wake.set()
             thread.join(timeout=30)
             gc.unfreeze()
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)  # a model it is loading is closed with the cache below
+            self._watcher = None
         if self._warmer is not None:
             self._warmer.join(timeout=30)  # a model it is loading is closed with the cache below
             self._warmer = None
@@ -405,19 +481,24 @@ class ServingState:
         self.cache.close()  # model processes end with the server
 
     def _run(self) -> None:
+        """Write the served requests every ``prediction_log_flush_seconds``, or sooner
+        once a batch is ready."""
         flush_every = self.settings.prediction_log_flush_seconds
-        check_every = self.settings.deployment_check_seconds
-        next_flush = next_check = time.monotonic()
         while not self._stop.is_set():
-            now = time.monotonic()
             try:
-                if now >= next_check:
-                    next_check = now + check_every
-                    self.check_generation()
-                if now >= next_flush or self.recorder.wake.is_set():
-                    self.recorder.wake.clear()
-                    next_flush = now + flush_every
-                    self.recorder.flush(everything=False)
+                self.recorder.flush(everything=False)
             except Exception:
                 logger.exception("serving background work failed")
-            self.recorder.wake.wait(max(min(next_flush, next_check) - time.monotonic(), 0.01))
+            self.recorder.wake.wait(flush_every)
+            self.recorder.wake.clear()
+
+    def _watch(self) -> None:
+        """Check the generation counter every ``deployment_check_seconds``: a thread of its
+        own, as following another process's deploy may load models."""
+        while True:
+            try:
+                self.check_generation()
+            except Exception:
+                logger.exception("checking for deployments changed elsewhere failed")
+            if self._stop.wait(self.settings.deployment_check_seconds):
+                return

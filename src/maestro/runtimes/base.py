@@ -41,6 +41,7 @@ MEMORY_FACTORS = {
     ModelFormat.xgboost_json: 1.0,
     ModelFormat.lightgbm_txt: 1.0,
 }
+WARM_UP_ROWS = 64  # the warm-up batch
 BYTE_LIMIT_MESSAGE = "The model file is {size:,} bytes; at most {limit:,} bytes can be loaded"
 
 
@@ -141,14 +142,16 @@ class Runtime(ABC):
         return labels, self.predict_proba(matrix) if self.supports_proba else None
 
     def warm_up(self) -> None:
-        """One prediction, so the first request pays no first-call costs: on a plausible
-        row, or on zeros or ones for a model whose inputs have a narrower domain (counts,
-        categories)."""
-        plausible = sample_matrix(self.input_schema, 1)
+        """The first predictions, so the first request pays no first-call costs: one row,
+        then a batch of ``WARM_UP_ROWS`` (a batch takes paths a single row does not), on
+        plausible rows, or on zeros or ones for a model whose inputs have a narrower
+        domain (counts, categories)."""
+        plausible = sample_matrix(self.input_schema, WARM_UP_ROWS)
         failure: ServingError | None = None
-        for row in (plausible, np.zeros_like(plausible), np.ones_like(plausible)):
+        for rows in (plausible, np.zeros_like(plausible), np.ones_like(plausible)):
             try:
-                self.predict_with_proba(row)
+                self.predict_with_proba(rows[:1])
+                self.predict_with_proba(rows)
                 return
             except ServingError as exc:
                 failure = failure or exc

@@ -15,6 +15,8 @@
 - Hot swap: ``prepare(key)`` loads and warms a new version while the old one keeps
   serving; ``swap(name, key)`` then moves the name in one step. A request that already
   holds the old runtime finishes on it, so a deploy or rollback never fails a request.
+  ``move(name, key, serving=old)`` is the same swap made only while the name still
+  serves ``old``: for a change another process made, learnt after the fact.
 
 A failed load (``ModelLoadError``: the file itself is the problem) is remembered for
 ``failure_ttl`` seconds, so a broken model is not reloaded by every request;
@@ -228,19 +230,28 @@ class ModelCache:
         runtime = self.get(key)
         try:
             with self._lock:
-                if key not in self._entries:
-                    self._insert(key, runtime)
-                if self._names.get(name) != key:
-                    self._check_room(key, replacing=name)
-                previous = self._names.get(name)
-                self._names[name] = key
-                self._release_prepared(key)
-                self._stats.swaps += 1
-                self._evict_over_limits(keep=key)
+                previous = self._swap_in(name, key, runtime)
         finally:
             self._close_dropped()
         logger.info("model name %s now serves %s (was %s)", name, key, previous)
         return previous
+
+    def move(self, name: str, key: str, *, serving: str | None) -> bool:
+        """Swap a prepared ``key`` in for ``name`` only while the name still serves
+        ``serving`` (None: nothing), else let the preparation go; True if it moved. For a
+        change learnt late, so that it never undoes a newer swap made meanwhile."""
+        runtime = self.get(key)
+        try:
+            with self._lock:
+                if self._names.get(name) != serving:
+                    self._release_prepared(key)
+                    self._evict_over_limits()
+                    return False
+                self._swap_in(name, key, runtime)
+        finally:
+            self._close_dropped()
+        logger.info("model name %s now serves %s (was %s)", name, key, serving)
+        return True
 
     def release(self, name: str) -> str | None:
         """Stop serving ``name``; its runtime stays cached but may now be evicted."""
@@ -305,6 +316,18 @@ class ModelCache:
         self._entries[key] = _Entry(runtime, runtime.memory_bytes, now, now)
         self._total_bytes += runtime.memory_bytes
         self._evict_over_limits(keep=key)
+
+    def _swap_in(self, name: str, key: str, runtime: Runtime) -> str | None:
+        if key not in self._entries:
+            self._insert(key, runtime)
+        if self._names.get(name) != key:
+            self._check_room(key, replacing=name)
+        previous = self._names.get(name)
+        self._names[name] = key
+        self._release_prepared(key)
+        self._stats.swaps += 1
+        self._evict_over_limits(keep=key)
+        return previous
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key)
