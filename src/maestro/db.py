@@ -14,10 +14,11 @@ sessions without that budget.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import logging
 import os
-import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,12 +62,39 @@ NAMING_CONVENTION = {
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
-def _base32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+
+
+class _Entropy:
+    """The operating system's random bytes, fetched 4 KiB at a time: one system call for
+    hundreds of ids instead of one each (ids are minted on every prediction). A forked
+    child forgets what its parent fetched, so no two processes hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._at + count > len(self._buffer):
+                self._buffer, self._at = os.urandom(max(4096, count)), 0
+            start = self._at
+            self._at += count
+            return self._buffer[start : self._at]
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._at = b"", 0
+
+
+_entropy = _Entropy()
+os.register_at_fork(after_in_child=_entropy.forget)
+
+
+def random_bytes(count: int) -> bytes:
+    """``count`` bytes from the operating system's cryptographic random source."""
+    return _entropy.take(count)
 
 
 def new_id(prefix: str) -> str:
@@ -77,7 +105,9 @@ def new_id(prefix: str) -> str:
     makes the id a stable tiebreaker for keyset pagination.
     """
     millis = time.time_ns() // 1_000_000
-    return f"{prefix}_{_base32(millis, 10)}{_base32(secrets.randbits(80), 16)}"
+    value = (millis << 80) | int.from_bytes(random_bytes(10), "big")
+    # 160 bits encode as 32 characters; the first 6 hold the 30 leading zero bits.
+    return f"{prefix}_{base64.b32encode(value.to_bytes(20, 'big'))[6:].translate(_TO_CROCKFORD).decode()}"
 
 
 def utcnow() -> datetime:

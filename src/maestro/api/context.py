@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-import secrets
 from contextvars import ContextVar
+
+from maestro.db import random_bytes
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="req_none")
 
@@ -12,7 +13,7 @@ _ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return f"req_{secrets.token_hex(8)}"
+    return f"req_{random_bytes(8).hex()}"
 
 
 def accept_request_id(candidate: str | None) -> str:

@@ -293,11 +293,10 @@ async def predict(
         ),
         log=log,
     )
-    metrics = serving.metrics
-    version = live.version or ""
-    metrics.predictions.labels(live.name, version, "success").inc()
-    metrics.predicted_rows.labels(live.name, version).inc(rows)
-    metrics.prediction_seconds.labels(live.name, version).observe(latency_ms / 1000)
+    counted = serving.metrics.served(live.name, live.version or "")
+    counted.predictions.inc()
+    counted.rows.inc(rows)
+    counted.seconds.observe(latency_ms / 1000)
     return Response(orjson.dumps(payload), media_type=JSON_MEDIA)
 
 

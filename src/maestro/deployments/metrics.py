@@ -17,7 +17,7 @@ and how fast the platform is and nothing about whose deployments make it so.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +27,14 @@ from prometheus_client.registry import Collector
 from maestro.api.request_metrics import LATENCY_BUCKETS
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class ServedMetrics(NamedTuple):
+    predictions: Any  # the success counter
+    rows: Any
+    seconds: Any
+
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TENANT_LABELS = frozenset({"deployment", "version"})  # whose deployment a series is about
 
@@ -92,6 +100,8 @@ class PlatformMetrics:
             "Prediction logs dropped because the buffer was full or could not be written.",
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._served_children: dict[tuple[str, str], ServedMetrics] = {}
         self.prediction_logs_pending = Gauge(
             "maestro_prediction_logs_pending",
             "Prediction logs waiting in memory to be written.",
@@ -99,9 +109,29 @@ class PlatformMetrics:
         )
 
     def observe_request(self, template: str, method: str, status: int, seconds: float) -> None:
-        labels = (method if method in METHODS else "other", template, str(status))
-        self.requests.labels(*labels).inc()
-        self.request_seconds.labels(*labels).observe(seconds)
+        key = (method, template, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (method if method in METHODS else "other", template, str(status))
+            children = self._request_children[key] = (
+                self.requests.labels(*labels),
+                self.request_seconds.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def served(self, deployment: str, version: str) -> ServedMetrics:
+        """One deployment version's success counter, row counter and latency histogram,
+        looked up once: a labelled child costs more to find than to count."""
+        key = (deployment, version)
+        children = self._served_children.get(key)
+        if children is None:
+            children = self._served_children[key] = ServedMetrics(
+                self.predictions.labels(deployment, version, "success"),
+                self.predicted_rows.labels(deployment, version),
+                self.prediction_seconds.labels(deployment, version),
+            )
+        return children
 
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_CacheCollector(stats))
