@@ -26,7 +26,7 @@ from maestro.api.bodies import read_limited
 from maestro.api.context import current_request_id
 from maestro.db import new_id
 from maestro.deployments.models import DeploymentStatus
-from maestro.deployments.predictions import Served
+from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served
 from maestro.deployments.state import LiveDeployment, ServingState
 from maestro.errors import (
     MaestroError,
@@ -288,8 +288,11 @@ async def predict(
             rows=rows,
             names=runtime.input_schema.names,
             matrix=matrix,
-            outputs=outputs,
-            outputs_json=outputs_json,
+            # Bytes, not the rows' dicts: thousands of objects per request waiting for the
+            # log writer would make every full garbage collection scan them all.
+            outputs_json=outputs_json
+            if rows <= MAX_LOGGED_ROWS
+            else orjson.dumps(outputs[:MAX_LOGGED_ROWS], option=orjson.OPT_SERIALIZE_NUMPY),
         ),
         log=log,
     )

@@ -67,7 +67,7 @@ class Served:
     names: tuple[str, ...] | None = None  # the features, in the matrix's column order
     matrix: np.ndarray | None = None
     outputs: list[dict[str, Any]] | None = None
-    outputs_json: bytes | None = None  # ``outputs`` as the response wrote them, to log as they are
+    outputs_json: bytes | None = None  # the outputs as the response wrote them (at most MAX_LOGGED_ROWS)
     error: str | None = None
     at: float = field(default_factory=time.time)
 
@@ -295,7 +295,11 @@ def _log_row(served: Served) -> dict[str, Any]:
 def _answered(served: Served) -> bool:
     """A request answered with predictions: logged by ``_bulk_insert``. Failures carry
     error text and no rows, and take the ORM's insert."""
-    return served.matrix is not None and served.names is not None and served.outputs is not None
+    return (
+        served.matrix is not None
+        and served.names is not None
+        and (served.outputs_json is not None or served.outputs is not None)
+    )
 
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S"
@@ -308,14 +312,14 @@ def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
     rows = []
     for served in answered:
         assert served.matrix is not None
-        assert served.outputs is not None
         inputs = orjson.dumps(
             {"columns": served.names, "rows": served.matrix[:MAX_LOGGED_ROWS]},
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
         outputs = served.outputs_json
-        if outputs is None or served.rows > MAX_LOGGED_ROWS:
-            outputs = orjson.dumps(served.outputs[:MAX_LOGGED_ROWS], option=orjson.OPT_SERIALIZE_NUMPY)
+        if outputs is None:
+            cut = (served.outputs or [])[:MAX_LOGGED_ROWS]
+            outputs = orjson.dumps(cut, option=orjson.OPT_SERIALIZE_NUMPY)
         at = _utc(served.at)
         rows.append(
             (
