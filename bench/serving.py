@@ -784,7 +784,7 @@ def run_isolation(
     rows_run: list[int],
     concurrency: list[int],
     skip_platform: bool,
-) -> list[Result]:
+) -> None:
     """Isolated boosters against the same ones in this process, and on the platform
     (tuned settings)."""
     from skl2onnx import to_onnx
@@ -794,7 +794,7 @@ def run_isolation(
     labels = (matrix[:, 0] - matrix[:, 3] > 0).astype(int)
     trees = tree_models(matrix, labels, workdir)
     print("isolation of XGBoost and LightGBM (100 trees each):", flush=True)
-    results = isolation_results(workdir, trees, bench.batches, bench.seconds)
+    bench.results += isolation_results(workdir, trees, bench.batches, bench.seconds)
     if not skip_platform:
         files = {name: (f"{name}.model", content) for name, (_fmt, content) in trees.items()}
         platform = start_platform(workdir, files, label="platform-isolation")
@@ -827,7 +827,6 @@ def run_isolation(
             **{f"{name} 100 trees": trees[name] for name in trees},
         },
     )
-    return results
 
 
 def start_targets(
@@ -972,7 +971,7 @@ def main() -> None:
             process.stop()
 
     if args.isolation:
-        bench.results += run_isolation(workdir, models, bench, rows_run, concurrency_run, args.skip_platform)
+        run_isolation(workdir, models, bench, rows_run, concurrency_run, args.skip_platform)
 
     if not args.skip_mlflow:
         try:
@@ -995,6 +994,7 @@ def main() -> None:
             print(f"mlflow: skipped ({exc})", flush=True)
     report(bench.results)
     targets_met(bench.results, settings_run)
+    mlflow_targets(bench.results, settings_run)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -1108,22 +1108,26 @@ def targets_met(results: list[Result], settings_run: list[str]) -> None:
                         ratio >= 0.8,
                         f"{ratio:.2f} ({platform.rps * 1000:,.0f} / {server.rps * 1000:,.0f} rows/s)",
                     )
+    if not any(lines for _title, lines in sections):
+        return
     print()
     print("targets:")
     for title, lines in sections:
         print(title)
         for text in lines or ["   not measured in this run"]:
             print(text)
-    mlflow_targets(cells, models, settings_run)
 
 
-def mlflow_targets(
-    cells: dict[tuple[str, str, str, int, int], Result], models: list[str], settings_run: list[str]
-) -> None:
+def mlflow_targets(results: list[Result], settings_run: list[str]) -> None:
     """The model server against MLflow, with the tuned settings when they were measured."""
     settings = "tuned" if "tuned" in settings_run else settings_run[0] if settings_run else ""
-    mlflow = {key[2:]: r for key, r in cells.items() if key[0] == "mlflow"}
-    server = {key[2:]: r for key, r in cells.items() if key[:2] == ("model-server", settings)}
+    models = [m for m in MODELS if any(r.model == m for r in results)]
+    mlflow = {(r.model, r.rows, r.concurrency): r for r in results if r.target == "mlflow"}
+    server = {
+        (r.model, r.rows, r.concurrency): r
+        for r in results
+        if r.target == "model-server" and r.settings == settings
+    }
     checks = [
         ("≥ 5x MLflow's throughput at 1 row, c=8", [(m, 1, 8) for m in models]),
         ("≥ 5x MLflow's rows/s at 1,000 rows", [(m, 1000, c) for m in models for c in CONCURRENCY]),
