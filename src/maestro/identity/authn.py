@@ -34,7 +34,9 @@ ORGANIZATION_HEADER = "x-organization-id"
 
 def credentials(request: Request) -> tuple[str, str] | None:
     """("api_key" | "jwt", value) from the headers, or None when there are none."""
-    if QUERY_CREDENTIALS & {name.lower() for name in request.query_params}:
+    if request.scope.get("query_string") and QUERY_CREDENTIALS & {
+        name.lower() for name in request.query_params
+    }:
         raise AuthenticationRequired(
             "Credentials are not accepted in the query string; "
             "send them in the Authorization or X-API-Key header"
