@@ -302,9 +302,6 @@ def _answered(served: Served) -> bool:
     )
 
 
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S"
-
-
 def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
     """The answered requests of a flush as rows of ``_BULK_COLUMNS``, their JSON already
     text: inputs kept as columns and rows (``{"columns": [...], "rows": [[...]]}``)
@@ -334,7 +331,7 @@ def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
                 served.latency_ms,
                 served.status_code,
                 # As SQLAlchemy stores a UTC time in SQLite; PostgreSQL takes the time itself.
-                f"{at.strftime(_SQLITE_TIME)}.{at.microsecond:06d}" if dialect == "sqlite" else at,
+                at.replace(tzinfo=None).isoformat(" ", "microseconds") if dialect == "sqlite" else at,
             )
         )
     return rows
