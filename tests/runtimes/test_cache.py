@@ -3,6 +3,7 @@ that never fail a request."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -322,3 +323,16 @@ class TestHotSwap:
         assert set(answered) == {1.0, 2.0}
         assert loads.calls["v1"] >= 3  # evicted after each deploy, reloaded by each rollback
         assert cache.stats().swaps == 7  # the first deploy and six changes
+
+
+def test_a_loaded_model_is_out_of_the_collectors_sight() -> None:
+    """Full collections while serving never scan a loaded model's objects again: the
+    load's garbage is collected and what remains is frozen (unfrozen here afterwards)."""
+    cache, _ = make()
+    try:
+        runtime = cache.get("v1")
+        assert not any(tracked is runtime for tracked in gc.get_objects())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        cache.close()
