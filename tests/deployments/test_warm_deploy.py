@@ -170,6 +170,26 @@ class TestInAnotherProcess:
         settings = make_settings(deployment_check_seconds=300)  # only the start's own check runs in the test
         return create_app(settings), create_app(settings)
 
+    @staticmethod
+    def _redeployed_elsewhere(
+        here: TestClient, there: TestClient, serving: Any, world: World, tiny: Tiny
+    ) -> tuple[str, str]:
+        """``there`` serves version 1.0.0 of a deployment that ``here`` then moves to 1.0.1;
+        (the deployment, the new version)."""
+        model = register(here, world)
+        v1 = upload(here, model, world.developer.headers, onnx_file(tiny.first))["id"]
+        v2 = upload(here, model, world.developer.headers, onnx_file(tiny.second))["id"]
+        deployment = deployed(here, world, "fraud-api", v1)["id"]
+        serving.check_generation()  # there has seen every change so far
+        answers(there, world, tiny, "1.0.0", tiny.first)  # and serves the deployment
+        moved = here.put(
+            f"/api/v1/deployments/{deployment}",
+            json={"model_version_id": v2},
+            headers=world.developer.headers,
+        )
+        assert moved.status_code == 200, moved.text
+        return deployment, v2
+
     def test_the_new_version_is_warm_there_before_its_name_moves(
         self,
         apps: tuple[FastAPI, FastAPI],
@@ -179,18 +199,7 @@ class TestInAnotherProcess:
     ) -> None:
         with TestClient(apps[0]) as here, TestClient(apps[1]) as there:
             serving = apps[1].state.serving
-            model = register(here, world)
-            v1 = upload(here, model, world.developer.headers, onnx_file(tiny.first))["id"]
-            v2 = upload(here, model, world.developer.headers, onnx_file(tiny.second))["id"]
-            deployment = deployed(here, world, "fraud-api", v1)["id"]
-            serving.check_generation()  # there has seen every change so far
-            answers(there, world, tiny, "1.0.0", tiny.first)  # and serves the deployment
-            moved = here.put(
-                f"/api/v1/deployments/{deployment}",
-                json={"model_version_id": v2},
-                headers=world.developer.headers,
-            )
-            assert moved.status_code == 200, moved.text
+            deployment, v2 = self._redeployed_elsewhere(here, there, serving, world, tiny)
 
             with held_load(monkeypatch, v2) as hold, ThreadPoolExecutor(1) as pool:
                 # Waits for the check that follows the deploy, whichever thread runs it.
@@ -220,18 +229,7 @@ class TestInAnotherProcess:
     ) -> None:
         with TestClient(apps[0]) as here, TestClient(apps[1]) as there:
             serving = apps[1].state.serving
-            model = register(here, world)
-            v1 = upload(here, model, world.developer.headers, onnx_file(tiny.first))["id"]
-            v2 = upload(here, model, world.developer.headers, onnx_file(tiny.second))["id"]
-            deployment = deployed(here, world, "fraud-api", v1)["id"]
-            serving.check_generation()
-            answers(there, world, tiny, "1.0.0", tiny.first)
-            moved = here.put(
-                f"/api/v1/deployments/{deployment}",
-                json={"model_version_id": v2},
-                headers=world.developer.headers,
-            )
-            assert moved.status_code == 200, moved.text
+            deployment, _ = self._redeployed_elsewhere(here, there, serving, world, tiny)
 
             def refused(row: Any, *args: Any, **kwargs: Any) -> Runtime:
                 raise ModelLoadError("out_of_memory", "no room here")
