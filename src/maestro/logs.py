@@ -8,18 +8,31 @@ input). In the readable format every character that is not printable (line break
 escape sequences, direction-changing and invisible characters) is written as a Python
 escape such as ``\\n`` or ``\\u202e``, and a traceback's lines are indented, so a line that
 starts at the margin is always the start of a record Maestro wrote: nobody can forge
-one. JSON lines are escaped by the JSON encoder."""
+one. JSON lines are escaped by the JSON encoder.
+
+Lines are formatted and written by one thread per process (``LogWriter``): the thread
+that logs only hands its record over, so no request waits on a write to standard error.
+What is still queued is written when the process exits normally (or the application's
+lifespan ends); a killed process loses it."""
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import os
 import sys
+import threading
+import time
 from datetime import UTC, datetime
+from queue import Empty, SimpleQueue
+from typing import Any
 
 from maestro.config import Settings
 
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +48,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        elif record.exc_text:  # formatted by the thread that logged it (LogWriter)
+            entry["exception"] = record.exc_text
+        return _ENCODER.encode(entry)
 
 
 def printable(text: str) -> str:
@@ -52,6 +67,18 @@ def _indented(text: str) -> str:
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """As ``logging.Formatter.formatTime``, the date and time of day made once a second."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         """As ``logging.Formatter.format``, with the message on one line of printable
@@ -71,20 +98,310 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# --- the writer thread -------------------------------------------------------------------------
+access_logger = logging.getLogger("maestro.access")
+_ACCESS_MESSAGE = "%s %s %s %.1fms"
+_EXCEPTIONS = logging.Formatter()
+# One write() of at most PIPE_BUF bytes is never interleaved with another process's
+# (the workers of `maestro serve` share standard error); 4 bytes a character at most.
+_CHARACTERS_PER_WRITE = 4096 // 4
+_WAITING_LIMIT = 100_000
+_STOP_SECONDS = 10.0
+
+AccessEntry = tuple[float, str, str, int, float, str, "str | None"]
+
+
+def access_record(
+    created: float,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    request_id: str,
+    client: str | None,
+) -> logging.LogRecord:
+    """The access log's record of one request, as ``access_logger.info`` would make it
+    (without looking up its caller)."""
+    record = access_logger.makeRecord(
+        access_logger.name,
+        logging.INFO,
+        "",
+        0,
+        _ACCESS_MESSAGE,
+        (method, path, status, duration_ms),
+        None,
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 2),
+            "client": client,
+        },
+    )
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    return record
+
+
+class LogWriter:
+    """Formats and writes the process's log lines in a thread of its own.
+
+    The queue takes prepared records and, for the access log, plain tuples of the
+    request's values, so a request spends a ``put`` on its line. The thread writes
+    what it finds waiting in a few ``write`` calls. It starts on first use in each
+    process (a thread does not survive ``fork``); ``stop`` writes what waits and ends
+    it, after which lines are written at once by whoever logs them."""
+
+    def __init__(self) -> None:
+        self.target = logging.StreamHandler(sys.stderr)
+        self._queue: SimpleQueue[Any] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stopped = False
+        atexit.register(self.stop)
+        os.register_at_fork(after_in_child=self._forget)
+
+    # --- handing over -----------------------------------------------------------------------------
+    def put(self, item: logging.LogRecord | AccessEntry) -> None:
+        thread = self._thread
+        if thread is None:
+            if self._stopped or not self._start():
+                self._write([item])
+                return
+        elif thread.ident == threading.get_ident():
+            self._write([item])  # logged while writing: no waiting on itself
+            return
+        self._queue.put(item)
+        if self._thread is None:  # stopped meanwhile: what it did not take is ours to write
+            self._write_waiting()
+        elif self._queue.qsize() > _WAITING_LIMIT:
+            self.flush()  # standard error is not keeping up: wait for it, as a write would
+
+    def flush(self, timeout: float = _STOP_SECONDS) -> None:
+        """Return once everything handed over so far is written (or after ``timeout``)."""
+        thread = self._thread
+        if thread is None or thread.ident == threading.get_ident() or not thread.is_alive():
+            return
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def stop(self) -> None:
+        """Write what waits and end the thread; later lines are written at once, until
+        ``resume``. For the end of a server's life: uvicorn ends its process by the signal
+        that stopped it, which runs no exit handlers."""
+        self._stopped = True
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread.ident != threading.get_ident():
+            self._queue.put(None)
+            thread.join(_STOP_SECONDS)
+        self._thread = None
+        self._write_waiting()
+
+    def resume(self) -> None:
+        """Let the thread start again on the next line (after ``stop``)."""
+        self._stopped = False
+
+    def _start(self) -> bool:
+        with self._start_lock:
+            if self._thread is None and not self._stopped:
+                thread = threading.Thread(target=self._run, name="maestro-log-writer", daemon=True)
+                thread.start()
+                self._thread = thread
+        return self._thread is not None
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's thread and what it had queued stay with the parent."""
+        self._queue = SimpleQueue()
+        self._thread = None
+        self._start_lock = threading.Lock()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        stopping = False
+        while not stopping:
+            batch = [get()]
+            try:
+                while len(batch) < 1000:
+                    batch.append(get_nowait())
+            except Empty:
+                pass
+            pending: list[logging.LogRecord | AccessEntry] = []
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    self._write(pending)
+                    pending = []
+                    item.set()
+                elif item is None:
+                    stopping = True
+                else:
+                    pending.append(item)
+            self._write(pending)
+
+    def _write_waiting(self) -> None:
+        """Write, in this thread, what waits in the queue (once the thread is gone)."""
+        waiting = []
+        try:
+            while True:
+                waiting.append(self._queue.get_nowait())
+        except Empty:
+            pass
+        self._write([item for item in waiting if isinstance(item, (logging.LogRecord, tuple))])
+        for item in waiting:
+            if isinstance(item, threading.Event):
+                item.set()
+
+    def _write(self, items: list[logging.LogRecord | AccessEntry]) -> None:
+        target = self.target
+        chunk: list[str] = []
+        size = 0
+        written: logging.LogRecord | None = None
+        for item in items:
+            record = item if isinstance(item, logging.LogRecord) else None
+            try:
+                record = record or access_record(*item)  # type: ignore[misc]
+                line = target.format(record)
+            except Exception:
+                if record is not None:
+                    target.handleError(record)
+                continue
+            if chunk and size + len(line) > _CHARACTERS_PER_WRITE:
+                self._emit(chunk, written or record)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+            written = record
+        if chunk and written is not None:
+            self._emit(chunk, written)
+
+    def _emit(self, lines: list[str], record: logging.LogRecord) -> None:
+        target = self.target
+        target.acquire()
+        try:
+            target.stream.write(target.terminator.join(lines) + target.terminator)
+            target.stream.flush()
+        except Exception:
+            target.handleError(record)
+        finally:
+            target.release()
+
+    # --- what the handler hands over ----------------------------------------------------------------
+    def accepts_access_lines(self, handler: logging.Handler) -> bool:
+        """Whether ``handler`` is the only handler an access record reaches, so the
+        request can hand over its values and this thread make the record. Any other
+        handler (a test's log capture, one added by hand) gets the record from the
+        request itself, as logging always did."""
+        if access_logger.filters:
+            return False
+        reached = False
+        logger: logging.Logger | None = access_logger
+        while logger is not None:
+            for each in logger.handlers:
+                if each is not handler:
+                    return False
+                reached = True
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return reached
+
+
+class QueueingHandler(logging.Handler):
+    """The root logger's handler: hands each record to the ``LogWriter`` with its message
+    merged and its traceback formatted, so it no longer depends on objects that may change
+    once the call returns."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As ``Handler.handle`` without taking the handler's lock: the queue has its own."""
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Hands ``record`` over; a warning or error is also waited for, so that what
+        tells of trouble is written before the process can go on (or crash)."""
+        try:
+            self.writer.put(self.prepare(record))
+            if record.levelno >= logging.WARNING:
+                self.writer.flush()
+        except Exception:
+            self.handleError(record)
+
+    @staticmethod
+    def prepare(record: logging.LogRecord) -> logging.LogRecord:
+        """A copy of ``record`` with ``args`` merged into its message and ``exc_info``
+        formatted into ``exc_text`` (the record itself is left as other handlers see it)."""
+        if not record.args and not record.exc_info:
+            return record
+        prepared = copy.copy(record)
+        prepared.msg = record.getMessage()
+        prepared.args = None
+        if record.exc_info:
+            if not prepared.exc_text:
+                prepared.exc_text = _EXCEPTIONS.formatException(record.exc_info)
+            prepared.exc_info = None
+        return prepared
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+_writer = LogWriter()
+
+
+def log_access(
+    method: str, path: str, status: int, duration_ms: float, request_id: str, client: str | None
+) -> None:
+    """One access-log line (the caller has checked that the access log is on at INFO)."""
+    created = time.time()
+    handler = _handler
+    if handler is not None and _writer.accepts_access_lines(handler):
+        _writer.put((created, method, path, status, duration_ms, request_id, client))
+    else:
+        access_logger.handle(access_record(created, method, path, status, duration_ms, request_id, client))
+
+
+def flush() -> None:
+    """Return once every line logged so far is written."""
+    _writer.flush()
+
+
+def write_at_once() -> None:
+    """Write every line logged so far, and from now on each line as it is logged (until
+    ``configure_logging`` is called again): for the end of a server's life."""
+    _writer.stop()
+
+
 # Libraries that narrate their routine work at INFO: the font subsetter writes dozens of
 # lines for one PDF model card, alembic one per plugin it sets up. Their warnings still show.
 QUIET_LOGGERS = ("fontTools", "alembic.runtime.plugins")
 
+_handler: QueueingHandler | None = None
+
 
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
+    global _handler
+    _writer.flush()  # what was logged so far keeps the format and stream it was logged for
+    _writer.resume()
+    target = logging.StreamHandler(sys.stderr)
+    target.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
+    _writer.target = target
+    handler = QueueingHandler(_writer)
     root = logging.getLogger()
     for existing in list(root.handlers):
         if getattr(existing, "_maestro", False):
             root.removeHandler(existing)
     handler._maestro = True  # type: ignore[attr-defined]  # our mark, so a second call replaces it
     root.addHandler(handler)
+    _handler = handler
     root.setLevel(settings.log_level)
     # uvicorn's own access log would duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
