@@ -10,10 +10,10 @@ escape such as ``\\n`` or ``\\u202e``, and a traceback's lines are indented, so 
 starts at the margin is always the start of a record Maestro wrote: nobody can forge
 one. JSON lines are escaped by the JSON encoder.
 
-Lines are formatted and written by one thread per process (``LogWriter``): the thread
-that logs only hands its record over, so no request waits on a write to standard error.
-What is still queued is written when the process exits normally (or the application's
-lifespan ends); a killed process loses it."""
+Lines are formatted and written by one thread per process (``LogWriter``): the code
+that logs hands its record over (a request its access-log values) and goes on, so no
+request waits on a write to standard error. Warnings and errors are waited for. What is
+queued is written when the application stops and at exit; a killed process loses it."""
 
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ _EXCEPTIONS = logging.Formatter()
 # (the workers of `maestro serve` share standard error); 4 bytes a character at most.
 _CHARACTERS_PER_WRITE = 4096 // 4
 _WAITING_LIMIT = 100_000
+_GATHER_SECONDS = 0.02
 _STOP_SECONDS = 10.0
 
 AccessEntry = tuple[float, str, str, int, float, str, "str | None"]
@@ -159,6 +160,7 @@ class LogWriter:
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._urgent = threading.Event()
         self._stopped = False
         atexit.register(self.stop)
         os.register_at_fork(after_in_child=self._forget)
@@ -186,6 +188,7 @@ class LogWriter:
             return
         written = threading.Event()
         self._queue.put(written)
+        self._urgent.set()
         written.wait(timeout)
 
     def stop(self) -> None:
@@ -196,6 +199,7 @@ class LogWriter:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread.ident != threading.get_ident():
             self._queue.put(None)
+            self._urgent.set()
             thread.join(_STOP_SECONDS)
         self._thread = None
         self._write_waiting()
@@ -217,6 +221,7 @@ class LogWriter:
         self._queue = SimpleQueue()
         self._thread = None
         self._start_lock = threading.Lock()
+        self._urgent = threading.Event()
 
     # --- writing ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -224,8 +229,12 @@ class LogWriter:
         stopping = False
         while not stopping:
             batch = [get()]
+            # Lines that arrive meanwhile are written with this one. Waking for each line
+            # would cost the serving thread more than the line: every wake takes the GIL.
+            self._urgent.wait(_GATHER_SECONDS)
+            self._urgent.clear()
             try:
-                while len(batch) < 1000:
+                while True:
                     batch.append(get_nowait())
             except Empty:
                 pass
