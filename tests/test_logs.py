@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from maestro.config import Settings
-from maestro.logs import configure_logging, flush
+from maestro.logs import AccessEntry, JsonFormatter, TextFormatter, access_record, configure_logging, flush
 from maestro.registry import card_documents
 from maestro.registry.schemas import (
     CardLineage,
@@ -222,3 +222,27 @@ def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path: Path)
             "the parent's line after the fork",
         ]
     )
+
+
+ACCESS_ENTRIES = [
+    (1_765_000_000.999_7, "GET", "/api/v1/predict/fraud", 200, 1.25, "req_0123456789abcdef", "127.0.0.1"),
+    (1_765_000_001.0, "POST", "/nope\nINJECTED-LINE 200 1.0ms\u202e\x1b[2K", 404, 0.049, "trace\n7", None),
+    (1_765_000_001.5, "GET", "/api/v1/models/Modèle", 500, 12_345.678, "", "::1"),
+]
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+@pytest.mark.parametrize("access", ACCESS_ENTRIES, ids=["plain", "hostile", "no-request-id"])
+def test_an_access_line_made_without_its_record_is_the_records_line(
+    formatter: TextFormatter | JsonFormatter, access: AccessEntry
+) -> None:
+    assert formatter.format_access(access) == formatter.format(access_record(*access))
+
+
+@pytest.mark.parametrize("created", [1_765_000_000.0, 1_765_000_000.999_9, 1_765_000_001.000_1])
+def test_the_time_of_a_readable_line_is_the_standard_one(created: float) -> None:
+    record = logging.makeLogRecord({"created": created, "msecs": int((created - int(created)) * 1000)})
+    ours = TextFormatter()
+    standard = logging.Formatter(ours._fmt)
+    assert ours.formatTime(record) == standard.formatTime(record)
+    assert ours.formatTime(record) == standard.formatTime(record)  # the second made once

@@ -33,12 +33,26 @@ from maestro.config import Settings
 
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _ENCODER = json.JSONEncoder(default=str)
+ACCESS_LOGGER = "maestro.access"
+_ACCESS_MESSAGE = "%s %s %s %.1fms"
+
+# One request's access-log values, as the request hands them over:
+# (time.time(), method, path, status, duration in ms, request id, client address).
+AccessEntry = tuple[float, str, str, int, float, str, "str | None"]
+
+
+def _iso_time(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _msecs(created: float) -> float:
+    return int((created - int(created)) * 1000) + 0.0
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "time": _iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -51,6 +65,24 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:  # formatted by the thread that logged it (LogWriter)
             entry["exception"] = record.exc_text
         return _ENCODER.encode(entry)
+
+    def format_access(self, access: AccessEntry) -> str:
+        """``format(access_record(*access))``, without making the record."""
+        created, method, path, status, duration_ms, request_id, client = access
+        return _ENCODER.encode(
+            {
+                "time": _iso_time(created),
+                "level": "INFO",
+                "logger": ACCESS_LOGGER,
+                "message": _ACCESS_MESSAGE % (method, path, status, duration_ms),
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration_ms, 2),
+                "client": client,
+            }
+        )
 
 
 def printable(text: str) -> str:
@@ -73,12 +105,26 @@ class TextFormatter(logging.Formatter):
         """As ``logging.Formatter.formatTime``, the date and time of day made once a second."""
         if datefmt:
             return super().formatTime(record, datefmt)
+        return self._time(record.created, record.msecs)
+
+    def _time(self, created: float, msecs: float) -> str:
         second, text = self._second
-        if int(record.created) != second:
-            second = int(record.created)
-            text = time.strftime(self.default_time_format, self.converter(record.created))
+        if int(created) != second:
+            second = int(created)
+            text = time.strftime(self.default_time_format, self.converter(created))
             self._second = (second, text)
-        return f"{text},{int(record.msecs):03d}"
+        return f"{text},{int(msecs):03d}"
+
+    def format_access(self, access: AccessEntry) -> str:
+        """``format(access_record(*access))``, without making the record."""
+        created, method, path, status, duration_ms, request_id, _client = access
+        line = self._style._fmt % {
+            "asctime": self._time(created, _msecs(created)),
+            "levelname": "INFO",
+            "name": ACCESS_LOGGER,
+            "message": printable(_ACCESS_MESSAGE % (method, path, status, duration_ms)),
+        }
+        return f"{line} [{printable(request_id)}]" if request_id else line
 
     def format(self, record: logging.LogRecord) -> str:
         """As ``logging.Formatter.format``, with the message on one line of printable
@@ -99,8 +145,7 @@ class TextFormatter(logging.Formatter):
 
 
 # --- the writer thread -------------------------------------------------------------------------
-access_logger = logging.getLogger("maestro.access")
-_ACCESS_MESSAGE = "%s %s %s %.1fms"
+access_logger = logging.getLogger(ACCESS_LOGGER)
 _EXCEPTIONS = logging.Formatter()
 # One write() of at most PIPE_BUF bytes is never interleaved with another process's
 # (the workers of `maestro serve` share standard error); 4 bytes a character at most.
@@ -108,8 +153,6 @@ _CHARACTERS_PER_WRITE = 4096 // 4
 _WAITING_LIMIT = 100_000
 _GATHER_SECONDS = 0.02
 _STOP_SECONDS = 10.0
-
-AccessEntry = tuple[float, str, str, int, float, str, "str | None"]
 
 
 def access_record(
@@ -141,9 +184,13 @@ def access_record(
         },
     )
     record.created = created
-    record.msecs = int((created - int(created)) * 1000) + 0.0
+    record.msecs = _msecs(created)
     record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
     return record
+
+
+def _as_record(item: logging.LogRecord | AccessEntry) -> logging.LogRecord:
+    return item if isinstance(item, logging.LogRecord) else access_record(*item)
 
 
 class LogWriter:
@@ -265,35 +312,37 @@ class LogWriter:
 
     def _write(self, items: list[logging.LogRecord | AccessEntry]) -> None:
         target = self.target
+        formatter = target.formatter
         chunk: list[str] = []
         size = 0
-        written: logging.LogRecord | None = None
         for item in items:
-            record = item if isinstance(item, logging.LogRecord) else None
             try:
-                record = record or access_record(*item)  # type: ignore[misc]
-                line = target.format(record)
+                if isinstance(item, logging.LogRecord):
+                    line = target.format(item)
+                elif isinstance(formatter, (TextFormatter, JsonFormatter)):
+                    line = formatter.format_access(item)
+                else:
+                    line = target.format(access_record(*item))
             except Exception:
-                if record is not None:
-                    target.handleError(record)
+                target.handleError(_as_record(item))
                 continue
             if chunk and size + len(line) > _CHARACTERS_PER_WRITE:
-                self._emit(chunk, written or record)
+                self._emit(chunk, item)
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line) + 1
-            written = record
-        if chunk and written is not None:
-            self._emit(chunk, written)
+        if chunk:
+            self._emit(chunk, items[-1])
 
-    def _emit(self, lines: list[str], record: logging.LogRecord) -> None:
+    def _emit(self, lines: list[str], item: logging.LogRecord | AccessEntry) -> None:
+        """One write of ``lines`` (``item``, one of them or near, names a failure)."""
         target = self.target
         target.acquire()
         try:
             target.stream.write(target.terminator.join(lines) + target.terminator)
             target.stream.flush()
         except Exception:
-            target.handleError(record)
+            target.handleError(_as_record(item))
         finally:
             target.release()
 
