@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -147,9 +148,11 @@ class TextFormatter(logging.Formatter):
 # --- the writer thread -------------------------------------------------------------------------
 access_logger = logging.getLogger(ACCESS_LOGGER)
 _EXCEPTIONS = logging.Formatter()
-# One write() of at most PIPE_BUF bytes is never interleaved with another process's
-# (the workers of `maestro serve` share standard error); 4 bytes a character at most.
-_CHARACTERS_PER_WRITE = 4096 // 4
+# On a pipe or socket, one write() of at most PIPE_BUF bytes is never interleaved with
+# another process's (the workers of `maestro serve` share standard error). A file takes
+# each write whole; every write costs the serving thread a turn of the GIL.
+_PIPE_BUF = 4096
+_FILE_WRITE = 1 << 20
 _WAITING_LIMIT = 100_000
 _GATHER_SECONDS = 0.02
 _STOP_SECONDS = 10.0
@@ -204,6 +207,7 @@ class LogWriter:
 
     def __init__(self) -> None:
         self.target = logging.StreamHandler(sys.stderr)
+        self.write_size = _PIPE_BUF
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -326,11 +330,12 @@ class LogWriter:
             except Exception:
                 target.handleError(_as_record(item))
                 continue
-            if chunk and size + len(line) > _CHARACTERS_PER_WRITE:
+            length = len(line) + 1 if line.isascii() else 4 * len(line) + 1
+            if chunk and size + length > self.write_size:
                 self._emit(chunk, item)
                 chunk, size = [], 0
             chunk.append(line)
-            size += len(line) + 1
+            size += length
         if chunk:
             self._emit(chunk, items[-1])
 
@@ -445,6 +450,15 @@ QUIET_LOGGERS = ("fontTools", "alembic.runtime.plugins")
 _handler: QueueingHandler | None = None
 
 
+def _write_size(stream: Any) -> int:
+    """The most one write to ``stream`` may hold: ``PIPE_BUF`` unless it is a file."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return _PIPE_BUF
+    return _FILE_WRITE if stat.S_ISREG(mode) else _PIPE_BUF
+
+
 def configure_logging(settings: Settings) -> None:
     global _handler
     _writer.flush()  # what was logged so far keeps the format and stream it was logged for
@@ -452,6 +466,7 @@ def configure_logging(settings: Settings) -> None:
     target = logging.StreamHandler(sys.stderr)
     target.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     _writer.target = target
+    _writer.write_size = _write_size(sys.stderr)
     handler = QueueingHandler(_writer)
     root = logging.getLogger()
     for existing in list(root.handlers):
