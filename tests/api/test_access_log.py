@@ -85,7 +85,12 @@ def _start_unread(
         except httpx.HTTPError:
             return False
 
-    wait_until(answers, timeout=90, interval=0.1)
+    try:
+        wait_until(answers, timeout=90, interval=0.1)
+    except BaseException:
+        process.kill()
+        process.wait(30)
+        raise
     return process, base_url
 
 
