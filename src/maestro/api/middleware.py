@@ -19,8 +19,8 @@ from maestro.api.context import accept_request_id, request_id_var
 from maestro.api.envelope import ErrorDetail
 from maestro.api.errors import error_response
 from maestro.errors import RequestTimeout
+from maestro.logs import access_logger, log_access, write_at_once
 
-access_logger = logging.getLogger("maestro.access")
 error_logger = logging.getLogger("maestro.errors")
 
 
@@ -46,7 +46,9 @@ class RequestContextMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(
+                scope, receive, _writing_logs_at_shutdown(send) if scope["type"] == "lifespan" else send
+            )
             return
 
         request_id = accept_request_id(_header(scope, b"x-request-id"))
@@ -84,23 +86,30 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
-            if self.access_log:
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
-                access_logger.info(
-                    "%s %s %s %.1fms",
+                log_access(
                     scope["method"],
                     scope["path"],
                     status_holder["status"],
                     (time.perf_counter() - started) * 1000,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status_holder["status"],
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "client": client[0] if client else None,
-                    },
+                    request_id,
+                    client[0] if client else None,
                 )
+
+
+def _writing_logs_at_shutdown(send: Send) -> Send:
+    """``send`` for the lifespan: once the application has stopped, the log lines still
+    queued (the last requests', the shutdown's own) are written, and later ones at once,
+    before the server is told: uvicorn then ends the process by the signal that stopped
+    it, which runs no exit handlers."""
+
+    async def send_after_writing(message: Message) -> None:
+        if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            write_at_once()
+        await send(message)
+
+    return send_after_writing
 
 
 class RequestBodyTimeoutMiddleware:
