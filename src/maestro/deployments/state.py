@@ -51,7 +51,7 @@ from maestro.runtimes.errors import ModelLoadError
 from maestro.runtimes.isolation import IsolatedRuntime, LoadCheck
 from maestro.runtimes.loading import load_checked_version
 from maestro.runtimes.parallel import RowSplitter
-from maestro.server import freeze_startup_objects
+from maestro.server import freeze_startup_objects, switch_threads_often
 
 if TYPE_CHECKING:
     from maestro.config import Settings
@@ -401,6 +401,7 @@ class ServingState:
         if self._thread is not None:
             return
         freeze_startup_objects()
+        switch_threads_often()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="maestro-serving", daemon=True)
         self._thread.start()

@@ -21,7 +21,7 @@ from maestro.model_server.protocols import mlflow_router, oip_router
 from maestro.model_server.routes import install_error_handlers, router
 from maestro.model_server.schemas import document_bodies
 from maestro.model_server.server import ModelServer
-from maestro.server import freeze_startup_objects
+from maestro.server import freeze_startup_objects, switch_threads_often
 
 if TYPE_CHECKING:
     pass
@@ -64,6 +64,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
+        switch_threads_often()
         server.jobs.start()
         preload = threading.Thread(target=server.run_preload, name="model-server-preload", daemon=True)
         preload.start()
