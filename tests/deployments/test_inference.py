@@ -312,36 +312,33 @@ class TestPredictionLog:
         assert before == [] and elsewhere == []
 
     def test_logged_rows_read_back_as_sent_with_missing_values_as_null(
-        self, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]
+        self, client: TestClient, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]
     ) -> None:
         """What the log keeps of a request is what came and went: a missing value (NaN in
         the matrix) reads back as null, the outputs as the response wrote them, and a
         request over ``MAX_LOGGED_ROWS`` is cut there but counted whole."""
         names = tuple(FEATURES)
-        small = np.array([[1.0, 2.5, -3.0, 0.5], [0.1, np.nan, 0.3, 0.0]])
-        big = np.arange(4 * (MAX_LOGGED_ROWS + 5), dtype=float).reshape(-1, 4)
-        recorder = app.state.serving.recorder
-        for matrix in (small, big):
-            outputs = [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * len(matrix)
-            recorder.record(
-                Served(
-                    deployment_id=live["id"],
-                    organization_id=world.org,
-                    version_id=live["model_version"]["id"],
-                    request_id="req",
-                    prediction_id=new_id("pred"),
-                    status_code=200,
-                    latency_ms=1.0,
-                    rows=len(matrix),
-                    names=names,
-                    matrix=matrix,
-                    # As the request path hands them over: the response's bytes when they
-                    # fit the log, else the rows to cut.
-                    outputs=None if matrix is small else outputs,
-                    outputs_json=orjson.dumps(outputs) if matrix is small else None,
-                ),
-                log=True,
-            )
+        holed = np.array([[1.0, 2.5, -3.0, 0.5], [0.1, np.nan, 0.3, 0.0]])
+        outputs = [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * 2
+        app.state.serving.recorder.record(  # as a model taking missing values would answer
+            Served(
+                deployment_id=live["id"],
+                organization_id=world.org,
+                version_id=live["model_version"]["id"],
+                request_id="req",
+                prediction_id=new_id("pred"),
+                status_code=200,
+                latency_ms=1.0,
+                rows=len(holed),
+                names=names,
+                matrix=holed,
+                outputs_json=orjson.dumps(outputs),
+            ),
+            log=True,
+        )
+        big = np.arange(4 * (MAX_LOGGED_ROWS + 5), dtype=float).reshape(-1, 4) / 1000
+        answered = predict(client, "fraud-api", world.key_headers, records(big), batch=True)
+        assert answered.status_code == 200, answered.text
         flush(app)
         with factory.database.session(write=False) as session:
             first, second = logged_predictions(session, live["id"])
@@ -349,11 +346,12 @@ class TestPredictionLog:
             dict(zip(names, [1.0, 2.5, -3.0, 0.5], strict=True)),
             dict(zip(names, [0.1, None, 0.3, 0.0], strict=True)),
         ]
-        assert first.outputs == [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * 2
+        assert first.outputs == outputs
         assert (second.row_count, len(second.inputs), len(second.outputs)) == (MAX_LOGGED_ROWS + 5,) + (
             MAX_LOGGED_ROWS,
         ) * 2
         assert second.inputs[-1] == dict(zip(names, big[MAX_LOGGED_ROWS - 1].tolist(), strict=True))
+        assert second.outputs == answered.json()["predictions"][:MAX_LOGGED_ROWS]
 
     def test_failures_are_logged_without_their_input(
         self, client: TestClient, app: FastAPI, factory: Factory, world: World, live: dict[str, Any]

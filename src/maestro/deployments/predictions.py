@@ -68,7 +68,6 @@ class Served:
     rows: int = 0
     names: tuple[str, ...] | None = None  # the features, in the matrix's column order
     matrix: np.ndarray | None = None
-    outputs: list[dict[str, Any]] | None = None
     outputs_json: bytes | None = None  # the outputs as the response wrote them (at most MAX_LOGGED_ROWS)
     error: str | None = None
     at: float = field(default_factory=time.time)
@@ -274,18 +273,15 @@ class PredictionRecorder:
 
 
 def _log_row(served: Served) -> dict[str, Any]:
-    inputs = None
-    if served.matrix is not None and served.names is not None:
-        names = served.names
-        inputs = [dict(zip(names, row, strict=True)) for row in served.matrix[:MAX_LOGGED_ROWS].tolist()]
+    """A failed request's log: no input, no output, the error."""
     return {
         "id": served.prediction_id,
         "organization_id": served.organization_id,
         "deployment_id": served.deployment_id,
         "model_version_id": served.version_id,
         "request_id": served.request_id,
-        "inputs": inputs,
-        "outputs": served.outputs[:MAX_LOGGED_ROWS] if served.outputs is not None else None,
+        "inputs": None,
+        "outputs": None,
         "row_count": served.rows,
         "latency_ms": served.latency_ms,
         "status_code": served.status_code,
@@ -297,11 +293,7 @@ def _log_row(served: Served) -> dict[str, Any]:
 def _answered(served: Served) -> bool:
     """A request answered with predictions: logged by ``_bulk_insert``. Failures carry
     error text and no rows, and take the ORM's insert."""
-    return (
-        served.matrix is not None
-        and served.names is not None
-        and (served.outputs_json is not None or served.outputs is not None)
-    )
+    return served.matrix is not None and served.names is not None and served.outputs_json is not None
 
 
 def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
@@ -311,14 +303,11 @@ def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
     rows = []
     for served in answered:
         assert served.matrix is not None
+        assert served.outputs_json is not None
         inputs = orjson.dumps(
             {"columns": served.names, "rows": served.matrix[:MAX_LOGGED_ROWS]},
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
-        outputs = served.outputs_json
-        if outputs is None:
-            cut = (served.outputs or [])[:MAX_LOGGED_ROWS]
-            outputs = orjson.dumps(cut, option=orjson.OPT_SERIALIZE_NUMPY)
         at = _utc(served.at)
         rows.append(
             (
@@ -328,7 +317,7 @@ def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
                 served.version_id,
                 served.request_id,
                 inputs.decode(),
-                outputs.decode(),
+                served.outputs_json.decode(),
                 served.rows,
                 served.latency_ms,
                 served.status_code,
@@ -352,6 +341,7 @@ _BULK_COLUMNS = (
     "status_code",
     "created_at",
 )
+_INPUTS, _OUTPUTS = _BULK_COLUMNS.index("inputs"), _BULK_COLUMNS.index("outputs")
 
 
 # One INSERT carries this many logs at most, or about this many bytes of them.
@@ -364,7 +354,7 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
     size = 0
     for row in rows:
         chunk.append(row)
-        size += len(row[5]) + len(row[6])
+        size += len(row[_INPUTS]) + len(row[_OUTPUTS])
         if len(chunk) == _CHUNK_ROWS or size >= _CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
@@ -381,7 +371,7 @@ def _bulk_insert(session: Session, answered: list[Served]) -> None:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         marks = ["%s"] * len(_BULK_COLUMNS)
-        marks[5] = marks[6] = "%s::jsonb"
+        marks[_INPUTS] = marks[_OUTPUTS] = "%s::jsonb"
     else:
         marks = ["?"] * len(_BULK_COLUMNS)
     row_marks = f"({', '.join(marks)})"
