@@ -42,6 +42,20 @@ _ACCESS_MESSAGE = "%s %s %s %.1fms"
 AccessEntry = tuple[float, str, str, int, float, str, "str | None"]
 
 
+def _access_fields(
+    method: str, path: str, status: int, duration_ms: float, request_id: str, client: str | None
+) -> dict[str, object]:
+    """The fields of an access-log record beyond its message (a JSON line's keys)."""
+    return {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration_ms, 2),
+        "client": client,
+    }
+
+
 def _iso_time(created: float) -> str:
     return datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
 
@@ -76,12 +90,7 @@ class JsonFormatter(logging.Formatter):
                 "level": "INFO",
                 "logger": ACCESS_LOGGER,
                 "message": _ACCESS_MESSAGE % (method, path, status, duration_ms),
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": round(duration_ms, 2),
-                "client": client,
+                **_access_fields(method, path, status, duration_ms, request_id, client),
             }
         )
 
@@ -177,14 +186,7 @@ def access_record(
         _ACCESS_MESSAGE,
         (method, path, status, duration_ms),
         None,
-        extra={
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(duration_ms, 2),
-            "client": client,
-        },
+        extra=_access_fields(method, path, status, duration_ms, request_id, client),
     )
     record.created = created
     record.msecs = _msecs(created)

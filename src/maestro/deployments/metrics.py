@@ -27,16 +27,16 @@ from prometheus_client.registry import Collector
 from maestro.api.request_metrics import LATENCY_BUCKETS
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TENANT_LABELS = frozenset({"deployment", "version"})  # whose deployment a series is about
 
 
 class ServedMetrics(NamedTuple):
+    """One deployment version's series, as ``PlatformMetrics.served`` keeps them."""
+
     predictions: Any  # the success counter
     rows: Any
     seconds: Any
-
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TENANT_LABELS = frozenset({"deployment", "version"})  # whose deployment a series is about
 
 
 class _CacheCollector(Collector):
