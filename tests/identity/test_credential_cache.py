@@ -4,6 +4,7 @@ and another process sees it within the TTL."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import FastAPI
@@ -12,6 +13,7 @@ from sqlalchemy import event, update
 
 from maestro.app import create_app
 from maestro.db import utcnow
+from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.models import ApiKey
 from tests.conftest import wait_until
 from tests.factories import Factory
@@ -100,3 +102,104 @@ def test_a_ttl_of_zero_checks_every_request(make_settings: Any) -> None:
     again = statements_during(app, lambda: client.get(path, headers=viewer.headers))
     assert any("auth_sessions" in statement for statement in again)
     assert len(app.state.credential_cache) == 0
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_one_caller_checks_a_due_entry_again_while_the_others_keep_it() -> None:
+    clock = MovableClock()
+    memory = ShortMemory(1.0, clock=clock)
+    memory.put("key", "principal")
+    clock.seconds += 0.7
+    assert memory.get("key") == "principal"
+    clock.seconds += 0.1  # past three quarters of the TTL
+    assert memory.peek("key") is None  # the fast path leaves the re-check to the next get
+    assert memory.get("key") is None  # this caller checks again...
+    assert memory.get("key") == memory.peek("key") == "principal"  # ...the others keep it
+    memory.put("key", "checked again")
+    clock.seconds += 0.7  # past the first entry's deadline, within the renewed one's
+    assert memory.get("key") == "checked again"
+
+
+def test_an_entry_whose_recheck_never_came_back_still_ends_at_its_deadline() -> None:
+    clock = MovableClock()
+    memory = ShortMemory(1.0, clock=clock)
+    memory.put("key", "principal")
+    clock.seconds += 0.8
+    assert memory.get("key") is None  # claimed, then the caller failed to put anything
+    clock.seconds += 0.2
+    assert memory.get("key") is None
+    assert len(memory) == 0
+
+
+def _lookups_of(
+    app: FastAPI, table: str, hold: threading.Event | None = None
+) -> tuple[list[str], threading.Event]:
+    """The statements that read ``table``; with ``hold``, the first of them waits for it."""
+    seen: list[str] = []
+    entered = threading.Event()
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and table in statement:
+            seen.append(statement)
+            if hold is not None and not entered.is_set():
+                entered.set()
+                assert hold.wait(30), "the test never released the held lookup"
+
+    event.listen(app.state.database.engine, "before_cursor_execute", note)
+    return seen, entered
+
+
+def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_again(
+    app: FastAPI, factory: Factory
+) -> None:
+    org = factory.organization()
+    headers = {"X-API-Key": factory.api_key(org, {"organizations": ["read"]})}
+    path = f"/api/v1/organizations/{org}"
+    clock = MovableClock()
+    app.state.credential_cache.clock = clock
+    client = TestClient(app)
+    assert client.get(path, headers=headers).status_code == 200
+    clock.seconds += 0.8  # due for its re-check
+
+    release = threading.Event()
+    lookups, entered = _lookups_of(app, "api_keys", hold=release)
+    answers: list[int] = []
+    checking = threading.Thread(target=lambda: answers.append(client.get(path, headers=headers).status_code))
+    checking.start()
+    try:
+        assert entered.wait(30)  # one request is re-checking the key, held in its lookup
+        for _ in range(3):  # the others are answered meanwhile, from memory
+            assert client.get(path, headers=headers).status_code == 200
+        assert len(lookups) == 1
+    finally:
+        release.set()
+        checking.join(30)
+    assert answers == [200]
+    assert client.get(path, headers=headers).status_code == 200
+    assert len(lookups) == 1  # renewed: no more lookups
+
+
+def test_a_recheck_that_finds_the_key_revoked_ends_it_for_every_request(
+    app: FastAPI, factory: Factory
+) -> None:
+    org = factory.organization()
+    headers = {"X-API-Key": factory.api_key(org, {"organizations": ["read"]})}
+    path = f"/api/v1/organizations/{org}"
+    clock = MovableClock()
+    app.state.credential_cache.clock = clock
+    client = TestClient(app)
+    assert client.get(path, headers=headers).status_code == 200
+    # Revoked by another process: a plain statement, which this process's memory does not see.
+    with app.state.database.engine.begin() as connection:
+        connection.execute(update(ApiKey).where(ApiKey.organization_id == org).values(expires_at=utcnow()))
+    assert client.get(path, headers=headers).status_code == 200  # remembered, within the TTL
+    clock.seconds += 0.8
+    assert client.get(path, headers=headers).status_code == 401  # the re-check finds it revoked
+    assert client.get(path, headers=headers).status_code == 401  # and nobody is served the old entry

@@ -101,7 +101,11 @@ async def find(serving: ServingState, principal: Principal, name: str, request: 
         raise NotFound(NO_SUCH_DEPLOYMENT)
     decision = (principal.kind, principal.id, organization_id, principal.org_role, live.project_id)
     if not serving.decisions.get(decision):
-        await run_sync(_decide, serving, principal, live, request)
+        try:
+            await run_sync(_decide, serving, principal, live, request)
+        except MaestroError:
+            serving.decisions.forget(decision)
+            raise
         serving.decisions.put(decision, True)
     return live
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from maestro.config import Settings
 from maestro.db import run_after_commit, utcnow
-from maestro.errors import AuthenticationRequired, NotFound
+from maestro.errors import AuthenticationRequired, MaestroError, NotFound
 from maestro.identity import security
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.models import ApiKey, AuthSession, Membership, Organization, Role, User
@@ -177,7 +177,7 @@ def cached_principal(request: Request, cache: CredentialCache | None) -> Princip
     found = credentials(request)
     if found is None:
         return None
-    return cache.get(cache.key(found[1], request.headers.get(ORGANIZATION_HEADER)))
+    return cache.peek(cache.key(found[1], request.headers.get(ORGANIZATION_HEADER)))
 
 
 def authenticate(
@@ -188,14 +188,21 @@ def authenticate(
         return None
     kind, value = found
     requested_org = request.headers.get(ORGANIZATION_HEADER)
+    key = ""
     if cache is not None:
-        remembered = cache.get(cache.key(value, requested_org))
+        key = cache.key(value, requested_org)
+        remembered = cache.get(key)
         if remembered is not None:
             return remembered
-    if kind == "api_key":
-        principal, until = _api_key_principal(session, value)
-    else:
-        principal, until = _user_principal(session, settings, value, requested_org)
+    try:
+        if kind == "api_key":
+            principal, until = _api_key_principal(session, value)
+        else:
+            principal, until = _user_principal(session, settings, value, requested_org)
+    except MaestroError:
+        if cache is not None:  # a re-check that failed: the credential no longer holds
+            cache.forget(key)
+        raise
     if cache is not None:
         cache.remember(value, requested_org, principal, until)
     return principal

@@ -137,7 +137,7 @@ class Authenticator:
             return Caller("operator", operator, acting_for=request.headers.get(ORGANIZATION_HEADER) or None)
         if not self.settings.model_server_platform_auth:
             raise AuthenticationRequired("Unknown key")
-        principal = self.callers.get(self.callers.key(value, request.headers.get(ORGANIZATION_HEADER)))
+        principal = self.callers.peek(self.callers.key(value, request.headers.get(ORGANIZATION_HEADER)))
         return None if principal is None else Caller("platform", principal.id, principal)
 
     def check_platform(self, request: Request) -> Caller:
@@ -195,7 +195,7 @@ class Authenticator:
         if principal.organization_id != organization_id and principal.kind == "api_key":
             return True
         return (
-            self._decisions.get((caller.id, principal.organization_id, action, kind, project_id)) is not None
+            self._decisions.peek((caller.id, principal.organization_id, action, kind, project_id)) is not None
         )
 
     def _decide(
