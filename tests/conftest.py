@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, event, make_url, text
 
 # The suite must not be steered by a developer's own MAESTRO_* configuration.
 for _key in list(os.environ):
@@ -317,3 +318,22 @@ def model_server(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningP
         return running
 
     return run
+
+
+def held_reads(
+    app: FastAPI, table: str, hold: threading.Event | None = None
+) -> tuple[list[str], threading.Event]:
+    """The SELECT statements that name ``table`` from now on; with ``hold``, the first of
+    them waits until it is set (the returned event says when one is waiting)."""
+    seen: list[str] = []
+    entered = threading.Event()
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and table in statement:
+            seen.append(statement)
+            if hold is not None and not entered.is_set():
+                entered.set()
+                assert hold.wait(30), "the test never released the held lookup"
+
+    event.listen(app.state.database.engine, "before_cursor_execute", note)
+    return seen, entered

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -25,8 +26,10 @@ from maestro.config import Settings
 from maestro.db import new_id
 from maestro.deployments.models import PredictionLog
 from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served, logged_predictions
+from maestro.deployments.state import ENTRY_MAX_AGE
 from maestro.identity.models import AuditLog
 from maestro.jobs.models import Job
+from tests.conftest import held_reads
 from tests.deployments.platform import (
     FEATURES,
     SCHEMA,
@@ -385,6 +388,37 @@ class TestTheHotPath:
             finally:
                 event.remove(app.state.database.engine, "before_cursor_execute", count)
         assert statements == []
+
+    def test_an_old_directory_entry_is_read_again_by_one_request_while_the_others_use_it(
+        self, app: FastAPI, world: World, tiny: Tiny
+    ) -> None:
+        client = TestClient(app)
+        model = register(client, world)
+        version = upload(client, model, world.developer.headers, onnx_file(tiny.first))
+        deployed(client, world, "fraud-api", version["id"])
+        assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
+        serving = app.state.serving
+        key = (world.org, "fraud-api")
+        live, read_at = serving._directory[key]
+        serving._directory[key] = (live, read_at - ENTRY_MAX_AGE - 1)  # as if read a minute ago
+
+        release = threading.Event()
+        reads, entered = held_reads(app, "deployments", hold=release)
+        answers: list[int] = []
+        reading = threading.Thread(
+            target=lambda: answers.append(predict(client, "fraud-api", world.key_headers, [ROW]).status_code)
+        )
+        reading.start()
+        try:
+            assert entered.wait(30)  # one request reads the deployment again, held there
+            for _ in range(3):
+                assert predict(client, "fraud-api", world.key_headers, [ROW]).status_code == 200
+            assert len(reads) == 1
+        finally:
+            release.set()
+            reading.join(30)
+        assert answers == [200]
+        assert serving._directory[key][1] > read_at
 
     def test_revoking_a_key_or_logging_out_stops_access_at_once(
         self, client: TestClient, factory: Factory, world: World, live: dict[str, Any]

@@ -15,7 +15,7 @@ from maestro.app import create_app
 from maestro.db import utcnow
 from maestro.identity.credential_cache import ShortMemory
 from maestro.identity.models import ApiKey
-from tests.conftest import wait_until
+from tests.conftest import held_reads, wait_until
 from tests.factories import Factory
 
 
@@ -138,24 +138,6 @@ def test_an_entry_whose_recheck_never_came_back_still_ends_at_its_deadline() -> 
     assert len(memory) == 0
 
 
-def _lookups_of(
-    app: FastAPI, table: str, hold: threading.Event | None = None
-) -> tuple[list[str], threading.Event]:
-    """The statements that read ``table``; with ``hold``, the first of them waits for it."""
-    seen: list[str] = []
-    entered = threading.Event()
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and table in statement:
-            seen.append(statement)
-            if hold is not None and not entered.is_set():
-                entered.set()
-                assert hold.wait(30), "the test never released the held lookup"
-
-    event.listen(app.state.database.engine, "before_cursor_execute", note)
-    return seen, entered
-
-
 def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_again(
     app: FastAPI, factory: Factory
 ) -> None:
@@ -169,7 +151,7 @@ def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_agai
     clock.seconds += 0.8  # due for its re-check
 
     release = threading.Event()
-    lookups, entered = _lookups_of(app, "api_keys", hold=release)
+    lookups, entered = held_reads(app, "api_keys", hold=release)
     answers: list[int] = []
     checking = threading.Thread(target=lambda: answers.append(client.get(path, headers=headers).status_code))
     checking.start()

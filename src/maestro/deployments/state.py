@@ -130,10 +130,16 @@ class ServingState:
         if found is None:
             return False, None
         live, read_at = found
-        age = time.monotonic() - read_at
-        if age > (ENTRY_MAX_AGE if live is not None else self.settings.deployment_check_seconds):
-            return False, None
-        return True, live
+        now = time.monotonic()
+        if live is None:
+            return (True, None) if now - read_at <= self.settings.deployment_check_seconds else (False, None)
+        if now - read_at <= ENTRY_MAX_AGE:
+            return True, live
+        with self._lock:  # one caller reads it again; the others keep it meanwhile
+            if self._directory.get((organization_id, name)) is not found:
+                return True, live
+            self._directory[(organization_id, name)] = (live, now)
+        return False, None
 
     def resolve(self, organization_id: str, name: str) -> LiveDeployment | None:
         """Read the deployment from the database (blocking) and remember it."""
