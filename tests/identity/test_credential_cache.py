@@ -138,9 +138,8 @@ def test_an_entry_whose_recheck_never_came_back_still_ends_at_its_deadline() -> 
     assert len(memory) == 0
 
 
-def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_again(
-    app: FastAPI, factory: Factory
-) -> None:
+def remembered_key(app: FastAPI, factory: Factory) -> tuple[TestClient, str, dict[str, str], MovableClock]:
+    """A key used once, so remembered, on a memory whose clock the test moves."""
     org = factory.organization()
     headers = {"X-API-Key": factory.api_key(org, {"organizations": ["read"]})}
     path = f"/api/v1/organizations/{org}"
@@ -148,6 +147,13 @@ def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_agai
     app.state.credential_cache.clock = clock
     client = TestClient(app)
     assert client.get(path, headers=headers).status_code == 200
+    return client, path, headers, clock
+
+
+def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_again(
+    app: FastAPI, factory: Factory
+) -> None:
+    client, path, headers, clock = remembered_key(app, factory)
     clock.seconds += 0.8  # due for its re-check
 
     release = threading.Event()
@@ -171,16 +177,10 @@ def test_requests_go_on_from_memory_while_one_of_them_checks_the_credential_agai
 def test_a_recheck_that_finds_the_key_revoked_ends_it_for_every_request(
     app: FastAPI, factory: Factory
 ) -> None:
-    org = factory.organization()
-    headers = {"X-API-Key": factory.api_key(org, {"organizations": ["read"]})}
-    path = f"/api/v1/organizations/{org}"
-    clock = MovableClock()
-    app.state.credential_cache.clock = clock
-    client = TestClient(app)
-    assert client.get(path, headers=headers).status_code == 200
+    client, path, headers, clock = remembered_key(app, factory)
     # Revoked by another process: a plain statement, which this process's memory does not see.
     with app.state.database.engine.begin() as connection:
-        connection.execute(update(ApiKey).where(ApiKey.organization_id == org).values(expires_at=utcnow()))
+        connection.execute(update(ApiKey).values(expires_at=utcnow()))
     assert client.get(path, headers=headers).status_code == 200  # remembered, within the TTL
     clock.seconds += 0.8
     assert client.get(path, headers=headers).status_code == 401  # the re-check finds it revoked
