@@ -322,7 +322,7 @@ class TestPredictionLog:
         request over ``MAX_LOGGED_ROWS`` is cut there but counted whole."""
         names = tuple(FEATURES)
         holed = np.array([[1.0, 2.5, -3.0, 0.5], [0.1, np.nan, 0.3, 0.0]])
-        outputs = [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}}] * 2
+        outputs = [{"prediction": 1, "probabilities": {"no": 0.25, "yes": 0.75}, "confidence": 0.75}] * 2
         app.state.serving.recorder.record(  # as a model taking missing values would answer
             Served(
                 deployment_id=live["id"],
@@ -335,7 +335,9 @@ class TestPredictionLog:
                 rows=len(holed),
                 names=names,
                 matrix=holed,
-                outputs_json=orjson.dumps(outputs),
+                values=[1, 1],
+                probabilities=np.array([[0.25, 0.75]] * 2),
+                classes=("no", "yes"),
             ),
             log=True,
         )

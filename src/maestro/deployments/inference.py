@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -26,6 +26,7 @@ from maestro.api.bodies import read_limited
 from maestro.api.context import current_request_id
 from maestro.db import new_id
 from maestro.deployments.models import DeploymentStatus
+from maestro.deployments.payloads import answers
 from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served
 from maestro.deployments.state import LiveDeployment, ServingState
 from maestro.errors import (
@@ -182,9 +183,17 @@ def _missing_not_answered(runtime: Runtime, matrix: np.ndarray, *outputs: np.nda
         )
 
 
-def predictions(
-    runtime: Runtime, matrix: np.ndarray, splitter: RowSplitter | None = None
-) -> list[dict[str, Any]]:
+class Answered(NamedTuple):
+    """A matrix's answers: ``records`` as the response writes them, and what they were
+    made of (the prediction log keeps these, not the records)."""
+
+    records: list[dict[str, Any]]
+    values: list[Any]  # the predictions, as answered
+    probabilities: np.ndarray | None  # rows x classes, when the answers carry them
+    classes: tuple[str, ...] | None  # the probabilities' class names, in column order
+
+
+def predictions(runtime: Runtime, matrix: np.ndarray, splitter: RowSplitter | None = None) -> Answered:
     """One row of the answer per row of ``matrix``: the prediction, and for a classifier
     that gives them the probabilities and the confidence, classes named as the version
     declares (``runtimes.class_labels``, as the model server and batch jobs name them)."""
@@ -198,24 +207,13 @@ def predictions(
     if named is not None:
         values = named.answers(values)
     if probabilities is None or named is None or not named.names:
-        return [{"prediction": value} for value in values]
-    keys = named.names
-    rows = probabilities.tolist()
-    if len(keys) == 2 and len(rows[0]) == 2:  # a binary classifier: literal dicts, twice as fast
-        no, yes = keys
-        return [
-            {"prediction": value, "probabilities": {no: a, yes: b}, "confidence": b if b > a else a}
-            for value, (a, b) in zip(values, rows, strict=True)
-        ]
-    return [
-        {"prediction": value, "probabilities": dict(zip(keys, row, strict=True)), "confidence": top}
-        for value, row, top in zip(values, rows, map(max, rows), strict=True)
-    ]
+        return Answered(answers(values, None, None), values, None, None)
+    return Answered(answers(values, probabilities, named.names), values, probabilities, named.names)
 
 
 def _answer(
     runtime: Runtime, body: bytes, max_rows: int, batch: bool, splitter: RowSplitter | None = None
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
+) -> tuple[np.ndarray, Answered]:
     """Parse and predict, in one worker thread."""
     try:
         matrix = matrix_from_json(
@@ -254,9 +252,9 @@ async def predict(
         body = await read_body(request, settings.inference_max_body_bytes)
         live, runtime = await loaded(serving, live)
         if len(body) <= INLINE_MAX_BODY and isinstance(runtime, OnnxRuntime):
-            matrix, outputs = _answer(runtime, body, max_rows, batch)  # microseconds: no thread hop
+            matrix, answered = _answer(runtime, body, max_rows, batch)  # microseconds: no thread hop
         else:
-            matrix, outputs = await run_sync(_answer, runtime, body, max_rows, batch, serving.splitter)
+            matrix, answered = await run_sync(_answer, runtime, body, max_rows, batch, serving.splitter)
     except MaestroError as exc:
         _record_failure(serving, live, prediction_id, request_id, started, exc.status_code, exc.message, log)
         raise
@@ -264,11 +262,9 @@ async def predict(
         _record_failure(serving, live, prediction_id, request_id, started, 500, type(exc).__name__, log)
         raise
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    # Written once: the response embeds these bytes and the prediction log keeps them.
-    outputs_json = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
     payload = {
         "success": True,
-        "predictions": orjson.Fragment(outputs_json),
+        "predictions": answered.records,
         "model_info": {
             "deployment": live.name,
             "model_id": live.model_id,
@@ -280,6 +276,10 @@ async def predict(
         "metadata": {"latency_ms": latency_ms, "timestamp": timestamp(), "request_id": request_id},
     }
     rows = int(matrix.shape[0])
+    values, probabilities = answered.values, answered.probabilities
+    if rows > MAX_LOGGED_ROWS:
+        values = values[:MAX_LOGGED_ROWS]
+        probabilities = probabilities[:MAX_LOGGED_ROWS] if probabilities is not None else None
     serving.recorder.record(
         Served(
             deployment_id=live.id,
@@ -291,12 +291,13 @@ async def predict(
             latency_ms=latency_ms,
             rows=rows,
             names=runtime.input_schema.names,
-            matrix=matrix,
-            # Bytes, not the rows' dicts: thousands of objects per request waiting for the
-            # log writer would make every full garbage collection scan them all.
-            outputs_json=outputs_json
-            if rows <= MAX_LOGGED_ROWS
-            else orjson.dumps(outputs[:MAX_LOGGED_ROWS], option=orjson.OPT_SERIALIZE_NUMPY),
+            # What the answers were made of, not the answers' dicts: thousands of objects
+            # per request waiting for the log writer would make every full garbage
+            # collection scan them all. The writer turns these into the stored form.
+            matrix=matrix[:MAX_LOGGED_ROWS],
+            values=values,
+            probabilities=probabilities,
+            classes=answered.classes,
         ),
         log=log,
     )
@@ -304,7 +305,7 @@ async def predict(
     counted.predictions.inc()
     counted.rows.inc(rows)
     counted.seconds.observe(latency_ms / 1000)
-    return Response(orjson.dumps(payload), media_type=JSON_MEDIA)
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON_MEDIA)
 
 
 def _record_failure(

@@ -29,8 +29,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +37,7 @@ from maestro.api.request_metrics import LATENCY_BUCKETS_MS
 from maestro.db import new_id
 from maestro.deployments.metrics import PlatformMetrics
 from maestro.deployments.models import Deployment, DeploymentEvent, DeploymentMinute, LogLevel, PredictionLog
+from maestro.deployments.payloads import LoggedArrays, decode, encode, from_json
 
 if TYPE_CHECKING:
     from maestro.config import Settings
@@ -66,9 +66,13 @@ class Served:
     status_code: int
     latency_ms: float
     rows: int = 0
+    # An answered request's logged rows (at most MAX_LOGGED_ROWS), as references to what
+    # the request already holds; the writer encodes them (``payloads.encode``).
     names: tuple[str, ...] | None = None  # the features, in the matrix's column order
     matrix: np.ndarray | None = None
-    outputs_json: bytes | None = None  # the outputs as the response wrote them (at most MAX_LOGGED_ROWS)
+    values: list[Any] | None = None  # the predictions, as answered
+    probabilities: np.ndarray | None = None  # rows x classes, when answered
+    classes: tuple[str, ...] | None = None  # the probabilities' class names
     error: str | None = None
     at: float = field(default_factory=time.time)
 
@@ -293,20 +297,25 @@ def _log_row(served: Served) -> dict[str, Any]:
 def _answered(served: Served) -> bool:
     """A request answered with predictions: logged by ``_bulk_insert``. Failures carry
     error text and no rows, and take the ORM's insert."""
-    return served.matrix is not None and served.names is not None and served.outputs_json is not None
+    return served.matrix is not None and served.names is not None and served.values is not None
 
 
 def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
-    """The answered requests of a flush as rows of ``_BULK_COLUMNS``, their JSON already
-    text: inputs kept as columns and rows (``{"columns": [...], "rows": [[...]]}``)
-    straight from the matrix, missing values as null; outputs as the response wrote them."""
+    """The answered requests of a flush as rows of ``_BULK_COLUMNS``: the logged rows as
+    one binary ``payload`` each (``payloads.encode``); ``inputs`` and ``outputs``, the
+    JSON form of earlier logs, are left NULL."""
     rows = []
     for served in answered:
+        assert served.names is not None
         assert served.matrix is not None
-        assert served.outputs_json is not None
-        inputs = orjson.dumps(
-            {"columns": served.names, "rows": served.matrix[:MAX_LOGGED_ROWS]},
-            option=orjson.OPT_SERIALIZE_NUMPY,
+        assert served.values is not None
+        probabilities = served.probabilities
+        payload = encode(
+            served.names,
+            served.matrix[:MAX_LOGGED_ROWS],  # the request cut them already; views either way
+            served.values[:MAX_LOGGED_ROWS],
+            served.classes,
+            probabilities[:MAX_LOGGED_ROWS] if probabilities is not None else None,
         )
         at = _utc(served.at)
         rows.append(
@@ -316,8 +325,7 @@ def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
                 served.deployment_id,
                 served.version_id,
                 served.request_id,
-                inputs.decode(),
-                served.outputs_json.decode(),
+                payload,
                 served.rows,
                 served.latency_ms,
                 served.status_code,
@@ -334,14 +342,13 @@ _BULK_COLUMNS = (
     "deployment_id",
     "model_version_id",
     "request_id",
-    "inputs",
-    "outputs",
+    "payload",
     "row_count",
     "latency_ms",
     "status_code",
     "created_at",
 )
-_INPUTS, _OUTPUTS = _BULK_COLUMNS.index("inputs"), _BULK_COLUMNS.index("outputs")
+_PAYLOAD = _BULK_COLUMNS.index("payload")
 
 
 # One INSERT carries this many logs at most, or about this many bytes of them.
@@ -354,7 +361,7 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
     size = 0
     for row in rows:
         chunk.append(row)
-        size += len(row[_INPUTS]) + len(row[_OUTPUTS])
+        size += len(row[_PAYLOAD])
         if len(chunk) == _CHUNK_ROWS or size >= _CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
@@ -364,17 +371,14 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
 
 def _bulk_insert(session: Session, answered: list[Served]) -> None:
     """Insert the answered requests' logs through the driver itself, many rows to one
-    multi-row INSERT. The ORM's work per row (bind processing, JSON encoding) would cost
-    more than the request did; and a statement per row would release and take back the
-    interpreter's lock once per row, each time taking it from the event loop serving
-    requests, which costs the server more than the writing does."""
+    multi-row INSERT, each payload bound as bytes (a BLOB in SQLite, bytea in
+    PostgreSQL). The ORM's work per row (bind processing) would cost more than the
+    request did; and a statement per row would release and take back the interpreter's
+    lock once per row, each time taking it from the event loop serving requests, which
+    costs the server more than the writing does."""
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        marks = ["%s"] * len(_BULK_COLUMNS)
-        marks[_INPUTS] = marks[_OUTPUTS] = "%s::jsonb"
-    else:
-        marks = ["?"] * len(_BULK_COLUMNS)
-    row_marks = f"({', '.join(marks)})"
+    mark = "%s" if dialect == "postgresql" else "?"
+    row_marks = f"({', '.join([mark] * len(_BULK_COLUMNS))})"
     insert_into = f"INSERT INTO prediction_logs ({', '.join(_BULK_COLUMNS)}) VALUES "  # noqa: S608 - constants
     connection = session.connection()
     for chunk in _chunks(_bulk_rows(answered, dialect)):
@@ -410,13 +414,29 @@ def _event_row(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- reading the log ------------------------------------------------------------------------------
+# A log is stored in one of two forms: a binary ``payload`` (``payloads``), or, as
+# written before it, JSON ``inputs`` and ``outputs``. Readers get the same either way.
+# A payload that cannot be read (damaged in the database) is logged as a warning and
+# read as a request without inputs or outputs, its other columns intact: reading goes
+# on, and a page never ends before a row it cannot read (which would repeat it forever).
+
+
 def _records(inputs: Any) -> list[Any]:
-    """Logged inputs as records of named features, whether kept as columns and rows or
-    (logs written before) as records."""
+    """JSON-logged inputs as records of named features, whether kept as columns and rows
+    or (logs written before) as records."""
     if isinstance(inputs, dict):
         columns = inputs.get("columns") or []
         return [dict(zip(columns, row, strict=True)) for row in inputs.get("rows") or []]
     return inputs or []
+
+
+def _decoded(row: PredictionLog) -> LoggedArrays | None:
+    assert row.payload is not None
+    try:
+        return decode(row.payload)
+    except ValueError as exc:
+        logger.warning("prediction log %s cannot be read: %s", row.id, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -437,18 +457,28 @@ class LoggedPrediction:
     created_at: datetime
 
 
-def logged_predictions(
-    session: Session,
+@dataclass(frozen=True)
+class LoggedMatrix:
+    """One logged request with its rows as arrays (``arrays``; None for a failed request
+    or one that cannot be read), for readers that compute over columns and would only
+    take records apart again."""
+
+    id: str
+    deployment_id: str
+    model_version_id: str | None
+    row_count: int
+    status_code: int
+    created_at: datetime
+    arrays: LoggedArrays | None
+
+
+def _page(
     deployment_id: str,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    after: LoggedPrediction | None = None,
-    limit: int = 1000,
-) -> list[LoggedPrediction]:
-    """A deployment's logged requests with ``since <= created_at < until``, oldest first,
-    at most ``limit``; pass the last one read as ``after`` for the next page (keyset on
-    time and id, so pages neither skip nor repeat rows while the log grows)."""
+    since: datetime | None,
+    until: datetime | None,
+    after: LoggedPrediction | LoggedMatrix | None,
+    limit: int,
+) -> Select[PredictionLog]:
     statement = select(PredictionLog).where(PredictionLog.deployment_id == deployment_id)
     if since is not None:
         statement = statement.where(PredictionLog.created_at >= since)
@@ -461,22 +491,75 @@ def logged_predictions(
                 and_(PredictionLog.created_at == after.created_at, PredictionLog.id > after.id),
             )
         )
-    statement = statement.order_by(PredictionLog.created_at, PredictionLog.id).limit(
-        max(1, min(limit, 10_000))
+    return statement.order_by(PredictionLog.created_at, PredictionLog.id).limit(max(1, min(limit, 10_000)))
+
+
+def _logged(row: PredictionLog) -> LoggedPrediction:
+    if row.payload is not None:
+        arrays = _decoded(row)
+        inputs = arrays.inputs() if arrays is not None else []
+        outputs = arrays.outputs() if arrays is not None else []
+    else:
+        inputs, outputs = _records(row.inputs), row.outputs or []
+    return LoggedPrediction(
+        id=row.id,
+        deployment_id=row.deployment_id,
+        model_version_id=row.model_version_id,
+        request_id=row.request_id,
+        inputs=inputs,
+        outputs=outputs,
+        row_count=row.row_count,
+        latency_ms=row.latency_ms,
+        status_code=row.status_code,
+        error=row.error,
+        created_at=row.created_at,
     )
-    return [
-        LoggedPrediction(
-            id=row.id,
-            deployment_id=row.deployment_id,
-            model_version_id=row.model_version_id,
-            request_id=row.request_id,
-            inputs=_records(row.inputs),
-            outputs=row.outputs or [],
-            row_count=row.row_count,
-            latency_ms=row.latency_ms,
-            status_code=row.status_code,
-            error=row.error,
-            created_at=row.created_at,
-        )
-        for row in session.scalars(statement)
-    ]
+
+
+def logged_predictions(
+    session: Session,
+    deployment_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: LoggedPrediction | LoggedMatrix | None = None,
+    limit: int = 1000,
+) -> list[LoggedPrediction]:
+    """A deployment's logged requests with ``since <= created_at < until``, oldest first,
+    at most ``limit``; pass the last one read as ``after`` for the next page (keyset on
+    time and id, so pages neither skip nor repeat rows while the log grows)."""
+    return [_logged(row) for row in session.scalars(_page(deployment_id, since, until, after, limit))]
+
+
+def _matrix(row: PredictionLog) -> LoggedMatrix:
+    arrays: LoggedArrays | None = None
+    if row.payload is not None:
+        arrays = _decoded(row)
+    elif row.inputs is not None or row.outputs is not None:
+        try:
+            arrays = from_json(row.inputs, row.outputs)
+        except (ValueError, TypeError) as exc:
+            logger.warning("prediction log %s cannot be read as arrays: %s", row.id, exc)
+    return LoggedMatrix(
+        id=row.id,
+        deployment_id=row.deployment_id,
+        model_version_id=row.model_version_id,
+        row_count=row.row_count,
+        status_code=row.status_code,
+        created_at=row.created_at,
+        arrays=arrays,
+    )
+
+
+def logged_matrices(
+    session: Session,
+    deployment_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: LoggedPrediction | LoggedMatrix | None = None,
+    limit: int = 1000,
+) -> list[LoggedMatrix]:
+    """As ``logged_predictions``, the rows as arrays instead of records: no dict per row,
+    the matrix read straight from the stored bytes."""
+    return [_matrix(row) for row in session.scalars(_page(deployment_id, since, until, after, limit))]
