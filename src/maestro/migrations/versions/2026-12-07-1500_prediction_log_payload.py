@@ -2,7 +2,7 @@
 
 Revision ID: f6c8e0a2b456
 Revises: e5b7d9f1a345
-Create Date: 2026-12-08 09:00:00
+Create Date: 2026-12-07 15:00:00
 """
 
 from __future__ import annotations
