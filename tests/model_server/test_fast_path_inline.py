@@ -5,6 +5,7 @@ written as JSON text serialised by orjson (``deployments.predictions``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from maestro.model_server.auth import Caller
 from maestro.runtimes.errors import InputError
-from maestro.runtimes.parallel import SPLIT_MIN_ROWS, RowSplitter, splittable
+from maestro.runtimes.parallel import SPLIT_MIN_ROWS, SPLIT_MIN_SECONDS, RowSplitter, splittable
 from maestro.runtimes.service import load_runtime
 from tests.model_server.test_model_server_hostile import KEY, OPERATOR, server_settings, started
 from tests.runtimes.fixtures import Data
@@ -151,6 +152,26 @@ def test_a_split_batch_answers_like_one_call(forest: Any, data: Data) -> None:
         cheap.run(runtime, runtime.predict, matrix[:10])
         assert runtime not in cheap._seconds_per_row
         cheap.close()
+    finally:
+        splitter.close()
+
+
+def test_a_cheap_model_that_waited_during_its_measured_call_is_not_split(logreg: Any) -> None:
+    """A call held up (here by a sleep, as by the interpreter's lock or a busy core) costs
+    its thread no processor time: the model stays measured as cheap, and is not split."""
+    runtime = load_runtime(onnx_bytes(logreg), format="onnx")
+    splitter = RowSplitter(parts=2)
+    matrix = np.random.default_rng(4).normal(size=(SPLIT_MIN_ROWS * 2, FEATURES))
+
+    def held_up(rows: np.ndarray) -> Any:
+        time.sleep(SPLIT_MIN_SECONDS * 5)
+        return runtime.predict(rows)
+
+    try:
+        splitter.run(runtime, held_up, matrix)
+        assert splitter._seconds_per_row[runtime] * len(matrix) < SPLIT_MIN_SECONDS
+        splitter.run(runtime, runtime.predict, matrix)
+        assert splitter._pool is None  # no helper thread was ever needed
     finally:
         splitter.close()
 

@@ -10,8 +10,9 @@ same; a block that fails is run again as the whole batch, so an error names the 
 row it would have named.
 
 Only batches worth it are split: ONNX runtimes, at least ``SPLIT_MIN_ROWS`` rows, and
-a model whose last unsplit call of that size cost more than ``SPLIT_MIN_SECONDS``
-(a linear model's 1,000 rows take microseconds: splitting would only add a hop).
+a model whose last unsplit call of that size cost more than ``SPLIT_MIN_SECONDS`` of
+processor time (a linear model's 1,000 rows take microseconds: splitting would only
+add a hop).
 """
 
 from __future__ import annotations
@@ -86,9 +87,12 @@ class RowSplitter:
             return method(matrix)
         per_row = self._seconds_per_row.get(runtime)
         if per_row is None or per_row * rows < SPLIT_MIN_SECONDS:
-            started = time.perf_counter()
+            # The processor time this thread spent, not the time that passed: a call that
+            # waited for the interpreter's lock or for a busy core must not mark a cheap
+            # model as slow, for then every later batch would pay for the split's hops.
+            started = time.thread_time()
             result = method(matrix)
-            self._seconds_per_row[runtime] = (time.perf_counter() - started) / rows
+            self._seconds_per_row[runtime] = (time.thread_time() - started) / rows
             return result
         blocks = np.array_split(matrix, self.parts)
         try:
