@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
 
 from maestro.config import Settings
-from maestro.db import Database, new_id, run_after_commit, utcnow
+from maestro.db import Database, new_id, run_after_commit, utc_timestamp, utcnow
 from maestro.jobs.models import Job
 
 
@@ -20,6 +21,24 @@ class TestIds:
         earlier = new_id("run")
         threading.Event().wait(0.002)
         assert new_id("run") > earlier
+
+    def test_an_id_carries_the_millisecond_it_was_minted_in(self) -> None:
+        before = time.time_ns() // 1_000_000
+        minted = new_id("pred")
+        after = time.time_ns() // 1_000_000
+        digits = "0123456789abcdefghjkmnpqrstvwxyz"
+        value = 0
+        for character in minted.removeprefix("pred_"):
+            value = value * 32 + digits.index(character)
+        assert before <= value >> 80 <= after
+
+    def test_a_timestamp_is_iso_8601_in_utc_to_the_microsecond(self) -> None:
+        before = utcnow()
+        stamp = utc_timestamp()
+        after = utcnow()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - timedelta(microseconds=1) <= moment <= after
 
     def test_ids_do_not_collide(self) -> None:
         assert len({new_id("x") for _ in range(10_000)}) == 10_000

@@ -13,7 +13,6 @@ log and the metrics, which a background thread writes.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +23,7 @@ from fastapi.responses import Response
 
 from maestro.api.bodies import read_limited
 from maestro.api.context import current_request_id
-from maestro.db import new_id
+from maestro.db import new_id, utc_timestamp
 from maestro.deployments.models import DeploymentStatus
 from maestro.deployments.payloads import answers
 from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served
@@ -51,10 +50,6 @@ NO_SUCH_DEPLOYMENT = "No such deployment"
 # than a hop to a worker thread and back takes, so it runs on the event loop.
 INLINE_MAX_BODY = 4096
 JSON_MEDIA = "application/json"
-
-
-def timestamp() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- finding the deployment and checking access --------------------------------------------------
@@ -273,7 +268,7 @@ async def predict(
             "version_id": live.version_id,
             "prediction_id": prediction_id,
         },
-        "metadata": {"latency_ms": latency_ms, "timestamp": timestamp(), "request_id": request_id},
+        "metadata": {"latency_ms": latency_ms, "timestamp": utc_timestamp(), "request_id": request_id},
     }
     rows = int(matrix.shape[0])
     values, probabilities = answered.values, answered.probabilities

@@ -25,6 +25,7 @@ from maestro.api.bodies import read_limited
 from maestro.api.envelope import ErrorDetail
 from maestro.api.errors import error_response, error_responses, validation_details
 from maestro.api.mlflow_errors import mlflow_error
+from maestro.db import utc_timestamp
 from maestro.errors import MaestroError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from maestro.model_server.auth import Caller
 from maestro.model_server.jobs import CHUNK_ROWS
@@ -44,7 +45,7 @@ from maestro.model_server.schemas import (
     StatusRead,
     body_doc,
 )
-from maestro.model_server.server import LoadRequest, ModelServer, ServedModel, utc_timestamp
+from maestro.model_server.server import LoadRequest, ModelServer, ServedModel
 from maestro.runtimes.errors import InputError
 
 

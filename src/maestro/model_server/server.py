@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -44,6 +43,7 @@ from limits import parse
 
 from maestro.api.ratelimit import RateLimiter
 from maestro.config import Settings
+from maestro.db import utc_timestamp
 from maestro.errors import (
     Conflict,
     MaestroError,
@@ -89,10 +89,6 @@ RATE_GROUPS = ("predict", "batch", "management")
 # A body this small holds a few rows: an ONNX model answers it in microseconds, less
 # than handing it to a prediction thread and back costs, so it runs on the event loop.
 INLINE_MAX_BODY = 4096
-
-
-def utc_timestamp() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def guarded(call: Callable[..., T], *args: Any) -> T:
