@@ -2,7 +2,7 @@
 model server, each with its default and its tuned settings, and both against
 ``mlflow models serve``, with in-process prediction as the limit.
 
-    .venv/bin/python bench/serving.py [--seconds 5] [--client auto|wrk|httpx]
+    .venv/bin/python bench/serving.py [--seconds 5] [--rounds 3] [--client auto|wrk|httpx]
         [--settings default,tuned] [--configs model-server,platform,platform-log-0,platform-first-5s]
         [--skip-model-server] [--skip-platform] [--skip-mlflow]
         [--models logreg,forest] [--rows 1,1000] [--concurrency 1,8] [--no-v2]
@@ -36,7 +36,10 @@ INFO; the server's output goes to a log file), and ``tuned`` (MAESTRO_ACCESS_LOG
 MAESTRO_LOG_LEVEL=WARNING). Rate limits are off in both (MAESTRO_RATE_LIMITS_ENABLED=false):
 the bench floods one organisation. All the servers run at once and the configurations
 take turns on each measurement, so drift in the machine's load spreads evenly over them;
-each run starts once the previous one's server is idle again.
+each run starts once the previous one's server is idle again. Every cell is measured
+``--rounds`` times (3) in turns and the median is reported, with the lowest and highest
+requests/s beside it: on a shared 2-core machine one 5 s run of the same server can
+differ from the next by a third, more than the margins the targets test.
 
 With ``--isolation`` (or ``--isolation-only``) it also measures what isolating XGBoost
 and LightGBM costs: a 100-tree booster of each, 1-row and 1,000-row bodies, ``raw``
@@ -120,6 +123,9 @@ class Result:
     errors: int = 0
     settings: str = ""
     cpu_ms: float | None = None  # the server's CPU time per request
+    runs: int = 1  # measurements this result is the median of
+    rps_low: float | None = None  # the lowest and highest of them
+    rps_high: float | None = None
 
 
 class Run(NamedTuple):
@@ -622,16 +628,27 @@ class Bench:
         return result
 
     def grid(
-        self, targets: list[Target], models: list[str], rows_run: list[int], concurrency: list[int]
+        self,
+        targets: list[Target],
+        models: list[str],
+        rows_run: list[int],
+        concurrency: list[int],
+        rounds: int = 1,
     ) -> None:
         """Every model, rows and concurrency on every target, the targets taking turns on
-        each measurement."""
-        for model in models:
-            for rows in rows_run:
-                ready = [target for target in targets if self.answers(target, model, rows)]
-                for clients in concurrency:
-                    for target in ready:
-                        self.run(target, model, rows, clients)
+        each measurement; ``rounds`` times over, so that a slow moment of the machine falls
+        on one measurement of each, not on all of one target's."""
+        ready = {
+            (model, rows): [target for target in targets if self.answers(target, model, rows)]
+            for model in models
+            for rows in rows_run
+        }
+        for _ in range(rounds):
+            for model in models:
+                for rows in rows_run:
+                    for clients in concurrency:
+                        for target in ready[(model, rows)]:
+                            self.run(target, model, rows, clients)
 
     def first_seconds(self, platform: Platform, target: Target, model: str, rows_run: list[int]) -> None:
         """A new version deployed and measured at once, then the same again 5 s later."""
@@ -899,6 +916,9 @@ def start_targets(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each cell, taken in turns; the median is shown"
+    )
     parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument(
         "--settings", default=",".join(SETTINGS), help="comma-separated subset of default,tuned"
@@ -961,11 +981,12 @@ def main() -> None:
 
     targets, redeployable, processes = start_targets(workdir, configs, settings_run, not args.no_v2)
     try:
-        bench.grid(targets, models_run, rows_run, concurrency_run)
+        bench.grid(targets, models_run, rows_run, concurrency_run, rounds=args.rounds)
         if "platform-first-5s" in configs:
-            for platform, target in redeployable.values():
-                for name in models_run:
-                    bench.first_seconds(platform, target, name, rows_run)
+            for _ in range(args.rounds):
+                for platform, target in redeployable.values():
+                    for name in models_run:
+                        bench.first_seconds(platform, target, name, rows_run)
     finally:
         for process in processes:
             process.stop()
@@ -992,11 +1013,41 @@ def main() -> None:
                     process.stop()
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             print(f"mlflow: skipped ({exc})", flush=True)
-    report(bench.results)
-    targets_met(bench.results, settings_run)
-    mlflow_targets(bench.results, settings_run)
+    results = medians(bench.results)
+    report(results)
+    targets_met(results, settings_run)
+    mlflow_targets(results, settings_run)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per target, settings and cell: the median of its measurements, with
+    the lowest and highest requests/s beside it."""
+    groups: dict[tuple[str, str, str, int, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.target, r.settings, r.model, r.rows, r.concurrency), []).append(r)
+    collapsed = []
+    for (target, settings, model, rows, concurrency), runs in groups.items():
+        cpus = [r.cpu_ms for r in runs if r.cpu_ms is not None]
+        collapsed.append(
+            Result(
+                target,
+                model,
+                rows,
+                concurrency,
+                statistics.median(r.rps for r in runs),
+                statistics.median(r.p50_ms for r in runs),
+                statistics.median(r.p99_ms for r in runs),
+                sum(r.errors for r in runs),
+                settings,
+                statistics.median(cpus) if cpus else None,
+                len(runs),
+                min(r.rps for r in runs),
+                max(r.rps for r in runs),
+            )
+        )
+    return collapsed
 
 
 def report(results: list[Result]) -> None:
@@ -1007,7 +1058,7 @@ def report(results: list[Result]) -> None:
     print()
     print(
         f"{'target':<20} {'settings':<8} {'model':<8} {'rows':>5} {'c':>2} {'req/s':>9} {'rows/s':>11} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'x mlflow':>9}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'x mlflow':>9}  req/s lowest-highest"
     )
     previous = None
     for r in ordered:
@@ -1019,9 +1070,10 @@ def report(results: list[Result]) -> None:
         ratio = f"{r.rps / base.rps:8.1f}x" if base and r.target != "mlflow" else ""
         cpu = f"{r.cpu_ms:10.3f}" if r.cpu_ms is not None else ""
         errors = f"  ({r.errors} errors)" if r.errors else ""
+        spread = f"  {r.rps_low:,.0f}-{r.rps_high:,.0f} ({r.runs} runs)" if r.runs > 1 else ""
         print(
             f"{r.target:<20} {r.settings:<8} {r.model:<8} {r.rows:>5} {r.concurrency:>2} {r.rps:>9.1f} "
-            f"{r.rps * r.rows:>11,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {cpu:>10} {ratio:>9}{errors}"
+            f"{r.rps * r.rows:>11,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {cpu:>10} {ratio:>9}{spread}{errors}"
         )
 
 
