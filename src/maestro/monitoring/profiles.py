@@ -79,6 +79,17 @@ def _unseal(magic: bytes, data: bytes, what: str) -> bytes:
     return data[len(magic) + 1 : -_CRC.size]
 
 
+def _unseal_document(magic: bytes, data: bytes, what: str, fields: set[str]) -> dict[str, Any]:
+    """A sealed JSON document with exactly ``fields``, or ValueError."""
+    try:
+        document = orjson.loads(_unseal(magic, data, what))
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{what}: not JSON") from exc
+    if not isinstance(document, dict) or set(document) != fields:
+        raise ValueError(f"{what}: unexpected fields")
+    return document
+
+
 # -- KLL layout (datasketches' serial versions 1 and 2 for 8-byte items) -------------------
 _KLL_FAMILY = 15
 _KLL_M = 8
@@ -276,6 +287,7 @@ def _categorical_values(values: Any) -> tuple[np.ndarray, int]:
 
 
 _CATEGORICAL_FIELDS = {"cap", "count", "null_count", "other", "counts"}
+_LATENCY_FIELDS = {"count", "null_count", "zero_count", "sum", "min", "max", "bins"}
 
 
 class CategoricalProfile:
@@ -349,13 +361,7 @@ class CategoricalProfile:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CategoricalProfile:
-        body = _unseal(_CATEGORICAL_MAGIC, data, "categorical profile")
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("categorical profile: not JSON") from exc
-        if not isinstance(document, dict) or set(document) != _CATEGORICAL_FIELDS:
-            raise ValueError("categorical profile: unexpected fields")
+        document = _unseal_document(_CATEGORICAL_MAGIC, data, "categorical profile", _CATEGORICAL_FIELDS)
         numbers = [document[key] for key in ("cap", "count", "null_count", "other")]
         counts = document["counts"]
         if not all(type(value) is int and value >= 0 for value in numbers) or not isinstance(counts, dict):
@@ -447,14 +453,7 @@ class LatencyProfile:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LatencyProfile:
-        body = _unseal(_LATENCY_MAGIC, data, "latency profile")
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("latency profile: not JSON") from exc
-        fields = {"count", "null_count", "zero_count", "sum", "min", "max", "bins"}
-        if not isinstance(document, dict) or set(document) != fields:
-            raise ValueError("latency profile: unexpected fields")
+        document = _unseal_document(_LATENCY_MAGIC, data, "latency profile", _LATENCY_FIELDS)
         counts = [document[key] for key in ("count", "null_count", "zero_count")]
         bins = document["bins"]
         if not all(type(value) is int and value >= 0 for value in counts) or not isinstance(bins, list):
