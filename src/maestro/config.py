@@ -284,6 +284,18 @@ class Settings(BaseSettings):
     prediction_log_max_pending: int = Field(
         20_000, ge=1, description="Prediction logs held in memory at most; beyond this they are dropped."
     )
+    prediction_log_retention_days: int = Field(
+        30,
+        ge=1,
+        description="Prediction logs older than this are deleted by maintenance once folded into "
+        "monitoring's hourly profiles, which are kept.",
+    )
+    monitoring_fold_interval_seconds: int = Field(
+        60,
+        ge=0,
+        description="How often consumers fold new prediction logs into monitoring's hourly profiles "
+        "(checked once a minute); 0 turns folding, and so the deletion of old logs, off.",
+    )
     warmup_hold_file: Path | None = Field(
         None,
         description="Rehearsals and tests: warming the active deployments at start waits until this "

@@ -305,6 +305,7 @@ MODEL_MODULES = (
     "maestro.tracking.models",
     "maestro.deployments.models",
     "maestro.mlflow_compat.models",
+    "maestro.monitoring.models",
 )
 
 

@@ -29,7 +29,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Select, and_, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -563,3 +563,29 @@ def logged_matrices(
     """As ``logged_predictions``, the rows as arrays instead of records: no dict per row,
     the matrix read straight from the stored bytes."""
     return [_matrix(row) for row in session.scalars(_page(deployment_id, since, until, after, limit))]
+
+
+def deployments_with_logs(session: Session) -> list[str]:
+    """The deployments that have any logged request: one index probe per deployment,
+    never a scan of the log."""
+    logged = select(PredictionLog.id).where(PredictionLog.deployment_id == Deployment.id).exists()
+    return list(session.scalars(select(Deployment.id).where(logged).order_by(Deployment.id)))
+
+
+def delete_logged_before(
+    session: Session, cutoff: datetime, limit: int, *, deployment_id: str | None = None
+) -> int:
+    """Delete at most ``limit`` logged requests created before ``cutoff`` (of one
+    deployment, or of all), oldest first, and say how many went: callers repeat it in
+    short transactions, so a large backlog never holds the writers up for long."""
+    doomed = select(PredictionLog.id).where(PredictionLog.created_at < cutoff)
+    if deployment_id is not None:
+        doomed = doomed.where(PredictionLog.deployment_id == deployment_id)
+    doomed = doomed.order_by(PredictionLog.created_at).limit(max(1, limit))
+    ids = list(session.scalars(doomed))
+    if not ids:
+        return 0
+    session.execute(
+        delete(PredictionLog).where(PredictionLog.id.in_(ids)).execution_options(synchronize_session=False)
+    )
+    return len(ids)

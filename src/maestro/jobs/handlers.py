@@ -19,7 +19,7 @@ Handler = Callable[..., dict[str, Any] | None]
 HANDLERS: dict[str, Handler] = {}
 
 # Modules that declare job kinds; imported wherever jobs are submitted or executed.
-HANDLER_MODULES = ("maestro.jobs.maintenance", "maestro.deployments.batch_jobs")
+HANDLER_MODULES = ("maestro.jobs.maintenance", "maestro.deployments.batch_jobs", "maestro.monitoring.folding")
 
 
 def job_handler(kind: str) -> Callable[[Handler], Handler]:

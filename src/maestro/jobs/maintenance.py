@@ -11,6 +11,9 @@ from maestro.jobs import service
 from maestro.jobs.handlers import JobContext, job_handler
 
 CLEANUP = "maintenance.cleanup"
+# Folds prediction logs into monitoring's hourly profiles and deletes the folded ones past
+# their retention; its handler is monitoring's (``maestro.monitoring.folding``).
+FOLD = "monitoring.fold"
 PROBE = "system.probe"
 MAX_PROBE_SECONDS = 300.0
 PROBE_HOLDS = "probe-holds"  # under the data directory: files that release held probes

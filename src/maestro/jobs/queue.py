@@ -18,6 +18,7 @@ from maestro.config import Settings
 from maestro.db import Database, utcnow
 from maestro.jobs import service
 from maestro.jobs.handlers import HANDLERS, JobContext, load_handlers
+from maestro.jobs.models import FINISHED_STATUSES
 from maestro.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("maestro.jobs")
 
 EXECUTE_TASK = "maestro.execute_job"
+FOLD_SLACK_SECONDS = 5
 
 
 def build_huey(settings: Settings) -> Huey:
@@ -141,14 +143,23 @@ class JobQueue:
 
     def schedule_maintenance(self) -> None:
         """Runs every minute on every consumer; the storage-wide lock and the check of
-        the last run make one cleanup per interval across all of them."""
-        from maestro.jobs.maintenance import CLEANUP
+        the last run make one cleanup per interval across all of them, and one fold of
+        prediction logs per fold interval, never while the last one is still waiting
+        or running."""
+        from maestro.jobs.maintenance import CLEANUP, FOLD
 
         interval = timedelta(minutes=self.settings.maintenance_interval_minutes)
+        fold_every = self.settings.monitoring_fold_interval_seconds
         with self.huey.lock_task("maestro-maintenance-schedule"), self.database.session() as session:
             last = service.last_submitted(session, CLEANUP)
             if last is None or last.created_at < utcnow() - interval:
                 self.submit(session, CLEANUP)
+            if fold_every:
+                last = service.last_submitted(session, FOLD)
+                # Checked once a minute: without the slack, a fold each minute would run every other.
+                due = utcnow() - timedelta(seconds=max(fold_every - FOLD_SLACK_SECONDS, 0))
+                if last is None or (last.status in FINISHED_STATUSES and last.created_at < due):
+                    self.submit(session, FOLD)
 
 
 class Reaper(threading.Thread):
