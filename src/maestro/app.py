@@ -40,6 +40,7 @@ from maestro.logs import configure_logging
 from maestro.mlflow_compat.fast_path import FastMlflow
 from maestro.mlflow_compat.routes import hot_router as mlflow_hot_router
 from maestro.mlflow_compat.routes import router as mlflow_router
+from maestro.monitoring.routes import router as monitoring_router
 from maestro.organizations.admin_routes import router as admin_router
 from maestro.organizations.routes import router as organizations_router
 from maestro.projects.routes import router as projects_router
@@ -72,6 +73,7 @@ ROUTERS = (
     jobs_router,
     tracking_router,
     deployments_router,
+    monitoring_router,
     metrics_router,
     mlflow_router,
 )

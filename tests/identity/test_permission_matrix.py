@@ -826,6 +826,7 @@ RULES = [
             ("POST", f"{DEPLOYMENT}/rollback", DEPLOY_ROLLBACK, "deployments", "write", lambda w: {}),
             ("GET", f"{DEPLOYMENT}/logs", DEPLOY_READ, "deployments", "read", None),
             ("GET", f"{DEPLOYMENT}/metrics", DEPLOY_READ, "deployments", "read", None),
+            ("GET", f"{DEPLOYMENT}/monitoring/metrics", DEPLOY_READ, "monitoring", "read", None),
             ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
             ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
             ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),

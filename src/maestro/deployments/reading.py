@@ -7,9 +7,9 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Row, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from maestro.api.request_metrics import LATENCY_BUCKETS_MS
@@ -251,7 +251,10 @@ def deployment_logs(
 
 
 # --- metrics -------------------------------------------------------------------------------------
-class _Totals:
+class RequestTotals:
+    """Requests of any number of per-minute rows added up; latency percentiles merge
+    through the shared histogram buckets."""
+
     __slots__ = ("buckets", "errors", "latency_max", "latency_sum", "predictions", "requests")
 
     def __init__(self) -> None:
@@ -259,7 +262,7 @@ class _Totals:
         self.latency_sum = self.latency_max = 0.0
         self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
 
-    def add(self, row: DeploymentMinute) -> None:
+    def add(self, row: Row[Any]) -> None:
         self.requests += row.request_count
         self.errors += row.error_count
         self.predictions += row.prediction_count
@@ -307,6 +310,45 @@ def _epoch(value: datetime) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+_MINUTE_COLUMNS = (
+    DeploymentMinute.minute,
+    DeploymentMinute.request_count,
+    DeploymentMinute.error_count,
+    DeploymentMinute.prediction_count,
+    DeploymentMinute.latency_sum_ms,
+    DeploymentMinute.latency_max_ms,
+    DeploymentMinute.latency_buckets,
+)
+_STREAMED_ROWS = 2000
+
+
+def request_totals(
+    session: Session, deployment_id: str, *, start: datetime, end: datetime, step: int | None = None
+) -> tuple[RequestTotals, dict[int, RequestTotals]]:
+    """The deployment's requests in the minutes that start in [start, end), every
+    process's rows added up: over the whole window and, given ``step`` (seconds), per
+    interval aligned to multiples of it in UTC, keyed by the interval's index from the
+    one holding ``start`` (empty ones absent). Rows are streamed, so memory grows with
+    the intervals asked for, never with the minutes read."""
+    rows = session.execute(
+        select(*_MINUTE_COLUMNS)
+        .where(
+            DeploymentMinute.deployment_id == deployment_id,
+            DeploymentMinute.minute >= start,
+            DeploymentMinute.minute < end,
+        )
+        .execution_options(yield_per=_STREAMED_ROWS)
+    )
+    overall = RequestTotals()
+    intervals: dict[int, RequestTotals] = defaultdict(RequestTotals)
+    first = math.floor(_epoch(start) / step) * step if step else 0.0
+    for row in rows:
+        overall.add(row)
+        if step:
+            intervals[int((_epoch(row.minute) - first) // step)].add(row)
+    return overall, dict(intervals)
+
+
 def deployment_metrics(
     session: Session,
     principal: Principal,
@@ -337,25 +379,11 @@ def deployment_metrics(
         )
     window_start = datetime.fromtimestamp(first, UTC)
     window_end = datetime.fromtimestamp(end_at, UTC)
-    rows = session.scalars(
-        select(DeploymentMinute).where(
-            and_(
-                DeploymentMinute.deployment_id == deployment.id,
-                DeploymentMinute.minute >= window_start,
-                DeploymentMinute.minute < window_end,
-            )
-        )
-    )
-    intervals: dict[int, _Totals] = defaultdict(_Totals)
-    overall = _Totals()
-    for row in rows:
-        index = int((row.minute.timestamp() - first) // step)
-        intervals[index].add(row)
-        overall.add(row)
+    overall, intervals = request_totals(session, deployment.id, start=window_start, end=window_end, step=step)
     series = [
         MetricPoint(
             timestamp=datetime.fromtimestamp(first + index * step, UTC),
-            values=intervals.get(index, _Totals()).values(chosen, step),
+            values=intervals.get(index, RequestTotals()).values(chosen, step),
         )
         for index in range(points)
     ]

@@ -1,0 +1,155 @@
+"""A deployment's monitored quantities, named once: alert rules call ``quantity`` with a
+name from ``QUANTITIES``, and ``GET …/monitoring/metrics`` shows the same figures over a
+window and per interval. Request figures come from the per-minute counters serving
+writes (``deployments.reading.request_totals``); a minute counts in the window its start
+lies in. Accuracy needs ground truth and is null until labels exist."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from maestro.db import utcnow
+from maestro.deployments import reading
+from maestro.deployments.models import Deployment
+from maestro.deployments.service import NO_SUCH_DEPLOYMENT
+from maestro.errors import NotFound, ValidationFailed
+from maestro.identity.rbac import Principal
+from maestro.monitoring.schemas import CurrentMetrics, Granularity, MetricsPoint, MonitoringMetrics
+from maestro.projects import service as projects_service
+
+GRANULARITY_SECONDS: dict[Granularity, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
+DEFAULT_WINDOW = timedelta(hours=24)
+DEFAULT_POINTS = 300  # the default granularity keeps a series at most this long
+MAX_POINTS = 10_000
+
+Measure = Callable[[reading.RequestTotals, float], int | float | None]
+
+
+def _from_requests(name: str) -> Measure:
+    return lambda totals, seconds: totals.values([name], seconds)[name]
+
+
+# Every quantity of a window of ``seconds`` from its added-up requests.
+_MEASURES: dict[str, Measure] = {
+    "request_count": _from_requests("request_count"),
+    "error_count": _from_requests("error_count"),
+    "prediction_count": _from_requests("prediction_count"),
+    "throughput_rps": lambda totals, seconds: totals.values(["throughput"], seconds)["throughput"] or 0.0,
+    "error_rate": _from_requests("error_rate"),
+    "latency_p50": _from_requests("latency_p50"),
+    "latency_p95": _from_requests("latency_p95"),
+    "latency_p99": _from_requests("latency_p99"),
+    "accuracy": lambda totals, seconds: None,  # from ground truth, once labels exist
+}
+QUANTITIES: tuple[str, ...] = tuple(_MEASURES)
+
+
+def _measured(totals: reading.RequestTotals, seconds: float) -> dict[str, int | float | None]:
+    return {name: measure(totals, seconds) for name, measure in _MEASURES.items()}
+
+
+def _deployment(session: Session, principal: Principal | None, deployment_id: str) -> Deployment:
+    """The deployment, once ``principal`` may read its project's monitoring (the same
+    roles as reading deployments; an API key needs ``monitoring: read``); another
+    tenant's answers like an unknown one. Without a principal, as the platform's own
+    evaluations read it."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFound(NO_SUCH_DEPLOYMENT)
+    if principal is not None:
+        project = projects_service.get_project(session, deployment.project_id)
+        projects_service.authorize_in_project(
+            session, principal, "monitoring", "read", project, missing=NO_SUCH_DEPLOYMENT
+        )
+    return deployment
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ordered(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    start, end = _utc(start), _utc(end)
+    if start >= end:
+        raise ValidationFailed("start must be before end", details=[("start", "not before end")])
+    return start, end
+
+
+def quantity(
+    session: Session,
+    principal: Principal | None,
+    deployment_id: str,
+    name: str,
+    start: datetime,
+    end: datetime,
+) -> float | None:
+    """One named quantity of the deployment over [start, end); None where it is
+    undefined (rates and latencies without requests, accuracy without labels)."""
+    measure = _MEASURES.get(name)
+    if measure is None:
+        raise ValidationFailed(
+            f"Unknown monitored quantity {name!r}; known: {', '.join(QUANTITIES)}",
+            details=[("name", "unknown quantity")],
+        )
+    start, end = _ordered(start, end)
+    deployment = _deployment(session, principal, deployment_id)
+    overall, _ = reading.request_totals(session, deployment.id, start=start, end=end)
+    value = measure(overall, (end - start).total_seconds())
+    return None if value is None else float(value)
+
+
+def _default_granularity(seconds: float) -> Granularity:
+    for name, step in GRANULARITY_SECONDS.items():
+        if math.ceil(seconds / step) + 1 <= DEFAULT_POINTS:
+            return name
+    return "1d"
+
+
+def metrics(
+    session: Session,
+    principal: Principal,
+    deployment_id: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    granularity: Granularity | None = None,
+) -> MonitoringMetrics:
+    """The quantities over the window (by default the last 24 hours) and per interval
+    aligned to the granularity in UTC, each interval counting only its part inside the
+    window; the granularity by default keeps the series within ``DEFAULT_POINTS``."""
+    end = _utc(end) if end is not None else utcnow()
+    start = _utc(start) if start is not None else end - DEFAULT_WINDOW
+    start, end = _ordered(start, end)
+    window = (end - start).total_seconds()
+    granularity = granularity or _default_granularity(window)
+    step = GRANULARITY_SECONDS[granularity]
+    first = math.floor(start.timestamp() / step) * step
+    points = math.ceil((end.timestamp() - first) / step)
+    if points > MAX_POINTS:
+        raise ValidationFailed(
+            f"At most {MAX_POINTS} points per series; this window has {points} at {granularity}: "
+            "choose a coarser granularity or a shorter window",
+            details=[("granularity", f"{points} points of {granularity}, more than {MAX_POINTS}")],
+        )
+    deployment = _deployment(session, principal, deployment_id)
+    overall, intervals = reading.request_totals(session, deployment.id, start=start, end=end, step=step)
+    empty = reading.RequestTotals()
+    series = []
+    for index in range(points):
+        opens = first + index * step
+        inside = min(end.timestamp(), opens + step) - max(start.timestamp(), opens)
+        measured = _measured(intervals.get(index, empty), inside)
+        series.append(
+            MetricsPoint.model_validate({**measured, "timestamp": datetime.fromtimestamp(opens, UTC)})
+        )
+    return MonitoringMetrics(
+        start=start,
+        end=end,
+        granularity=granularity,
+        current_metrics=CurrentMetrics.model_validate(_measured(overall, window)),
+        time_series=series,
+    )
