@@ -45,6 +45,7 @@ DOCUMENTS = (
     "docs/tracking.md",
     "docs/mlflow.md",
     "docs/serving.md",
+    "docs/monitoring.md",
     "docs/operations.md",
     "docs/security.md",
     "docs/architecture.md",
