@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Annotated, cast
 
@@ -31,7 +31,7 @@ from maestro.api.envelope import Envelope, Page
 from maestro.api.errors import error_responses, validation_details
 from maestro.api.multipart import ReceivedUpload, staged_upload
 from maestro.api.pagination import PageParamsDep, paginate
-from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, DeploymentId, ProjectId, path_id
+from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN, DeploymentId, ProjectId, path_id, utc_query
 from maestro.deployments import batch_jobs, inference, reading, service
 from maestro.deployments.metrics import CONTENT_TYPE
 from maestro.deployments.models import Deployment, DeploymentStatus, Environment, LogLevel
@@ -81,16 +81,6 @@ DeploymentName = Annotated[
     Path(min_length=1, max_length=63, pattern=NAME_PATTERN, description="The deployment's name."),
 ]
 BatchJobId = Annotated[str, path_id("batch job")]
-EARLIEST, LATEST = datetime(1970, 1, 2, tzinfo=UTC), datetime(9998, 12, 31, tzinfo=UTC)
-
-
-def _utc(value: datetime | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
-    if not EARLIEST <= value <= LATEST:
-        raise ValidationFailed("Invalid input parameters", details=[(field, "must be between 1970 and 9998")])
-    return value.astimezone(UTC)
 
 
 # --- deployments -----------------------------------------------------------------------------
@@ -260,8 +250,8 @@ def get_deployment_logs(
             session,
             principal,
             deployment_id,
-            since=_utc(since, "since"),
-            until=_utc(until, "until"),
+            since=utc_query(since, "since"),
+            until=utc_query(until, "until"),
             level=level,
             limit=limit,
         )
@@ -296,8 +286,8 @@ def get_deployment_metrics(
             principal,
             deployment_id,
             names=metric_names,
-            start=_utc(start_time, "start_time"),
-            end=_utc(end_time, "end_time"),
+            start=utc_query(start_time, "start_time"),
+            end=utc_query(end_time, "end_time"),
             granularity=granularity,
         )
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,23 +10,11 @@ from fastapi import APIRouter, Query
 from maestro.api.deps import CurrentPrincipal, SessionDep
 from maestro.api.envelope import Envelope
 from maestro.api.errors import error_responses
-from maestro.api.params import DeploymentId
-from maestro.errors import ValidationFailed
+from maestro.api.params import DeploymentId, utc_query
 from maestro.monitoring import service
 from maestro.monitoring.schemas import Granularity, MonitoringMetrics
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
-
-EARLIEST, LATEST = datetime(1970, 1, 2, tzinfo=UTC), datetime(9998, 12, 31, tzinfo=UTC)
-
-
-def _utc(value: datetime | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
-    if not EARLIEST <= value <= LATEST:
-        raise ValidationFailed("Invalid input parameters", details=[(field, "must be between 1970 and 9998")])
-    return value.astimezone(UTC)
 
 
 @router.get(
@@ -56,8 +44,8 @@ def get_monitoring_metrics(
             session,
             principal,
             deployment_id,
-            start=_utc(start, "start"),
-            end=_utc(end, "end"),
+            start=utc_query(start, "start"),
+            end=utc_query(end, "end"),
             granularity=granularity,
         )
     )
