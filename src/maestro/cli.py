@@ -104,9 +104,9 @@ def serve(
     _require_secret_key(settings)
     if settings.uses_embedded_database if migrate is None else migrate:
         with server.collector_paused():  # loads every table's module, as the app would
-            from maestro.migrations import upgrade
+            from maestro.migrations import upgrade_if_behind
 
-            upgrade(settings.resolved_database_url)
+            upgrade_if_behind(settings.resolved_database_url)
     workers = workers or settings.workers
     if workers == 1 and not reload:
         with server.collector_paused():  # this process serves: load the app now, quickly
