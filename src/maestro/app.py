@@ -12,10 +12,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.types import ASGIApp
 
 from maestro import __version__
 from maestro.api.envelope import ErrorResponse
 from maestro.api.errors import install_error_handlers
+from maestro.api.front_door import FastRoute, FrontDoor
 from maestro.api.heavy import HeavyWork
 from maestro.api.middleware import RequestBodyTimeoutMiddleware, RequestContextMiddleware
 from maestro.api.ratelimit import RateLimiter
@@ -213,6 +215,18 @@ def _install_docs(app: FastAPI) -> None:
     app.add_route("/redoc", redoc, include_in_schema=False)
 
 
+class MaestroAPI(FastAPI):
+    """FastAPI with a front door (``api.front_door``) before the whole middleware stack,
+    where Starlette's own error guard would otherwise be outermost."""
+
+    fast_routes: tuple[FastRoute, ...] = ()
+    front_door_options: dict[str, Any]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return FrontDoor(stack, self.fast_routes, **self.front_door_options) if self.fast_routes else stack
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
@@ -239,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue.close()
             database.dispose()
 
-    app = FastAPI(
+    app = MaestroAPI(
         title="Maestro",
         version=__version__,
         description=DESCRIPTION,
@@ -266,7 +280,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
 
     if settings.fast_paths:
-        app.add_middleware(InferenceFastPath, fastapi_app=app)  # POST /api/v1/inference/{name}[/batch]
         app.add_middleware(FastMlflow, fastapi_app=app)  # MLflow runs/log-metric, log-batch, search, get
     # Outside every route and fast path; inside CORS, metrics and the request context.
     app.add_middleware(RequestBodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
@@ -289,4 +302,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.add_middleware(RequestMetricsMiddleware, observe=metrics.observe_request)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    if settings.fast_paths:  # POST /api/v1/inference/{name}[/batch], before all of the above
+        app.fast_routes = (InferenceFastPath(app),)
+        app.front_door_options = {
+            "observe": metrics.observe_request if settings.metrics_enabled else None,
+            "access_log": settings.access_log,
+            "body_timeout_seconds": settings.request_body_timeout_seconds,
+            "cors": bool(settings.cors_origins),
+        }
     return app

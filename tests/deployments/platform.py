@@ -19,6 +19,7 @@ from httpx import Response
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
+from maestro.deployments.fast_path import InferenceFastPath
 from maestro.deployments.predictions import FlushReport
 from tests.factories import World
 
@@ -116,3 +117,8 @@ def predict(
 def flush(app: FastAPI) -> FlushReport:
     """Write what the serving process holds in memory (prediction logs, request counts)."""
     return app.state.serving.recorder.flush()
+
+
+def inference_at_the_front_door(app: Any) -> bool:
+    """Whether ``app`` answers platform inference on its fast path (``MAESTRO_FAST_PATHS``)."""
+    return any(isinstance(route, InferenceFastPath) for route in getattr(app, "fast_routes", ()))

@@ -16,13 +16,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from maestro.app import create_app
-from maestro.deployments.fast_path import InferenceFastPath
 from maestro.model_server.app import create_model_server
 from tests.deployments.platform import (
     FEATURES,
     SCHEMA,
     Tiny,
     deployed,
+    inference_at_the_front_door,
     onnx_file,
     predict,
     records,
@@ -46,9 +46,9 @@ def answered(response: Any) -> list[dict[str, Any]]:
 @pytest.fixture
 def routed(app: FastAPI) -> Iterator[TestClient]:
     """A second platform app on the same database and files, with the fast paths off."""
-    assert any(m.cls is InferenceFastPath for m in app.user_middleware)
+    assert inference_at_the_front_door(app)
     other = create_app(switched_off(app.state.settings))
-    assert not any(m.cls is InferenceFastPath for m in other.user_middleware)
+    assert not inference_at_the_front_door(other)
     with TestClient(other, raise_server_exceptions=False) as client:
         yield client
 

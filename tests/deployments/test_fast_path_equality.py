@@ -23,13 +23,13 @@ from sqlalchemy import select
 
 from maestro.app import create_app
 from maestro.config import Settings
-from maestro.deployments.fast_path import InferenceFastPath
 from maestro.deployments.models import PredictionLog
 from maestro.identity.models import AuditLog
 from tests.deployments.platform import (
     SCHEMA,
     Tiny,
     deployed,
+    inference_at_the_front_door,
     onnx_file,
     records,
     register,
@@ -72,8 +72,8 @@ def world(module_database_url: str, tmp_path_factory: pytest.TempPathFactory, ti
         inference_max_rows=5,
     )
     fast_app, routed_app = create_app(settings), create_app(switched_off(settings))
-    assert any(m.cls is InferenceFastPath for m in fast_app.user_middleware)
-    assert not any(m.cls is InferenceFastPath for m in routed_app.user_middleware)
+    assert inference_at_the_front_door(fast_app)
+    assert not inference_at_the_front_door(routed_app)
     with (
         TestClient(fast_app, raise_server_exceptions=False) as fast,
         TestClient(routed_app, raise_server_exceptions=False) as routed,

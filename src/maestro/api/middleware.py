@@ -24,11 +24,17 @@ from maestro.logs import access_logger, log_access, write_at_once
 error_logger = logging.getLogger("maestro.errors")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def request_header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def unexpected_error(request_id: str) -> Any:
+    return error_response(
+        500, f"An unexpected error occurred; quote request id {request_id} when reporting it"
+    )
 
 
 def _nul_rejection() -> Any:
@@ -51,7 +57,7 @@ class RequestContextMiddleware:
             )
             return
 
-        request_id = accept_request_id(_header(scope, b"x-request-id"))
+        request_id = accept_request_id(request_header(scope, b"x-request-id"))
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500, "started": False}
@@ -80,10 +86,7 @@ class RequestContextMiddleware:
             )
             if status_holder["started"]:
                 raise  # headers are gone; the server closes the connection
-            response = error_response(
-                500, f"An unexpected error occurred; quote request id {request_id} when reporting it"
-            )
-            await response(scope, receive, send_with_headers)
+            await unexpected_error(request_id)(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
@@ -112,63 +115,82 @@ def _writing_logs_at_shutdown(send: Send) -> Send:
     return send_after_writing
 
 
+class BodyClock:
+    """``receive`` with a clock on the request body: when nothing of it arrives for
+    ``seconds``, ``receive`` raises ``RequestTimeout`` (and later answers a disconnect),
+    ``timed_out`` is set and ``timeout_response()`` is the answer to send instead of
+    the application's. Once the body is complete, receiving (listening for a
+    disconnect) is not timed."""
+
+    __slots__ = ("_receive", "body_done", "seconds", "timed_out")
+
+    def __init__(self, receive: Receive, seconds: float) -> None:
+        self._receive = receive
+        self.seconds = seconds
+        self.body_done = False
+        self.timed_out = False
+
+    async def receive(self) -> Message:
+        if self.timed_out:
+            return {"type": "http.disconnect"}
+        if self.body_done:
+            return await self._receive()
+        try:
+            # asyncio's own timeout: a tenth of what anyio's cancel scope costs per call.
+            async with asyncio.timeout(self.seconds):
+                message = await self._receive()
+        except TimeoutError:
+            self.timed_out = True
+            raise RequestTimeout(self.message()) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+        return message
+
+    def message(self) -> str:
+        return f"No part of the request body arrived for {self.seconds:g} seconds"
+
+    def timeout_response(self) -> Any:
+        return error_response(
+            RequestTimeout.status_code,
+            self.message(),
+            code=RequestTimeout.code,
+            headers={"Connection": "close"},
+        )
+
+
 class RequestBodyTimeoutMiddleware:
     """Answers 408 and closes the connection when a client sends nothing of its request
-    body for ``seconds``, so a stalled upload cannot keep a connection, a partial file
-    or a database transaction open for as long as it likes.
-
-    The clock runs while the application waits for the next piece of the body; once the
-    body is complete, receiving (listening for a disconnect) is not timed. The
+    body for ``seconds`` (``BodyClock``), so a stalled upload cannot keep a connection, a
+    partial file or a database transaction open for as long as it likes. The
     application sees the timeout as an error raised from ``receive`` and cleans up as
     for any failed request; its own answer is then replaced by the 408."""
 
     def __init__(self, app: ASGIApp, *, seconds: float) -> None:
         self.app = app
         self.seconds = seconds
-        self.message = f"No part of the request body arrived for {seconds:g} seconds"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"body_done": False, "timed_out": False, "started": False}
-
-        async def timed_receive() -> Message:
-            if state["timed_out"]:
-                return {"type": "http.disconnect"}
-            if state["body_done"]:
-                return await receive()
-            try:
-                # asyncio's own timeout: a tenth of what anyio's cancel scope costs per call.
-                async with asyncio.timeout(self.seconds):
-                    message = await receive()
-            except TimeoutError:
-                state["timed_out"] = True
-                raise RequestTimeout(self.message) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                state["body_done"] = True
-            return message
+        clock = BodyClock(receive, self.seconds)
+        started = False
 
         async def guarded_send(message: Message) -> None:
-            if state["timed_out"] and not state["started"]:
+            nonlocal started
+            if clock.timed_out and not started:
                 return  # the 408 below answers instead
             if message["type"] == "http.response.start":
-                state["started"] = True
+                started = True
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, guarded_send)
+            await self.app(scope, clock.receive, guarded_send)
         except Exception:
-            if not state["timed_out"] or state["started"]:
+            if not clock.timed_out or started:
                 raise
-        if state["timed_out"] and not state["started"]:
-            response = error_response(
-                RequestTimeout.status_code,
-                self.message,
-                code=RequestTimeout.code,
-                headers={"Connection": "close"},
-            )
-            await response(scope, receive, send)
+        if clock.timed_out and not started:
+            await clock.timeout_response()(scope, receive, send)
 
 
 def api_route(app: FastAPI, method: str, template: str) -> APIRoute | None:
