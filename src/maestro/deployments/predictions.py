@@ -29,7 +29,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, and_, delete, insert, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -639,7 +639,7 @@ def logged_answers(
     return found
 
 
-def logged_rows_by_minute(
+def logged_rows_by_hour(
     session: Session,
     deployment_id: str,
     *,
@@ -648,13 +648,23 @@ def logged_rows_by_minute(
     after: tuple[datetime, str] | None = None,
 ) -> dict[datetime, int]:
     """The rows a deployment's answered requests logged (at most ``MAX_LOGGED_ROWS``
-    each) per UTC minute, for requests with ``since <= created_at < until`` and, with
-    ``after`` (a time and an id), past that position in the log's keyset order."""
-    statement = select(PredictionLog.created_at, PredictionLog.row_count).where(
-        PredictionLog.deployment_id == deployment_id,
-        PredictionLog.created_at >= since,
-        PredictionLog.created_at < until,
-        PredictionLog.status_code < 400,
+    each) per UTC hour, for requests with ``since <= created_at < until`` and, with
+    ``after`` (a time and an id), past that position in the log's keyset order. Added up
+    by the database, an hour per row of the answer."""
+    if session.get_bind().dialect.name == "postgresql":
+        hour: Any = func.date_trunc("hour", func.timezone("UTC", PredictionLog.created_at))
+    else:  # SQLite keeps UTC times as text
+        hour = func.strftime("%Y-%m-%d %H:00:00", PredictionLog.created_at)
+    logged = case((PredictionLog.row_count > MAX_LOGGED_ROWS, MAX_LOGGED_ROWS), else_=PredictionLog.row_count)
+    statement = (
+        select(hour, func.sum(logged))
+        .where(
+            PredictionLog.deployment_id == deployment_id,
+            PredictionLog.created_at >= since,
+            PredictionLog.created_at < until,
+            PredictionLog.status_code < 400,
+        )
+        .group_by(hour)
     )
     if after is not None:
         at, last_id = after
@@ -664,10 +674,11 @@ def logged_rows_by_minute(
                 and_(PredictionLog.created_at == at, PredictionLog.id > last_id),
             )
         )
-    counted: Counter[datetime] = Counter()
-    for created_at, rows in session.execute(statement):
-        counted[created_at.replace(second=0, microsecond=0)] += min(rows, MAX_LOGGED_ROWS)
-    return dict(counted)
+    counted: dict[datetime, int] = {}
+    for started, rows in session.execute(statement):
+        opens = started if isinstance(started, datetime) else datetime.fromisoformat(started)
+        counted[opens.replace(tzinfo=UTC)] = int(rows or 0)
+    return counted
 
 
 def deployments_with_logs(session: Session) -> list[str]:

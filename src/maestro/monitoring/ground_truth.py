@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from maestro.db import new_id, utcnow
-from maestro.deployments.predictions import LoggedAnswers, logged_answers, logged_rows_by_minute
+from maestro.deployments.predictions import LoggedAnswers, logged_answers, logged_rows_by_hour
 from maestro.errors import ValidationFailed
 from maestro.monitoring.models import (
     PREDICTION_COLUMN,
@@ -323,9 +323,9 @@ def _logged_rows_by_hour(
             )
         ):
             counted[_hour(hour)] += rows
-        unfolded = logged_rows_by_minute(session, deployment_id, since=since, until=until, after=before)
-        for minute, rows in unfolded.items():
-            counted[_hour(minute)] += rows
+        unfolded = logged_rows_by_hour(session, deployment_id, since=since, until=until, after=before)
+        for hour, rows in unfolded.items():
+            counted[hour] += rows
         if mark() == before:
             break
     return counted
