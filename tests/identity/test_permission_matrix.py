@@ -384,6 +384,10 @@ def instances(_: Scene) -> dict[str, Any]:
     return {"instances": [{"x0": 1.0, "x1": 2.0}]}
 
 
+def labels(_: Scene) -> dict[str, Any]:
+    return {"items": [{"prediction_id": "pred_never_served", "actual": 1}]}
+
+
 # The name-addressed registry rows: the same rules as the routes they stand beside.
 BY_NAME_VERSION = "/models/{model_id}/versions/{version}"
 MODEL_CARD = "/model-cards/{model_id}/versions/{version}"
@@ -827,6 +831,7 @@ RULES = [
             ("GET", f"{DEPLOYMENT}/logs", DEPLOY_READ, "deployments", "read", None),
             ("GET", f"{DEPLOYMENT}/metrics", DEPLOY_READ, "deployments", "read", None),
             ("GET", f"{DEPLOYMENT}/monitoring/metrics", DEPLOY_READ, "monitoring", "read", None),
+            ("POST", f"{DEPLOYMENT}/monitoring/ground-truth", DEPLOY_CHANGE, "monitoring", "write", labels),
             ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
             ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
             ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),

@@ -147,6 +147,7 @@ class TestFigures:
         assert series[2]["throughput_rps"] == pytest.approx(4 / 60, abs=1e-6)
         assert series[2]["error_rate"] == 0.25
         assert 100 <= series[2]["latency_p95"] <= 200
+        no_labels = {name: None for name in series[1]["quality"]} | {"label_count": 0}
         assert series[1] == {
             "timestamp": iso(at(1)),
             "accuracy": None,
@@ -154,6 +155,7 @@ class TestFigures:
             "throughput_rps": 0.0,
             "error_rate": None,
             "request_count": 0,
+            "quality": no_labels,
         }
         assert data["current_metrics"]["request_count"] == 7
 
@@ -191,9 +193,10 @@ class TestFigures:
         self, client: TestClient, world: World, factory: Factory, traffic: dict[str, Any]
     ) -> None:
         window = (at(0), at(120))
-        current = metrics(client, world, traffic["id"], start=iso(window[0]), end=iso(window[1]))[
+        shown = metrics(client, world, traffic["id"], start=iso(window[0]), end=iso(window[1]))[
             "current_metrics"
         ]
+        current = {**shown, **shown["quality"]}
         assert set(QUANTITIES) <= set(current)
         with factory.database.session(write=False) as session:
             for name in QUANTITIES:

@@ -22,14 +22,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, and_, delete, insert, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -563,6 +563,122 @@ def logged_matrices(
     """As ``logged_predictions``, the rows as arrays instead of records: no dict per row,
     the matrix read straight from the stored bytes."""
     return [_matrix(row) for row in session.scalars(_page(deployment_id, since, until, after, limit))]
+
+
+@dataclass(frozen=True)
+class LoggedAnswers:
+    """What one logged request answered, row by row, for joining true labels to it
+    (monitoring's ground truth): ``predictions`` as answered, one per logged row (the
+    first ``MAX_LOGGED_ROWS`` of the request; none for a failed request or a log that
+    cannot be read); ``probabilities`` (rows x classes) and their ``classes`` when the
+    answers carried them. ``answers`` says what the predictions are: a classifier's
+    ``label`` (probabilities were logged, the values are text or booleans, or the
+    deployment serves this version as a classifier) or a regressor's ``value``."""
+
+    id: str
+    model_version_id: str | None
+    created_at: datetime
+    predictions: list[Any]
+    classes: tuple[str, ...] | None
+    probabilities: np.ndarray | None
+    answers: Literal["label", "value"]
+
+
+_IDS_PER_QUERY = 500
+
+
+def _answer_kind(arrays: LoggedArrays | None, serving: Any) -> Literal["label", "value"]:
+    """``serving``: the deployment's description of the version that answered, when it
+    still serves that version."""
+    if arrays is None:
+        return "value"
+    if arrays.classes is not None:
+        return "label"
+    if any(isinstance(value, str | bool) for value in arrays.predictions):
+        return "label"
+    # Numbers without probabilities: a classifier's numeric classes, or a regressor's
+    # values. The deployment's description of what it serves says, for its version.
+    if isinstance(serving, dict) and "classes" in serving:
+        return "label" if serving["classes"] is not None else "value"
+    return "value"
+
+
+def logged_answers(
+    session: Session, deployment_id: str, prediction_ids: Iterable[str]
+) -> dict[str, LoggedAnswers]:
+    """The logged requests of one deployment among ``prediction_ids``, by id. An id
+    logged for another deployment (or organisation), one never logged (not sampled,
+    not written yet) and one deleted after its retention period are all simply absent."""
+    wanted = list(dict.fromkeys(prediction_ids))
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or not wanted:
+        return {}
+    serving = deployment.serving
+    current = deployment.model_version_id
+    found: dict[str, LoggedAnswers] = {}
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        chunk = wanted[start : start + _IDS_PER_QUERY]
+        rows = session.scalars(
+            select(PredictionLog).where(
+                PredictionLog.deployment_id == deployment_id, PredictionLog.id.in_(chunk)
+            )
+        )
+        for row in rows:
+            arrays = _matrix(row).arrays
+            version = row.model_version_id
+            kind = _answer_kind(arrays, serving if version == current else None)
+            found[row.id] = LoggedAnswers(
+                id=row.id,
+                model_version_id=version,
+                created_at=row.created_at,
+                predictions=list(arrays.predictions) if arrays is not None else [],
+                classes=arrays.classes if arrays is not None else None,
+                probabilities=arrays.probabilities if arrays is not None else None,
+                answers=kind,
+            )
+    return found
+
+
+def logged_rows_by_hour(
+    session: Session,
+    deployment_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    after: tuple[datetime, str] | None = None,
+) -> dict[datetime, int]:
+    """The rows a deployment's answered requests logged (at most ``MAX_LOGGED_ROWS``
+    each) per UTC hour, for requests with ``since <= created_at < until`` and, with
+    ``after`` (a time and an id), past that position in the log's keyset order. Added up
+    by the database, an hour per row of the answer."""
+    if session.get_bind().dialect.name == "postgresql":
+        hour: Any = func.date_trunc("hour", func.timezone("UTC", PredictionLog.created_at))
+    else:  # SQLite keeps UTC times as text
+        hour = func.strftime("%Y-%m-%d %H:00:00", PredictionLog.created_at)
+    logged = case((PredictionLog.row_count > MAX_LOGGED_ROWS, MAX_LOGGED_ROWS), else_=PredictionLog.row_count)
+    statement = (
+        select(hour, func.sum(logged))
+        .where(
+            PredictionLog.deployment_id == deployment_id,
+            PredictionLog.created_at >= since,
+            PredictionLog.created_at < until,
+            PredictionLog.status_code < 400,
+        )
+        .group_by(hour)
+    )
+    if after is not None:
+        at, last_id = after
+        statement = statement.where(
+            or_(
+                PredictionLog.created_at > at,
+                and_(PredictionLog.created_at == at, PredictionLog.id > last_id),
+            )
+        )
+    counted: dict[datetime, int] = {}
+    for started, rows in session.execute(statement):
+        opens = started if isinstance(started, datetime) else datetime.fromisoformat(started)
+        counted[opens.replace(tzinfo=UTC)] = int(rows or 0)
+    return counted
 
 
 def deployments_with_logs(session: Session) -> list[str]:

@@ -2,7 +2,8 @@
 name from ``QUANTITIES``, and ``GET …/monitoring/metrics`` shows the same figures over a
 window and per interval. Request figures come from the per-minute counters serving
 writes (``deployments.reading.request_totals``); a minute counts in the window its start
-lies in. Accuracy needs ground truth and is null until labels exist."""
+lies in. Accuracy and the other quality figures come from ground truth (labels sent for
+logged predictions, ``ground_truth``), counted in the minute of the prediction."""
 
 from __future__ import annotations
 
@@ -17,8 +18,18 @@ from maestro.deployments import reading
 from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT
 from maestro.errors import NotFound, ValidationFailed
-from maestro.identity.rbac import Principal
-from maestro.monitoring.schemas import CurrentMetrics, Granularity, MetricsPoint, MonitoringMetrics
+from maestro.identity.rbac import Action, Principal
+from maestro.monitoring import ground_truth
+from maestro.monitoring.quality import QUALITY_QUANTITIES, Figures
+from maestro.monitoring.schemas import (
+    CurrentMetrics,
+    Granularity,
+    GroundTruthBody,
+    GroundTruthResult,
+    MetricsPoint,
+    MonitoringMetrics,
+    QualityMetrics,
+)
 from maestro.projects import service as projects_service
 
 GRANULARITY_SECONDS: dict[Granularity, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
@@ -43,27 +54,29 @@ _MEASURES: dict[str, Measure] = {
     "latency_p50": _from_requests("latency_p50"),
     "latency_p95": _from_requests("latency_p95"),
     "latency_p99": _from_requests("latency_p99"),
-    "accuracy": lambda totals, seconds: None,  # from ground truth, once labels exist
 }
-QUANTITIES: tuple[str, ...] = tuple(_MEASURES)
+# Request figures, then the quality figures from ground truth (``quality``).
+QUANTITIES: tuple[str, ...] = (*_MEASURES, *QUALITY_QUANTITIES)
 
 
 def _measured(totals: reading.RequestTotals, seconds: float) -> dict[str, int | float | None]:
     return {name: measure(totals, seconds) for name, measure in _MEASURES.items()}
 
 
-def _deployment(session: Session, principal: Principal | None, deployment_id: str) -> Deployment:
-    """The deployment, once ``principal`` may read its project's monitoring (the same
-    roles as reading deployments; an API key needs ``monitoring: read``); another
-    tenant's answers like an unknown one. Without a principal, as the platform's own
-    evaluations read it."""
+def _deployment(
+    session: Session, principal: Principal | None, deployment_id: str, action: Action = "read"
+) -> Deployment:
+    """The deployment, once ``principal`` may read (or ``action``) its project's
+    monitoring (the same roles as for deployments; an API key needs ``monitoring:
+    read``, or ``write`` to send labels); another tenant's answers like an unknown one.
+    Without a principal, as the platform's own evaluations read it."""
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
         raise NotFound(NO_SUCH_DEPLOYMENT)
     if principal is not None:
         project = projects_service.get_project(session, deployment.project_id)
         projects_service.authorize_in_project(
-            session, principal, "monitoring", "read", project, missing=NO_SUCH_DEPLOYMENT
+            session, principal, "monitoring", action, project, missing=NO_SUCH_DEPLOYMENT
         )
     return deployment
 
@@ -88,18 +101,27 @@ def quantity(
     end: datetime,
 ) -> float | None:
     """One named quantity of the deployment over [start, end); None where it is
-    undefined (rates and latencies without requests, accuracy without labels)."""
+    undefined (rates and latencies without requests, quality without labels or for the
+    other kind of model)."""
     measure = _MEASURES.get(name)
-    if measure is None:
+    if measure is None and name not in QUALITY_QUANTITIES:
         raise ValidationFailed(
             f"Unknown monitored quantity {name!r}; known: {', '.join(QUANTITIES)}",
             details=[("name", "unknown quantity")],
         )
     start, end = _ordered(start, end)
     deployment = _deployment(session, principal, deployment_id)
-    overall, _ = reading.request_totals(session, deployment.id, start=start, end=end)
-    value = measure(overall, (end - start).total_seconds())
+    if measure is None:
+        value = ground_truth.quality_figures(session, deployment.id, start, end)[0][name]
+    else:
+        overall, _ = reading.request_totals(session, deployment.id, start=start, end=end)
+        value = measure(overall, (end - start).total_seconds())
     return None if value is None else float(value)
+
+
+def _with_quality(measured: dict[str, int | float | None], figures: Figures) -> dict[str, object]:
+    quality = QualityMetrics.model_validate(figures)
+    return {**measured, "accuracy": figures["accuracy"], "quality": quality}
 
 
 def _default_granularity(seconds: float) -> Granularity:
@@ -137,12 +159,15 @@ def metrics(
         )
     deployment = _deployment(session, principal, deployment_id)
     overall, intervals = reading.request_totals(session, deployment.id, start=start, end=end, step=step)
+    quality, quality_intervals = ground_truth.quality_figures(
+        session, deployment.id, start, end, first=first, step=step
+    )
     empty = reading.RequestTotals()
     series = []
     for index in range(points):
         opens = first + index * step
         inside = min(end.timestamp(), opens + step) - max(start.timestamp(), opens)
-        measured = _measured(intervals.get(index, empty), inside)
+        measured = _with_quality(_measured(intervals.get(index, empty), inside), quality_intervals[index])
         series.append(
             MetricsPoint.model_validate({**measured, "timestamp": datetime.fromtimestamp(opens, UTC)})
         )
@@ -150,6 +175,14 @@ def metrics(
         start=start,
         end=end,
         granularity=granularity,
-        current_metrics=CurrentMetrics.model_validate(_measured(overall, window)),
+        current_metrics=CurrentMetrics.model_validate(_with_quality(_measured(overall, window), quality)),
         time_series=series,
     )
+
+
+def send_labels(
+    session: Session, principal: Principal, deployment_id: str, body: GroundTruthBody
+) -> GroundTruthResult:
+    """Join true labels to the deployment's logged predictions (``monitoring: write``)."""
+    deployment = _deployment(session, principal, deployment_id, "write")
+    return ground_truth.record_labels(session, deployment.id, body.items)
