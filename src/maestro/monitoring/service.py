@@ -2,7 +2,9 @@
 name from ``QUANTITIES``, and ``GET …/monitoring/metrics`` shows the same figures over a
 window and per interval. Request figures come from the per-minute counters serving
 writes (``deployments.reading.request_totals``); a minute counts in the window its start
-lies in. Accuracy needs ground truth and is null until labels exist."""
+lies in. Accuracy needs ground truth and is null until labels exist. Drift quantities
+follow a pattern rather than fixed names (``reports.DRIFT_QUANTITIES``):
+``dataset_drift_share`` and ``drift.<column>``, computed by ``monitoring.reports``."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT
 from maestro.errors import NotFound, ValidationFailed
 from maestro.identity.rbac import Principal
+from maestro.monitoring import reports
 from maestro.monitoring.schemas import CurrentMetrics, Granularity, MetricsPoint, MonitoringMetrics
 from maestro.projects import service as projects_service
 
@@ -88,11 +91,15 @@ def quantity(
     end: datetime,
 ) -> float | None:
     """One named quantity of the deployment over [start, end); None where it is
-    undefined (rates and latencies without requests, accuracy without labels)."""
+    undefined (rates and latencies without requests, accuracy without labels, drift
+    without reference data)."""
+    if reports.is_drift_quantity(name):
+        return reports.drift_quantity(session, principal, deployment_id, name, start, end)
     measure = _MEASURES.get(name)
     if measure is None:
         raise ValidationFailed(
-            f"Unknown monitored quantity {name!r}; known: {', '.join(QUANTITIES)}",
+            f"Unknown monitored quantity {name!r}; known: "
+            f"{', '.join((*QUANTITIES, *reports.DRIFT_QUANTITIES))}",
             details=[("name", "unknown quantity")],
         )
     start, end = _ordered(start, end)
