@@ -399,14 +399,18 @@ def report_window(
     return {
         "report_id": report_id,
         "deployment_id": deployment_id,
-        "window_start": window_start.isoformat(),
-        "window_end": window_end.isoformat(),
+        "window_start": _iso(window_start),
+        "window_end": _iso(window_end),
         "share_drifted": comparison.share,
         "dataset_drift": comparison.summary.dataset_drift,
         "drifted_columns": [result.column for result in comparison.columns if result.drifted],
         "prediction_drifted": comparison.prediction.drifted if comparison.prediction is not None else None,
         "history_url": f"/api/v1/deployments/{deployment_id}/monitoring/drift/history",
     }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _fold(database: Database, settings: Settings, deployment_id: str, now: datetime) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from maestro.api.deps import CurrentPrincipal, QueueDep, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope
 from maestro.api.errors import error_responses
+from maestro.api.heavy import HeavyDep, owners_of
 from maestro.api.params import DeploymentId, utc_query
 from maestro.monitoring import reference, reports, service
 from maestro.monitoring.schemas import (
@@ -98,13 +99,14 @@ def set_monitoring_reference(
 @router.get(
     "/deployments/{deployment_id}/monitoring/drift",
     response_model=Envelope[DriftRead],
-    responses=error_responses(401, 403, 404, 409, 422, 429),
+    responses=error_responses(401, 403, 404, 409, 422, 429, 503),
 )
 def get_monitoring_drift(
     deployment_id: DeploymentId,
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
+    heavy: HeavyDep,
     start: Annotated[
         datetime | None, Query(description="Start (ISO 8601); default 24 hours before end.")
     ] = None,
@@ -119,8 +121,8 @@ def get_monitoring_drift(
     null-rate change and unseen-category rate; the predictions' drift; and the dataset's
     (share of drifted columns against the threshold). Whole UTC hours are compared;
     windows of at most 92 days. 409 while the deployment has no reference data ready."""
-    return Envelope(
-        data=reports.drift(
+    with heavy.slot(owners_of(principal)):  # merging a long window's hours takes seconds of CPU
+        found = reports.drift(
             session,
             principal,
             deployment_id,
@@ -130,7 +132,7 @@ def get_monitoring_drift(
             reference_start=utc_query(reference_start, "reference_start"),
             reference_end=utc_query(reference_end, "reference_end"),
         )
-    )
+    return Envelope(data=found)
 
 
 @router.post(
