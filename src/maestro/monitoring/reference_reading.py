@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from maestro.files.formats import SUFFIXES, DatasetFormat
 from maestro.files.reading import (
@@ -140,7 +141,8 @@ def _update(profile: ColumnProfile, column: pl.Series) -> None:
 
 def _profile_file(channel: socket.socket, args: dict[str, Any]) -> dict[str, Any]:
     dataset = read_dataset(args["path"], args["format"], ReadBounds(**args["bounds"]))
-    chosen, skipped = _plan(dataset.schema, args.get("features"), args.get("prediction_column"))
+    features = orjson.loads(Path(args["features_file"]).read_bytes()) if args.get("features_file") else None
+    chosen, skipped = _plan(dataset.schema, features, args.get("prediction_column"))
     profiles: dict[str, ColumnProfile] = {
         name: NumericProfile() if kind == "numeric" else CategoricalProfile() for name, kind in chosen.items()
     }
@@ -244,6 +246,10 @@ def profile_dataset(
     with tempfile.TemporaryDirectory(prefix="maestro-reference-") as scratch:
         path = Path(scratch) / f"dataset{suffix}"
         copy_from_store(store, key, path)
+        features_file = None
+        if features is not None:  # a version may declare many inputs: more than a message holds
+            features_file = Path(scratch) / "features.json"
+            features_file.write_bytes(orjson.dumps(list(features)))
         deadline = time.monotonic() + allowed
         try:
             child = (sandbox or shared_sandbox()).spawn(
@@ -252,7 +258,7 @@ def profile_dataset(
                     "path": str(path),
                     "format": str(fmt),
                     "bounds": bounds.to_dict(),
-                    "features": list(features) if features is not None else None,
+                    "features_file": str(features_file) if features_file is not None else None,
                     "prediction_column": prediction_column,
                 },
                 limits=limits,
