@@ -41,7 +41,6 @@ from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT, deployable_version
 from maestro.errors import Conflict, NotFound, ValidationFailed
 from maestro.files import service as files_service
-from maestro.files.models import FileKind
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
@@ -260,7 +259,7 @@ def _dataset_file(session: Session, principal: Principal, deployment: Deployment
     """A dataset file of the deployment's project that ``principal`` may read: another
     tenant's id answers 404 exactly like an unknown one (the files domain decides)."""
     row = files_service.get_visible_file(session, principal, file_id, "read")
-    if row.kind != FileKind.dataset:
+    if row.kind != "dataset":  # the files domain's kinds: model or dataset
         raise ValidationFailed(
             "The file is not a dataset", details=[("dataset_file_id", f"a {row.kind} file, not a dataset")]
         )
