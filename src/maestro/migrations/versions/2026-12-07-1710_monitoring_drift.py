@@ -2,7 +2,7 @@
 reports computed against it
 
 Revision ID: c9f1b3d5e789
-Revises: a7d9f1b3c567
+Revises: b8e0a2c4d678
 Create Date: 2026-12-07 17:10:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import maestro.db
 
 revision: str = "c9f1b3d5e789"
-down_revision: str | None = "a7d9f1b3c567"
+down_revision: str | None = "b8e0a2c4d678"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
