@@ -296,6 +296,19 @@ class Settings(BaseSettings):
         description="How often consumers fold new prediction logs into monitoring's hourly profiles "
         "(checked once a minute); 0 turns folding, and so the deletion of old logs, off.",
     )
+    monitoring_drift_interval_seconds: int = Field(
+        3600,
+        ge=0,
+        description="How often a drift report is stored for each active deployment with reference data, over "
+        "the interval just closed (a whole number of hours: profiles are hourly); 0 turns the reports off.",
+    )
+    monitoring_dataset_drift_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a deployment's judged input columns that must drift for the dataset as a whole "
+        "to count as drifted.",
+    )
     warmup_hold_file: Path | None = Field(
         None,
         description="Rehearsals and tests: warming the active deployments at start waits until this "
@@ -497,6 +510,15 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a rate limit such as 100/minute") from None
+        return value
+
+    @field_validator("monitoring_drift_interval_seconds")
+    @classmethod
+    def _whole_hours(cls, value: int) -> int:
+        if value % 3600:
+            raise ValueError(
+                "must be 0 or a whole number of hours in seconds (3600, 7200, …): profiles are hourly"
+            )
         return value
 
     @field_validator("secret_key", mode="before")

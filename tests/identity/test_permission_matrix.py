@@ -374,6 +374,11 @@ DEPLOYMENTS = "/projects/{project_id}/deployments"
 DEPLOYMENT = "/deployments/{deployment_id}"
 INFERENCE = "/inference/{deployment_name}"
 BATCH_RESULT = f"{INFERENCE}/batch-jobs/{{batch_job_id}}/result"
+MONITORING = f"{DEPLOYMENT}/monitoring"
+# The world's deployment has no reference data: whoever may read drift, or ask for a
+# report (monitoring: write), is told so (409).
+NO_REFERENCE_READ = "401 409 409 409 404 409 403"
+NO_REFERENCE_ASK = "401 403 409 409 404 409 403"
 
 
 def new_deployment(world: Scene) -> dict[str, Any]:
@@ -386,6 +391,10 @@ def instances(_: Scene) -> dict[str, Any]:
 
 def labels(_: Scene) -> dict[str, Any]:
     return {"items": [{"prediction_id": "pred_never_served", "actual": 1}]}
+
+
+def traffic_window(_: Scene) -> dict[str, Any]:
+    return {"reference_start": "2025-06-01T10:00:00Z", "reference_end": "2025-06-01T11:00:00Z"}
 
 
 # The name-addressed registry rows: the same rules as the routes they stand beside.
@@ -832,6 +841,11 @@ RULES = [
             ("GET", f"{DEPLOYMENT}/metrics", DEPLOY_READ, "deployments", "read", None),
             ("GET", f"{DEPLOYMENT}/monitoring/metrics", DEPLOY_READ, "monitoring", "read", None),
             ("POST", f"{DEPLOYMENT}/monitoring/ground-truth", DEPLOY_CHANGE, "monitoring", "write", labels),
+            ("GET", f"{MONITORING}/reference", DEPLOY_READ, "monitoring", "read", None),
+            ("PUT", f"{MONITORING}/reference", DEPLOY_SUBMIT, "monitoring", "write", traffic_window),
+            ("GET", f"{MONITORING}/drift", NO_REFERENCE_READ, "monitoring", "read", None),
+            ("POST", f"{MONITORING}/drift", NO_REFERENCE_ASK, "monitoring", "write", None),
+            ("GET", f"{MONITORING}/drift/history", DEPLOY_READ, "monitoring", "read", None),
             ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
             ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
             ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),

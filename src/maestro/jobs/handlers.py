@@ -19,7 +19,13 @@ Handler = Callable[..., dict[str, Any] | None]
 HANDLERS: dict[str, Handler] = {}
 
 # Modules that declare job kinds; imported wherever jobs are submitted or executed.
-HANDLER_MODULES = ("maestro.jobs.maintenance", "maestro.deployments.batch_jobs", "maestro.monitoring.folding")
+HANDLER_MODULES = (
+    "maestro.jobs.maintenance",
+    "maestro.deployments.batch_jobs",
+    "maestro.monitoring.folding",
+    "maestro.monitoring.reference",
+    "maestro.monitoring.reports",
+)
 
 
 def job_handler(kind: str) -> Callable[[Handler], Handler]:

@@ -14,6 +14,9 @@ CLEANUP = "maintenance.cleanup"
 # Folds prediction logs into monitoring's hourly profiles and deletes the folded ones past
 # their retention; its handler is monitoring's (``maestro.monitoring.folding``).
 FOLD = "monitoring.fold"
+# Stores each active deployment's drift report for the intervals just closed; its handler is
+# monitoring's (``maestro.monitoring.reports``).
+DRIFT_REPORTS = "monitoring.drift_reports"
 PROBE = "system.probe"
 MAX_PROBE_SECONDS = 300.0
 PROBE_HOLDS = "probe-holds"  # under the data directory: files that release held probes

@@ -29,6 +29,9 @@ logger = logging.getLogger("maestro.jobs")
 
 EXECUTE_TASK = "maestro.execute_job"
 FOLD_SLACK_SECONDS = 5
+# A drift interval is reported once it closed this long ago: folding reads only logs older
+# than a minute (or three flush intervals), and runs every fold interval.
+DRIFT_SETTLE_SECONDS = 180
 
 
 def build_huey(settings: Settings) -> Huey:
@@ -143,13 +146,15 @@ class JobQueue:
 
     def schedule_maintenance(self) -> None:
         """Runs every minute on every consumer; the storage-wide lock and the check of
-        the last run make one cleanup per interval across all of them, and one fold of
-        prediction logs per fold interval, never while the last one is still waiting
-        or running."""
-        from maestro.jobs.maintenance import CLEANUP, FOLD
+        the last run make one cleanup per interval across all of them, one fold of
+        prediction logs per fold interval, and one run of drift reports per drift
+        interval once it has closed, never while the last one is still waiting or
+        running."""
+        from maestro.jobs.maintenance import CLEANUP, DRIFT_REPORTS, FOLD
 
         interval = timedelta(minutes=self.settings.maintenance_interval_minutes)
         fold_every = self.settings.monitoring_fold_interval_seconds
+        drift_every = self.settings.monitoring_drift_interval_seconds
         with self.huey.lock_task("maestro-maintenance-schedule"), self.database.session() as session:
             last = service.last_submitted(session, CLEANUP)
             if last is None or last.created_at < utcnow() - interval:
@@ -160,6 +165,21 @@ class JobQueue:
                 due = utcnow() - timedelta(seconds=max(fold_every - FOLD_SLACK_SECONDS, 0))
                 if last is None or (last.status in FINISHED_STATUSES and last.created_at < due):
                     self.submit(session, FOLD)
+            if drift_every:
+                last = service.last_submitted(session, DRIFT_REPORTS)
+                # Due once another interval has closed (and folding had time to settle) since the last run.
+                closed = _intervals_closed(utcnow().timestamp(), drift_every)
+                if last is None or (
+                    last.status in FINISHED_STATUSES
+                    and closed > _intervals_closed(last.created_at.timestamp(), drift_every)
+                ):
+                    self.submit(session, DRIFT_REPORTS)
+
+
+def _intervals_closed(at: float, every: int) -> int:
+    """How many whole drift intervals (aligned in UTC) had closed, and folding settled,
+    at ``at`` (epoch seconds)."""
+    return int((at - DRIFT_SETTLE_SECONDS) // every)
 
 
 class Reaper(threading.Thread):

@@ -3,17 +3,19 @@ profile per hour and column (``profiles``), and how far into the prediction log 
 folding has read. Hours merge into any longer window without the raw rows, so the
 prediction log itself may be deleted after its retention period. Ground truth: the
 labels sent for logged predictions, and their quality counts per minute of the
-predictions."""
+predictions. Drift compares those hours with a deployment's reference data
+(``MonitoringReference``, profiled once into ``MonitoringReferenceProfile``) and keeps
+what it found (``MonitoringDriftReport``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from maestro.db import Base, IdMixin, JSONType, utcnow
+from maestro.db import Base, IdMixin, JSONType, TimestampMixin, utcnow
 
 PREDICTION_COLUMN = "__prediction__"  # the predicted value, beside the inputs by feature name
 PROBABILITY_PREFIX = "__probability__:"  # then a class name: that class's probability
@@ -95,3 +97,76 @@ class MonitoringQuality(IdMixin, Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (UniqueConstraint("deployment_id", "minute"),)
+
+
+class MonitoringReference(IdMixin, TimestampMixin, Base):
+    """What a deployment's traffic is compared with: a dataset file of its project (named
+    directly, or as the training data of the deployed version's model card) or a window
+    of its own traffic. Profiled once by a job into ``MonitoringReferenceProfile`` rows;
+    ``generation`` grows at every change, so a job built for an older setting never
+    stores its profiles over a newer one's."""
+
+    __tablename__ = "monitoring_references"
+    id_prefix = "mref"
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), unique=True)
+    source: Mapped[str] = mapped_column(String(20))  # dataset, training_data or traffic
+    dataset_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    # Where the dataset's bytes were stored, and their format, as the files domain answered
+    # when the reference was set: what the profiling job reads.
+    dataset_key: Mapped[str | None] = mapped_column(String(500))
+    dataset_format: Mapped[str | None] = mapped_column(String(30))
+    prediction_column: Mapped[str | None] = mapped_column(String(300))
+    model_version_id: Mapped[str | None] = mapped_column(String(40))  # whose card named the data
+    reference_start: Mapped[datetime | None]
+    reference_end: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(20))  # pending, building, ready or failed
+    error: Mapped[str | None] = mapped_column(Text)
+    generation: Mapped[int] = mapped_column(default=1)
+    job_id: Mapped[str | None] = mapped_column(String(40))
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    skipped: Mapped[list[Any] | None]  # [[column, why], …]: dataset columns left out
+    built_at: Mapped[datetime | None]
+    created_by_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class MonitoringReferenceProfile(IdMixin, Base):
+    """One column of a reference: ``data`` is the profile's ``to_bytes()``, as in
+    ``MonitoringProfile``."""
+
+    __tablename__ = "monitoring_reference_profiles"
+    id_prefix = "mrefp"
+
+    reference_id: Mapped[str] = mapped_column(ForeignKey("monitoring_references.id", ondelete="CASCADE"))
+    column: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(20))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("reference_id", "column"),)
+
+
+class MonitoringDriftReport(IdMixin, Base):
+    """Drift of one window of a deployment's traffic against its reference, as computed
+    then: the dataset-level figures and, in ``columns``, each column's test, statistic,
+    threshold and verdict. One report per window: a later one replaces it."""
+
+    __tablename__ = "monitoring_drift_reports"
+    id_prefix = "mdrift"
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    trigger: Mapped[str] = mapped_column(String(20))  # scheduled or requested
+    reference: Mapped[dict[str, Any]]  # source, dataset_file_id, window, generation
+    judged_columns: Mapped[int]
+    drifted_columns: Mapped[int]
+    share_drifted: Mapped[float | None]  # null when no column could be judged
+    dataset_drift: Mapped[bool]
+    any_drift_corrected: Mapped[bool]
+    columns: Mapped[list[Any]]
+    warnings: Mapped[list[Any]]
+    job_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("deployment_id", "window_start", "window_end"),)

@@ -1,5 +1,6 @@
-"""Monitoring routes: a deployment's performance over time, and the ground truth sent
-for its predictions."""
+"""Monitoring routes: a deployment's performance over time, the ground truth sent for its
+predictions, its reference data, and drift against it (now, on request as a job, and the
+stored history)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from maestro.api.deps import CurrentPrincipal, SessionDep
+from maestro.api.deps import CurrentPrincipal, QueueDep, SessionDep, SettingsDep
 from maestro.api.envelope import Envelope
 from maestro.api.errors import error_responses
+from maestro.api.heavy import HeavyDep, owners_of
 from maestro.api.params import DeploymentId, utc_query
-from maestro.monitoring import service
-from maestro.monitoring.schemas import Granularity, GroundTruthBody, GroundTruthResult, MonitoringMetrics
+from maestro.monitoring import reference, reports, service
+from maestro.monitoring.schemas import (
+    DriftHistory,
+    DriftRead,
+    DriftReportCreate,
+    DriftReportRequested,
+    Granularity,
+    GroundTruthBody,
+    GroundTruthResult,
+    MonitoringMetrics,
+    ReferenceRead,
+    ReferenceSet,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
 
@@ -70,3 +83,125 @@ def post_ground_truth(
     classes) refuses the whole body with 422, naming the item. Needs ``monitoring:
     write`` (a developer of the project)."""
     return Envelope(data=service.send_labels(session, principal, deployment_id, body))
+
+
+@router.get(
+    "/deployments/{deployment_id}/monitoring/reference",
+    response_model=Envelope[ReferenceRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def get_monitoring_reference(
+    deployment_id: DeploymentId, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[ReferenceRead]:
+    """The deployment's reference data and its status (`none` until one is set); once
+    `ready`, the profiled columns."""
+    return Envelope(data=reference.get_reference(session, principal, deployment_id))
+
+
+@router.put(
+    "/deployments/{deployment_id}/monitoring/reference",
+    status_code=202,
+    response_model=Envelope[ReferenceRead],
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
+def set_monitoring_reference(
+    deployment_id: DeploymentId,
+    body: ReferenceSet,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    queue: QueueDep,
+) -> Envelope[ReferenceRead]:
+    """Set what the deployment's traffic is compared with: a dataset of its project
+    (`dataset_file_id`, optionally with the `prediction_column`), the training data its
+    deployed version's model card names (`training_data: true`), or a window of its own
+    traffic (`reference_start`, `reference_end`). A job profiles it once (follow
+    `job_id`, or this resource's `status`); it replaces any reference set before."""
+    return Envelope(data=reference.set_reference(session, principal, queue, deployment_id, body))
+
+
+@router.get(
+    "/deployments/{deployment_id}/monitoring/drift",
+    response_model=Envelope[DriftRead],
+    responses=error_responses(401, 403, 404, 409, 422, 429, 503),
+)
+def get_monitoring_drift(
+    deployment_id: DeploymentId,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    heavy: HeavyDep,
+    start: Annotated[
+        datetime | None, Query(description="Start (ISO 8601); default 24 hours before end.")
+    ] = None,
+    end: Annotated[datetime | None, Query(description="End (ISO 8601), excluded; default now.")] = None,
+    reference_start: Annotated[
+        datetime | None,
+        Query(description="Compare with this window of traffic instead of the reference data."),
+    ] = None,
+    reference_end: Annotated[datetime | None, Query(description="End of that window, excluded.")] = None,
+) -> Envelope[DriftRead]:
+    """Per input column: the test, statistic, p-value or distance, threshold, verdict,
+    null-rate change and unseen-category rate; the predictions' drift; and the dataset's
+    (share of drifted columns against the threshold). Whole UTC hours are compared;
+    windows of at most 92 days. 409 while the deployment has no reference data ready."""
+    with heavy.slot(owners_of(principal)):  # merging a long window's hours takes seconds of CPU
+        found = reports.drift(
+            session,
+            principal,
+            deployment_id,
+            threshold=settings.monitoring_dataset_drift_share,
+            start=utc_query(start, "start"),
+            end=utc_query(end, "end"),
+            reference_start=utc_query(reference_start, "reference_start"),
+            reference_end=utc_query(reference_end, "reference_end"),
+        )
+    return Envelope(data=found)
+
+
+@router.post(
+    "/deployments/{deployment_id}/monitoring/drift",
+    status_code=202,
+    response_model=Envelope[DriftReportRequested],
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
+def request_monitoring_drift_report(
+    deployment_id: DeploymentId,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    queue: QueueDep,
+    body: DriftReportCreate | None = None,
+) -> Envelope[DriftReportRequested]:
+    """Compute and store a drift report of the window (default: the last 24 hours) as a
+    job; follow it at `GET /api/v1/jobs/{job_id}`, and find the report in the history."""
+    return Envelope(data=reports.request_report(session, principal, queue, deployment_id, body))
+
+
+@router.get(
+    "/deployments/{deployment_id}/monitoring/drift/history",
+    response_model=Envelope[DriftHistory],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def get_monitoring_drift_history(
+    deployment_id: DeploymentId,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    start: Annotated[
+        datetime | None, Query(description="Start (ISO 8601); default 7 days before end.")
+    ] = None,
+    end: Annotated[datetime | None, Query(description="End (ISO 8601), excluded; default now.")] = None,
+    column: Annotated[
+        str | None, Query(min_length=1, max_length=300, description="Only this column's series.")
+    ] = None,
+) -> Envelope[DriftHistory]:
+    """The stored drift reports whose windows start in the window, oldest first: one
+    series for the dataset and one per column. At most 2,000 reports."""
+    return Envelope(
+        data=reports.history(
+            session,
+            principal,
+            deployment_id,
+            start=utc_query(start, "start"),
+            end=utc_query(end, "end"),
+            column=column,
+        )
+    )

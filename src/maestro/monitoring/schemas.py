@@ -1,14 +1,17 @@
-"""Monitoring's bodies: a deployment's performance over a window and per interval, and
-the ground truth (true labels) sent for its logged predictions."""
+"""Monitoring's bodies: a deployment's performance over a window and per interval; the
+ground truth (true labels) sent for its logged predictions; its reference data, drift
+over a window and the history of drift reports (and the bodies that set a reference and
+ask for a report)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
-from maestro.schemas import StrictModel
+from maestro.api.params import ID_MAX_LENGTH, ID_PATTERN
+from maestro.schemas import StrictModel, Visible
 
 Granularity = Literal["1m", "5m", "1h", "1d"]
 
@@ -136,3 +139,212 @@ class GroundTruthResult(BaseModel):
         description="Prediction ids and rows not logged for this deployment (never served here, not "
         "sampled, not written yet, or past the served rows), each once, in the order sent."
     )
+
+
+# --- reference data and drift ------------------------------------------------------------------
+ReferenceSource = Literal["dataset", "training_data", "traffic"]
+ReferenceStatus = Literal["none", "pending", "building", "ready", "failed"]
+Verdict = Literal["ok", "warning", "drift", "insufficient_data"]
+DriftTest = Literal["ks", "wasserstein", "chi2", "z", "jensen_shannon", "none"]
+FileId = Annotated[str, StringConstraints(max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=300), Visible]
+
+
+class ReferenceSet(StrictModel):
+    """One of: a dataset file of the deployment's project (``dataset_file_id``), the
+    training data the deployed version's model card names (``training_data``), or a
+    window of the deployment's own traffic (``reference_start`` and ``reference_end``)."""
+
+    dataset_file_id: FileId | None = Field(
+        None, description="A dataset uploaded to the deployment's project.", examples=["file_01jd8x6q2v"]
+    )
+    training_data: bool = Field(
+        False,
+        description="Use the dataset file the deployed version's model card names as its training data "
+        "(`training_data.source`).",
+    )
+    reference_start: datetime | None = Field(None, description="Start of a window of served traffic.")
+    reference_end: datetime | None = Field(
+        None, description="End of that window (excluded; not in the future)."
+    )
+    prediction_column: ColumnName | None = Field(
+        None,
+        description="A column of the dataset holding what the model answers (labels or values), compared "
+        "with the served predictions.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReferenceSet:
+        window = self.reference_start is not None or self.reference_end is not None
+        chosen = sum((self.dataset_file_id is not None, self.training_data, window))
+        if chosen != 1:
+            raise ValueError(
+                "give exactly one of dataset_file_id, training_data: true, "
+                "or reference_start and reference_end"
+            )
+        if window and (self.reference_start is None or self.reference_end is None):
+            raise ValueError("a traffic window needs both reference_start and reference_end")
+        if window and self.prediction_column is not None:
+            raise ValueError(
+                "prediction_column names a column of a dataset; a traffic window has the predictions"
+            )
+        return self
+
+
+class ReferenceColumn(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    rows: int = Field(description="Rows profiled, missing values included.")
+    null_count: int
+
+
+class ReferenceRead(BaseModel):
+    deployment_id: str
+    status: ReferenceStatus = Field(
+        description="none: no reference set; pending or building: its profile is being built by the job; "
+        "ready: drift can be computed; failed: see error, and set it again."
+    )
+    source: ReferenceSource | None = None
+    dataset_file_id: str | None = Field(
+        None, description="Null for a traffic window, or once the file is deleted."
+    )
+    model_version_id: str | None = Field(
+        None, description="The version whose model card named the training data."
+    )
+    prediction_column: str | None = None
+    reference_start: datetime | None = None
+    reference_end: datetime | None = None
+    rows: int | None = Field(None, description="Rows in the reference, once built.")
+    columns: list[ReferenceColumn] = Field(
+        default_factory=list, description="The profiled columns, once built."
+    )
+    skipped_columns: list[list[str]] = Field(
+        default_factory=list, description="Columns of the dataset left out, each with the reason."
+    )
+    error: str | None = None
+    job_id: str | None = Field(None, description="The job building the profile: GET /api/v1/jobs/{job_id}.")
+    set_at: datetime | None = None
+    built_at: datetime | None = None
+
+
+class ColumnDriftRead(BaseModel):
+    column: str
+    kind: Literal["numeric", "categorical"]
+    test: DriftTest = Field(
+        description="ks or wasserstein for numbers, chi2, z or jensen_shannon for categories (and numbers "
+        "with at most 5 distinct values); none when there were too few values."
+    )
+    statistic: float | None = Field(
+        description="KS distance, Wasserstein distance over the reference's standard deviation, chi², |z| or "
+        "Jensen-Shannon distance; null without a test (or an infinite distance: a constant reference)."
+    )
+    p_value: float | None = Field(description="For ks, chi2 and z; null for the distances.")
+    threshold: float | None = Field(
+        description="Drift when p_value < threshold (tests) or statistic >= threshold."
+    )
+    drifted: bool
+    warning: bool = Field(description="A distance past half its threshold, short of drift.")
+    verdict: Verdict
+    n_reference: int = Field(description="Non-missing values in the reference.")
+    n_current: int = Field(description="Non-missing values in the window.")
+    null_rate_reference: float
+    null_rate_current: float
+    null_rate_change: float = Field(description="null_rate_current - null_rate_reference.")
+    null_rate_drifted: bool
+    unseen_rate: float | None = Field(
+        description="Categories: share of the window's values never seen in the reference."
+    )
+    important: bool = Field(False, description="One of the model's most important features.")
+
+
+class DatasetDriftRead(BaseModel):
+    drifted: bool = Field(description="share_drifted reached threshold.")
+    share_drifted: float | None = Field(
+        description="Drifted input columns / judged input columns; null if none judged."
+    )
+    threshold: float = Field(description="MAESTRO_MONITORING_DATASET_DRIFT_SHARE.")
+    judged_columns: int
+    drifted_columns: int
+    any_drift_corrected: bool = Field(
+        description="Some column drifted by its distance, or some test stays significant after a Bonferroni "
+        "correction (p < 0.05 / number of tests)."
+    )
+
+
+class DriftReferenceRef(BaseModel):
+    source: ReferenceSource | Literal["override"]
+    dataset_file_id: str | None = None
+    reference_start: datetime | None = None
+    reference_end: datetime | None = None
+    rows: int | None = None
+
+
+class DriftRead(BaseModel):
+    deployment_id: str
+    start: datetime
+    end: datetime
+    covered_start: datetime = Field(description="Whole UTC hours are compared: the first hour's start.")
+    covered_end: datetime = Field(description="The last hour's end.")
+    reference: DriftReferenceRef
+    dataset_drift: DatasetDriftRead
+    columns: list[ColumnDriftRead] = Field(description="Every input column of the reference, by name.")
+    prediction_drift: ColumnDriftRead | None = Field(
+        description="The served predictions (`__prediction__`); null when the reference has none."
+    )
+    probability_drift: list[ColumnDriftRead] = Field(
+        description="Each class's probability (traffic references)."
+    )
+    important_features: list[str] = Field(
+        description="The model's most important features, from `feature_importances` in the version's "
+        "model_schema or training_metrics; empty when unknown."
+    )
+    warnings: list[str]
+
+
+class DriftReportCreate(StrictModel):
+    start: datetime | None = Field(None, description="Default: 24 hours before end.")
+    end: datetime | None = Field(None, description="Default: now.")
+
+
+class DriftReportRequested(BaseModel):
+    job_id: str
+    status: str = Field(examples=["queued"])
+    deployment_id: str
+    start: datetime
+    end: datetime
+    status_url: str
+
+
+class DatasetDriftPoint(BaseModel):
+    window_start: datetime
+    window_end: datetime
+    share_drifted: float | None
+    dataset_drift: bool
+    judged_columns: int
+    drifted_columns: int
+    trigger: Literal["scheduled", "requested"]
+
+
+class ColumnDriftPoint(BaseModel):
+    window_start: datetime
+    window_end: datetime
+    test: DriftTest
+    statistic: float | None
+    p_value: float | None
+    threshold: float | None
+    verdict: Verdict
+    drifted: bool
+    n_current: int
+
+
+class ColumnDriftSeries(BaseModel):
+    column: str
+    points: list[ColumnDriftPoint]
+
+
+class DriftHistory(BaseModel):
+    deployment_id: str
+    start: datetime
+    end: datetime
+    dataset: list[DatasetDriftPoint] = Field(description="One point per stored report, oldest first.")
+    columns: list[ColumnDriftSeries] = Field(description="One series per column (or only `column`).")

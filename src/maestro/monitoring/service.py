@@ -3,7 +3,9 @@ name from ``QUANTITIES``, and ``GET …/monitoring/metrics`` shows the same figu
 window and per interval. Request figures come from the per-minute counters serving
 writes (``deployments.reading.request_totals``); a minute counts in the window its start
 lies in. Accuracy and the other quality figures come from ground truth (labels sent for
-logged predictions, ``ground_truth``), counted in the minute of the prediction."""
+logged predictions, ``ground_truth``), counted in the minute of the prediction. Drift
+quantities follow a pattern rather than fixed names (``reports.DRIFT_QUANTITIES``):
+``dataset_drift_share`` and ``drift.<column>``, computed by ``monitoring.reports``."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT
 from maestro.errors import NotFound, ValidationFailed
 from maestro.identity.rbac import Action, Principal
-from maestro.monitoring import ground_truth
+from maestro.monitoring import ground_truth, reports
 from maestro.monitoring.quality import QUALITY_QUANTITIES, Figures
 from maestro.monitoring.schemas import (
     CurrentMetrics,
@@ -102,11 +104,14 @@ def quantity(
 ) -> float | None:
     """One named quantity of the deployment over [start, end); None where it is
     undefined (rates and latencies without requests, quality without labels or for the
-    other kind of model)."""
+    other kind of model, drift without reference data)."""
+    if reports.is_drift_quantity(name):
+        return reports.drift_quantity(session, principal, deployment_id, name, start, end)
     measure = _MEASURES.get(name)
     if measure is None and name not in QUALITY_QUANTITIES:
         raise ValidationFailed(
-            f"Unknown monitored quantity {name!r}; known: {', '.join(QUANTITIES)}",
+            f"Unknown monitored quantity {name!r}; known: "
+            f"{', '.join((*QUANTITIES, *reports.DRIFT_QUANTITIES))}",
             details=[("name", "unknown quantity")],
         )
     start, end = _ordered(start, end)
