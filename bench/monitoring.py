@@ -419,8 +419,11 @@ def serving_bench(seconds: float, rounds: int) -> None:
     print()
     print(f"   measured {runs[0].began:%H:%M:%S}-{runs[-1].ended:%H:%M:%S} UTC; folds on the logging server:")
     for job in (job for job in jobs if job.started_at):
-        took = f"{(job.finished_at - job.started_at).total_seconds():6.2f} s" if job.finished_at else ""
-        print(f"     {job.started_at:%H:%M:%S} {job.status:<9} {took} {json.dumps(job.result or {})}")
+        took = (job.finished_at - job.started_at).total_seconds() if job.finished_at else None
+        count = (job.result or {}).get("logs_folded", 0)
+        rate = f", {count / took:,.0f} logs/s" if took and count else ""
+        shown = f"{took:6.2f} s{rate}" if took is not None else ""
+        print(f"     {job.started_at:%H:%M:%S} {job.status:<9} {shown} {json.dumps(job.result or {})}")
     folded = sum((job.result or {}).get("logs_folded", 0) for job in jobs)
     print(
         f"   profiles written: {stored['columns']} columns over {stored['hours']} hour(s); the prediction "
