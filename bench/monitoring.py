@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import shutil
@@ -448,9 +449,15 @@ def serving_bench(seconds: float, rounds: int) -> None:
             f"while a fold ran: {during or 'none'}"
         )
     ratio = rps["log 100%"] / rps["log 0%"]
+    # The fold runs in the logging server but takes its share of the 2 cores from whichever
+    # server is measured: log 0 % runs it overlapped were slowed too.
+    quiet = [m for m in runs if m.name == "log 0%" and not m.folding]
+    seconds_quiet = sum((m.ended - m.began).total_seconds() for m in quiet)
+    quiet_ratio = rps["log 100%"] * seconds_quiet / sum(m.run.requests for m in quiet) if quiet else math.nan
     print(
         f"   target log 100 % + folding within 10 % of log 0 %: {'met' if ratio >= 0.9 else 'MISSED'} "
-        f"(req/s ratio {ratio:.2f}; p99 {p99['log 100%']:.2f} / {p99['log 0%']:.2f} ms)"
+        f"(req/s ratio {ratio:.2f}, {quiet_ratio:.2f} against the log 0 % runs no fold overlapped; "
+        f"p99 {p99['log 100%']:.2f} / {p99['log 0%']:.2f} ms)"
     )
     if not folded or stored["predictions"] != folded:
         print("   WARNING: the profiles do not hold the rows folded")
