@@ -406,8 +406,7 @@ def start_platform(
         workdir / f"{label}-data",
         settings,
         access_token_ttl_seconds="7200",  # noqa: S106 - a lifetime, not a secret
-        run_worker_in_process="false",
-        **values,
+        **{"run_worker_in_process": "false", **values},
     )
     command = [sys.executable, "-m", "maestro", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = Process(command, env, workdir / f"{label}.log")
