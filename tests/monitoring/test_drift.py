@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from maestro.monitoring.drift import (
     JS_DRIFT,
@@ -15,6 +16,7 @@ from maestro.monitoring.drift import (
     column_drift_from_profiles,
     column_drift_from_values,
     dataset_drift,
+    wasserstein,
 )
 from maestro.monitoring.profiles import CategoricalProfile, NumericProfile, profile_columns
 from tests.monitoring.data import COLUMNS, PLAN_SHARES, generate, plan_column, random_halves
@@ -205,3 +207,12 @@ def test_dataset_level_share_important_features_and_correction() -> None:
 def test_profiles_of_different_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="different kinds"):
         column_drift_from_profiles("x", NumericProfile(), CategoricalProfile())
+
+
+@pytest.mark.parametrize(("n_ref", "n_cur"), [(5_000, 5_000), (5_000, 3_001), (1, 7), (2_000, 2_000)])
+def test_the_wasserstein_distance_is_scipys(n_ref: int, n_cur: int) -> None:
+    rng = np.random.default_rng(n_ref + n_cur)
+    ref = rng.lognormal(size=n_ref)
+    cur = np.round(rng.lognormal(0.1, size=n_cur), 1)  # ties, within and across the samples
+    assert wasserstein(ref, cur) == pytest.approx(stats.wasserstein_distance(ref, cur), rel=1e-9, abs=1e-12)
+    assert wasserstein(cur, cur.copy()) == 0.0
