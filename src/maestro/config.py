@@ -296,6 +296,13 @@ class Settings(BaseSettings):
         description="How often consumers fold new prediction logs into monitoring's hourly profiles "
         "(checked once a minute); 0 turns folding, and so the deletion of old logs, off.",
     )
+    monitoring_fold_settle_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="Prediction logs are folded into profiles once this old (or three log flush "
+        "intervals, if longer): serving processes write logs in batches, so one may land after a "
+        "later one from another process. Lower it only where every clock and writer is close.",
+    )
     monitoring_drift_interval_seconds: int = Field(
         3600,
         ge=0,

@@ -94,6 +94,12 @@ def _categorical(profiles: dict[str, ColumnProfile], column: str) -> Categorical
     return profile
 
 
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Logs are written when a test flushes them, never by the writer's own clock in between."""
+    return make_settings(prediction_log_flush_seconds=60)
+
+
 def _assert_describes(profile: NumericProfile, values: np.ndarray) -> None:
     """Counts, bounds and sum exactly; quantiles within the sketch's rank error."""
     assert profile.count == values.size

@@ -10,9 +10,10 @@ UPDATE`` on PostgreSQL; SQLite has one writer at a time), so neither a crash nor
 workers folding the same deployment ever count a log twice. Failed requests and logs
 without rows add nothing.
 
-The job reads only logs older than ``SETTLE_SECONDS`` (or three flush intervals, if
-longer): serving processes write their logs in batches, stamped with the time each
-request was served, so a log may land a little after a later one from another process.
+The job reads only logs older than ``settle_seconds`` (``MAESTRO_MONITORING_FOLD_SETTLE_SECONDS``,
+a minute, or three flush intervals if longer): serving processes write their logs in
+batches, stamped with the time each request was served, so a log may land a little after
+a later one from another process.
 
 After folding, the job deletes prediction logs older than
 ``MAESTRO_PREDICTION_LOG_RETENTION_DAYS`` and below the deployment's fold mark, in
@@ -58,12 +59,12 @@ from maestro.monitoring.profiles import (
 )
 
 if TYPE_CHECKING:
+    from maestro.config import Settings
     from maestro.db import Database
 
 logger = logging.getLogger("maestro.monitoring")
 
 PAGE = 1000  # logs folded per transaction
-SETTLE_SECONDS = 60.0
 DELETE_BATCH = 1000  # logs deleted per transaction
 _BEFORE_EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -308,14 +309,18 @@ def merged_profiles(
     return merged
 
 
+def settle_seconds(settings: Settings) -> float:
+    """How old a prediction log must be before it is folded."""
+    return max(settings.monitoring_fold_settle_seconds, 3 * settings.prediction_log_flush_seconds)
+
+
 @job_handler(FOLD)
 def fold_job(ctx: JobContext) -> dict[str, Any]:
     """Fold what serving logged since the last run, then delete folded logs past their
     retention period."""
     settings = ctx.settings
-    settle = max(SETTLE_SECONDS, 3 * settings.prediction_log_flush_seconds)
     ctx.progress(0.0, "folding prediction logs into hourly profiles")
-    folded = fold_all(ctx.database, until=utcnow() - timedelta(seconds=settle))
+    folded = fold_all(ctx.database, until=utcnow() - timedelta(seconds=settle_seconds(settings)))
     ctx.progress(0.5, "deleting folded prediction logs past their retention")
     cutoff = utcnow() - timedelta(days=settings.prediction_log_retention_days)
     deleted = delete_folded_before(ctx.database, cutoff)

@@ -44,7 +44,7 @@ from maestro.files import service as files_service
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
-from maestro.monitoring.folding import SETTLE_SECONDS, fold_new_predictions
+from maestro.monitoring.folding import fold_new_predictions, settle_seconds
 from maestro.monitoring.models import (
     PREDICTION_COLUMN,
     MonitoringProfile,
@@ -164,11 +164,6 @@ def window_profiles(
         if not merge_into(merged, column, load_profile(kind, data)):
             logger.warning("deployment %s: column %s changed kind at %s", deployment_id, column, hour)
     return merged
-
-
-def settle_seconds(settings: Settings) -> float:
-    """How old a prediction log must be before it is folded (see ``folding``)."""
-    return max(SETTLE_SECONDS, 3 * settings.prediction_log_flush_seconds)
 
 
 # --- reading and setting ---------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from maestro.identity.rbac import Principal
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.jobs.maintenance import DRIFT_REPORTS
 from maestro.monitoring.drift import ColumnDrift, DatasetDrift, column_drift_from_profiles, dataset_drift
-from maestro.monitoring.folding import fold_new_predictions
+from maestro.monitoring.folding import fold_new_predictions, settle_seconds
 from maestro.monitoring.models import (
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
@@ -64,7 +64,6 @@ from maestro.monitoring.reference import (
     hour_floor,
     ready_reference,
     require_ready,
-    settle_seconds,
     window_profiles,
 )
 from maestro.monitoring.schemas import (
