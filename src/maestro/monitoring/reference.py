@@ -46,6 +46,7 @@ from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.monitoring.folding import SETTLE_SECONDS, fold_new_predictions
 from maestro.monitoring.models import (
+    ALL_TRAFFIC,
     PREDICTION_COLUMN,
     MonitoringProfile,
     MonitoringReference,
@@ -142,16 +143,18 @@ def window_profiles(
     start: datetime,
     end: datetime,
     columns: Collection[str] | None = None,
+    segment: str = ALL_TRAFFIC,
 ) -> dict[str, ColumnProfile]:
     """Each column's profile over the whole hours overlapping ``[start, end)`` (only
-    ``columns`` when given), merged while the rows stream in: one profile per column is
-    held at a time, never the window's rows."""
+    ``columns`` when given; of the whole deployment, or of one ``segment``), merged while
+    the rows stream in: one profile per column is held at a time, never the window's rows."""
     statement = (
         select(
             MonitoringProfile.column, MonitoringProfile.kind, MonitoringProfile.data, MonitoringProfile.hour
         )
         .where(
             MonitoringProfile.deployment_id == deployment_id,
+            MonitoringProfile.segment == segment,
             MonitoringProfile.hour > start - timedelta(hours=1),
             MonitoringProfile.hour < end,
         )
