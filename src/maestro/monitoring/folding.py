@@ -149,9 +149,8 @@ def page_profiles(
         hour = _hour(log.created_at)
         inputs[hour, arrays.columns, ALL_TRAFFIC].append(arrays.matrix)
         predictions[hour, ALL_TRAFFIC].extend(arrays.predictions)
-        answered = arrays.classes is not None and arrays.probabilities is not None
-        if answered:
-            probabilities[hour, arrays.classes, ALL_TRAFFIC].append(arrays.probabilities)  # type: ignore[index]
+        if arrays.classes is not None and arrays.probabilities is not None:
+            probabilities[hour, arrays.classes, ALL_TRAFFIC].append(arrays.probabilities)
         row_texts = (texts or {}).get(log.id)
         if segmenting is None or row_texts is None:
             continue
@@ -160,9 +159,10 @@ def page_profiles(
             rows_of[segmenting.segment(text)].append(index)
         for segment, rows in rows_of.items():
             inputs[hour, arrays.columns, segment].append(arrays.matrix[rows])
-            predictions[hour, segment].extend(arrays.predictions[i] for i in rows if i < len(arrays.predictions))
-            if answered:
-                assert arrays.probabilities is not None and arrays.classes is not None
+            predictions[hour, segment].extend(
+                arrays.predictions[i] for i in rows if i < len(arrays.predictions)
+            )
+            if arrays.classes is not None and arrays.probabilities is not None:
                 probabilities[hour, arrays.classes, segment].append(arrays.probabilities[rows])
     found: dict[Key, ColumnProfile] = {}
     for (hour, columns, segment), matrices in inputs.items():

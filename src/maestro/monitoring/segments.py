@@ -107,7 +107,9 @@ def grow_values(session: Session, deployment_id: str, texts: Iterable[str]) -> S
     values = list(row.segment_values or ())
     if len(values) < MAX_VALUES:
         counts = Counter(text for text in texts if text not in values)
-        for text, _ in sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[: MAX_VALUES - len(values)]:
+        for text, _ in sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[
+            : MAX_VALUES - len(values)
+        ]:
             values.append(text)
         if len(values) != len(row.segment_values or ()):
             row.segment_values = values
