@@ -421,7 +421,7 @@ def require_ready(row: MonitoringReference | None) -> MonitoringReference:
 
 
 # --- the job -------------------------------------------------------------------------------------------
-def _version_features(session: Session, deployment: Deployment) -> list[str] | None:
+def version_features(session: Session, deployment: Deployment) -> list[str] | None:
     """The inputs the deployed version declares, or None when it declares none."""
     if deployment.model_version_id is None:
         return None
@@ -458,7 +458,7 @@ def _dataset(
 ) -> DatasetProfiles:
     with database.session(write=False) as session:
         deployment = session.get(Deployment, deployment_id)
-        features = _version_features(session, deployment) if deployment is not None else None
+        features = version_features(session, deployment) if deployment is not None else None
     try:
         built = profile_dataset(
             store,
