@@ -401,3 +401,46 @@ class TestDriftPerSegment:
             return [point["dataset_drift"] for point in response.json()["data"]["dataset"]]
 
         assert (history(None), history("2"), history("__other__")) == ([False], [True], [False])
+
+    def test_a_label_before_its_value_is_known_counts_as_other(
+        self,
+        client: TestClient,
+        app: FastAPI,
+        world: World,
+        live: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        database = app.state.database
+        before = serve(app, world, live, T0 - timedelta(minutes=30), rows(100, 6))  # before the column
+        set_segment(client, world, live["id"], "day_of_week", monkeypatch)
+        matrix = rows(100, 7)
+        matrix[:, DAY] = 1.0
+        (early,) = serve(app, world, live, T0 + timedelta(minutes=1), matrix)
+        predicted = labels(matrix)
+
+        def send(prediction_id: str, count: int) -> None:
+            items = [{"prediction_id": prediction_id, "row": i, "actual": predicted[i]} for i in range(count)]
+            response = client.post(
+                monitoring_path(live["id"], "ground-truth"),
+                json={"items": items},
+                headers=world.developer.headers,
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["data"]["matched"] == count
+
+        def labelled(segment: str | None) -> int:
+            params = {"start": iso(T0 - timedelta(hours=1)), "end": iso(T0 + timedelta(hours=1))}
+            if segment is not None:
+                params["segment"] = segment
+            response = client.get(
+                monitoring_path(live["id"], "metrics"), params=params, headers=world.viewer.headers
+            )
+            assert response.status_code == 200, response.text
+            return int(response.json()["data"]["current_metrics"]["quality"]["label_count"])
+
+        send(before[0], 10)  # served before the column was set: the whole deployment's only
+        send(early, 20)  # not folded yet: day 1 is not a known value
+        fold_new_predictions(database, live["id"])
+        assert labelled("__other__") == 20
+        send(early, 30)  # 20 of them again (they stay where they were counted), and 10 more
+        assert (labelled(None), labelled("1"), labelled("__other__")) == (40, 10, 20)
