@@ -412,6 +412,12 @@ def report_window(
     report_ids: dict[str, str] = {}
     now = utcnow()
     with database.session(write=True) as session:
+        # A segment column changed meanwhile discarded those segments: store none of them.
+        now_set = segments.segmenting(session, deployment_id, lock=True)
+        if segmenting is not None and (
+            now_set is None or (now_set.column, now_set.since) != (segmenting.column, segmenting.since)
+        ):
+            comparisons = {ALL_TRAFFIC: comparisons[ALL_TRAFFIC]}
         for segment, comparison in comparisons.items():
             values = {
                 "deployment_id": deployment_id,
