@@ -397,6 +397,10 @@ def traffic_window(_: Scene) -> dict[str, Any]:
     return {"reference_start": "2025-06-01T10:00:00Z", "reference_end": "2025-06-01T11:00:00Z"}
 
 
+def segment_column(_: Scene) -> dict[str, Any]:
+    return {"column": "x0"}
+
+
 # The name-addressed registry rows: the same rules as the routes they stand beside.
 BY_NAME_VERSION = "/models/{model_id}/versions/{version}"
 MODEL_CARD = "/model-cards/{model_id}/versions/{version}"
@@ -846,6 +850,8 @@ RULES = [
             ("GET", f"{MONITORING}/drift", NO_REFERENCE_READ, "monitoring", "read", None),
             ("POST", f"{MONITORING}/drift", NO_REFERENCE_ASK, "monitoring", "write", None),
             ("GET", f"{MONITORING}/drift/history", DEPLOY_READ, "monitoring", "read", None),
+            ("GET", f"{MONITORING}/segment", DEPLOY_READ, "monitoring", "read", None),
+            ("PUT", f"{MONITORING}/segment", DEPLOY_CHANGE, "monitoring", "write", segment_column),
             ("POST", INFERENCE, DEPLOY_READ, "inference", "read", instances),
             ("POST", f"{INFERENCE}/batch", DEPLOY_READ, "inference", "read", instances),
             ("GET", f"{INFERENCE}/health", DEPLOY_READ, "inference", "read", None),

@@ -582,6 +582,8 @@ class LoggedAnswers:
     classes: tuple[str, ...] | None
     probabilities: np.ndarray | None
     answers: Literal["label", "value"]
+    columns: tuple[str, ...] = ()  # the logged rows' inputs by feature name, for
+    matrix: np.ndarray | None = None  # reading one row's value of a column (NaN: missing)
 
 
 _IDS_PER_QUERY = 500
@@ -635,6 +637,8 @@ def logged_answers(
                 classes=arrays.classes if arrays is not None else None,
                 probabilities=arrays.probabilities if arrays is not None else None,
                 answers=kind,
+                columns=arrays.columns if arrays is not None else (),
+                matrix=arrays.matrix if arrays is not None else None,
             )
     return found
 

@@ -19,6 +19,11 @@ After folding, the job deletes prediction logs older than
 ``MAESTRO_PREDICTION_LOG_RETENTION_DAYS`` and below the deployment's fold mark, in
 bounded batches; the profiles stay, and ``merged_profiles`` answers for any range of
 whole hours from them alone.
+
+With a segment column set (``segments``), each hour's profiles are also kept per
+segment, for the logs served since the column was set: the page first fixes any new
+values (``segments.grow_values``), then every row is profiled twice, in the whole
+deployment's profiles (segment '') and in its segment's.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from maestro.deployments.predictions import (
 )
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.jobs.maintenance import FOLD
+from maestro.monitoring import segments
 from maestro.monitoring.models import (
+    ALL_TRAFFIC,
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
     MonitoringFoldMark,
@@ -68,7 +75,7 @@ PAGE = 1000  # logs folded per transaction
 DELETE_BATCH = 1000  # logs deleted per transaction
 _BEFORE_EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)
 
-Key = tuple[datetime, str]  # an hour's start and a column
+Key = tuple[datetime, str, str]  # an hour's start, a column and a segment ('' for all traffic)
 
 
 def _hour(at: datetime) -> datetime:
@@ -108,33 +115,68 @@ def _add(found: dict[Key, ColumnProfile], key: Key, profile: ColumnProfile) -> N
         )
 
 
-def page_profiles(logs: Sequence[LoggedMatrix]) -> dict[Key, ColumnProfile]:
-    """The profiles of one page of logs, by hour and column: rows of the same hour and
-    features are stacked first, so a profile is built once per batch, not per request."""
-    inputs: dict[tuple[datetime, tuple[str, ...]], list[np.ndarray]] = defaultdict(list)
-    predictions: dict[datetime, list[Any]] = defaultdict(list)
-    probabilities: dict[tuple[datetime, tuple[str, ...]], list[np.ndarray]] = defaultdict(list)
+def _folded(log: LoggedMatrix) -> bool:
+    return log.status_code < 400 and log.arrays is not None and bool(len(log.arrays.matrix))
+
+
+def segment_texts(logs: Sequence[LoggedMatrix], segmenting: segments.Segmenting) -> dict[str, list[str]]:
+    """Each folded log's rows' values of the segment column as text, by log id, for the
+    logs served since the column was set."""
+    found: dict[str, list[str]] = {}
+    for log in logs:
+        if _folded(log) and log.created_at >= segmenting.since:
+            assert log.arrays is not None
+            found[log.id] = segments.column_texts(log.arrays.columns, log.arrays.matrix, segmenting.column)
+    return found
+
+
+def page_profiles(
+    logs: Sequence[LoggedMatrix],
+    segmenting: segments.Segmenting | None = None,
+    texts: dict[str, list[str]] | None = None,
+) -> dict[Key, ColumnProfile]:
+    """The profiles of one page of logs, by hour, column and segment (with
+    ``segmenting`` and the rows' ``texts`` from ``segment_texts``; '' alone without):
+    rows of the same hour, features and segment are stacked first, so a profile is
+    built once per batch, not per request."""
+    inputs: dict[tuple[datetime, tuple[str, ...], str], list[np.ndarray]] = defaultdict(list)
+    predictions: dict[tuple[datetime, str], list[Any]] = defaultdict(list)
+    probabilities: dict[tuple[datetime, tuple[str, ...], str], list[np.ndarray]] = defaultdict(list)
     for log in logs:
         arrays = log.arrays
-        if log.status_code >= 400 or arrays is None or not len(arrays.matrix):
+        if not _folded(log):
             continue
+        assert arrays is not None
         hour = _hour(log.created_at)
-        inputs[hour, arrays.columns].append(arrays.matrix)
-        predictions[hour].extend(arrays.predictions)
+        inputs[hour, arrays.columns, ALL_TRAFFIC].append(arrays.matrix)
+        predictions[hour, ALL_TRAFFIC].extend(arrays.predictions)
         if arrays.classes is not None and arrays.probabilities is not None:
-            probabilities[hour, arrays.classes].append(arrays.probabilities)
+            probabilities[hour, arrays.classes, ALL_TRAFFIC].append(arrays.probabilities)
+        row_texts = (texts or {}).get(log.id)
+        if segmenting is None or row_texts is None:
+            continue
+        rows_of: dict[str, list[int]] = defaultdict(list)
+        for index, text in enumerate(row_texts):
+            rows_of[segmenting.segment(text)].append(index)
+        for segment, rows in rows_of.items():
+            inputs[hour, arrays.columns, segment].append(arrays.matrix[rows])
+            predictions[hour, segment].extend(
+                arrays.predictions[i] for i in rows if i < len(arrays.predictions)
+            )
+            if arrays.classes is not None and arrays.probabilities is not None:
+                probabilities[hour, arrays.classes, segment].append(arrays.probabilities[rows])
     found: dict[Key, ColumnProfile] = {}
-    for (hour, columns), matrices in inputs.items():
+    for (hour, columns, segment), matrices in inputs.items():
         built = profile_columns(columns, np.vstack(matrices), ["numeric"] * len(columns))
         for name, profile in built.items():
-            _add(found, (hour, name), profile)
-    for hour, values in predictions.items():
-        _add(found, (hour, PREDICTION_COLUMN), _prediction_profile(values))
-    for (hour, classes), matrices in probabilities.items():
+            _add(found, (hour, name, segment), profile)
+    for (hour, segment), values in predictions.items():
+        _add(found, (hour, PREDICTION_COLUMN, segment), _prediction_profile(values))
+    for (hour, classes, segment), matrices in probabilities.items():
         names = [PROBABILITY_PREFIX + name for name in classes]
         built = profile_columns(names, np.vstack(matrices), ["numeric"] * len(names))
         for name, profile in built.items():
-            _add(found, (hour, name), profile)
+            _add(found, (hour, name, segment), profile)
     return found
 
 
@@ -148,23 +190,24 @@ def _store(session: Session, deployment_id: str, found: dict[Key, ColumnProfile]
     so no other folder writes these rows meanwhile)."""
     if not found:
         return
-    hours = sorted({hour for hour, _ in found})
+    hours = sorted({hour for hour, _, _ in found})
     stored = {
-        (row.hour, row.column): row
+        (row.hour, row.column, row.segment): row
         for row in session.scalars(
             select(MonitoringProfile).where(
                 MonitoringProfile.deployment_id == deployment_id, MonitoringProfile.hour.in_(hours)
             )
         )
     }
-    for (hour, column), profile in found.items():
-        row = stored.get((hour, column))
+    for (hour, column, segment), profile in found.items():
+        row = stored.get((hour, column, segment))
         if row is None:
             session.add(
                 MonitoringProfile(
                     deployment_id=deployment_id,
                     hour=hour,
                     column=column,
+                    segment=segment,
                     kind=profile.kind,
                     rows=profile.count,
                     data=profile.to_bytes(),
@@ -243,7 +286,14 @@ def fold_new_predictions(
                 limit=page,
             )
             if logs:
-                _store(session, deployment_id, page_profiles(logs))
+                segmenting = segments.segmenting(session, deployment_id, lock=True)
+                texts = segment_texts(logs, segmenting) if segmenting is not None else None
+                if segmenting is not None and texts:
+                    grown = segments.grow_values(
+                        session, deployment_id, (text for found in texts.values() for text in found)
+                    )
+                    segmenting = grown
+                _store(session, deployment_id, page_profiles(logs, segmenting, texts))
                 mark.last_created_at, mark.last_id = logs[-1].created_at, logs[-1].id
                 mark.updated_at = utcnow()
         folded += len(logs)
@@ -286,14 +336,16 @@ def delete_folded_before(database: Database, cutoff: datetime, *, batch: int = D
 
 
 def merged_profiles(
-    session: Session, deployment_id: str, start: datetime, end: datetime
+    session: Session, deployment_id: str, start: datetime, end: datetime, segment: str = ALL_TRAFFIC
 ) -> dict[str, ColumnProfile]:
-    """Each column's profile over the whole hours that overlap ``[start, end)``, merged
-    from the stored hours without reading a logged row."""
+    """Each column's profile over the whole hours that overlap ``[start, end)`` (of the
+    whole deployment, or of one segment), merged from the stored hours without reading
+    a logged row."""
     rows = session.scalars(
         select(MonitoringProfile)
         .where(
             MonitoringProfile.deployment_id == deployment_id,
+            MonitoringProfile.segment == segment,
             MonitoringProfile.hour > start - timedelta(hours=1),
             MonitoringProfile.hour < end,
         )

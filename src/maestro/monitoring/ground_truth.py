@@ -13,6 +13,11 @@ computing, and sets label coverage against the logged prediction rows of the who
 hours the window touches: monitoring's hourly ``__prediction__`` profiles for what
 folding has read, plus the rows logged past the fold mark, which are never deleted
 before they are folded. Both stay right after the raw logs' retention period.
+
+With a segment column set, a labelled row served since it was set also counts in its
+segment's quality row of that minute (the segment its input value maps to when the
+label is recorded, kept with the label so a replacement takes out the same counts).
+A segment's label coverage is against the rows folding has read for it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from sqlalchemy.orm import Session
 from maestro.db import new_id, utcnow
 from maestro.deployments.predictions import LoggedAnswers, logged_answers, logged_rows_by_hour
 from maestro.errors import ValidationFailed
+from maestro.monitoring import segments
 from maestro.monitoring.models import (
+    ALL_TRAFFIC,
     PREDICTION_COLUMN,
     MonitoringFoldMark,
     MonitoringLabel,
@@ -82,12 +89,22 @@ class Answered:
     predicted: Any  # a class name, a number, or None
     classes: tuple[str, ...] | None
     probabilities: tuple[float | None, ...] | None
+    segment: str | None = None  # where else than the whole deployment's counts it counts
 
     def labelled(self, actual: Any) -> Labelled:
         return Labelled(self.answers, actual, self.predicted, self.classes, self.probabilities)
 
 
-def _row_answer(logged: LoggedAnswers, row: int) -> Answered:
+def _row_segment(logged: LoggedAnswers, row: int, segmenting: segments.Segmenting | None) -> str | None:
+    if segmenting is None or logged.created_at < segmenting.since or logged.matrix is None:
+        return None
+    if row >= len(logged.matrix):
+        return None
+    texts = segments.column_texts(logged.columns, logged.matrix[row : row + 1], segmenting.column)
+    return segmenting.segment(texts[0])
+
+
+def _row_answer(logged: LoggedAnswers, row: int, segmenting: segments.Segmenting | None = None) -> Answered:
     value = logged.predictions[row]
     predicted: Any
     if logged.answers == "label":
@@ -104,6 +121,7 @@ def _row_answer(logged: LoggedAnswers, row: int) -> Answered:
         predicted=predicted,
         classes=logged.classes if probabilities is not None else None,
         probabilities=probabilities,
+        segment=_row_segment(logged, row, segmenting),
     )
 
 
@@ -115,10 +133,13 @@ def _stored_answer(label: MonitoringLabel) -> Answered:
         predicted=label.predicted,
         classes=tuple(label.classes) if label.classes is not None else None,
         probabilities=tuple(label.probabilities) if label.probabilities is not None else None,
+        segment=label.segment,
     )
 
 
-def _resolve(session: Session, deployment_id: str, keys: Sequence[Key]) -> dict[Key, Answered]:
+def _resolve(
+    session: Session, deployment_id: str, keys: Sequence[Key], segmenting: segments.Segmenting | None = None
+) -> dict[Key, Answered]:
     """What each (prediction, row) answered: from the prediction log, or, once the log is
     gone, from a label stored for that row before."""
     rows_of: dict[str, set[int]] = defaultdict(set)
@@ -130,7 +151,7 @@ def _resolve(session: Session, deployment_id: str, keys: Sequence[Key]) -> dict[
         for prediction_id, logged in logged_answers(session, deployment_id, some).items():
             for row in rows_of[prediction_id]:
                 if row < len(logged.predictions):
-                    found[prediction_id, row] = _row_answer(logged, row)
+                    found[prediction_id, row] = _row_answer(logged, row, segmenting)
     missing = [key for key in keys if key not in found]
     for chunk in _chunks(missing):
         for label in session.scalars(
@@ -166,15 +187,18 @@ def _actual(answered: Answered, actual: Any) -> tuple[Any, str | None]:
 
 
 # --- locking a deployment's minutes -----------------------------------------------------------
+MinuteKey = tuple[datetime, str]  # a minute and a segment ('' for the whole deployment)
+
+
 def _locked_minutes(
-    session: Session, deployment_id: str, minutes: Iterable[datetime]
-) -> dict[datetime, MonitoringQuality]:
+    session: Session, deployment_id: str, minutes: Iterable[MinuteKey]
+) -> dict[MinuteKey, MonitoringQuality]:
     """The quality rows of ``minutes`` (made empty where missing), locked until the
     transaction ends, taken in time order so two writers never wait on each other."""
     ordered = sorted(set(minutes))
     make = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     empty, now = QualityCounts().to_bytes(), utcnow()
-    locked: dict[datetime, MonitoringQuality] = {}
+    locked: dict[MinuteKey, MonitoringQuality] = {}
     for chunk in _chunks(ordered):
         session.execute(
             make(MonitoringQuality)
@@ -184,27 +208,41 @@ def _locked_minutes(
                         "id": new_id(MonitoringQuality.id_prefix),
                         "deployment_id": deployment_id,
                         "minute": minute,
+                        "segment": segment,
                         "labels": 0,
                         "data": empty,
                         "updated_at": now,
                     }
-                    for minute in chunk
+                    for minute, segment in chunk
                 ]
             )
-            .on_conflict_do_nothing(index_elements=["deployment_id", "minute"])
+            .on_conflict_do_nothing(index_elements=["deployment_id", "minute", "segment"])
         )
     for chunk in _chunks(ordered):
         rows = session.scalars(
             select(MonitoringQuality)
             .where(
-                MonitoringQuality.deployment_id == deployment_id, MonitoringQuality.minute.in_(list(chunk))
+                MonitoringQuality.deployment_id == deployment_id,
+                tuple_(MonitoringQuality.minute, MonitoringQuality.segment).in_(list(chunk)),
             )
-            .order_by(MonitoringQuality.minute)
+            .order_by(MonitoringQuality.minute, MonitoringQuality.segment)
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-        locked.update({row.minute: row for row in rows})
+        locked.update({(_minute(row.minute), row.segment): row for row in rows})
     return locked
+
+
+def _segments_touched(segment: str | None) -> set[str]:
+    """The quality rows a label of a row in ``segment`` may change: the whole
+    deployment's, its segment's, and ``OTHER``'s (a label stored before the row's value
+    was known counted there)."""
+    return {ALL_TRAFFIC} if segment is None else {ALL_TRAFFIC, segment, segments.OTHER}
+
+
+def _add_change(changes: dict[MinuteKey, QualityCounts], row: Answered, actual: Any, sign: int = 1) -> None:
+    for segment in {ALL_TRAFFIC, row.segment or ALL_TRAFFIC}:
+        changes[row.minute, segment].add(row.labelled(actual), sign)
 
 
 # --- recording labels ----------------------------------------------------------------------
@@ -218,7 +256,10 @@ def record_labels(
     for index, item in enumerate(items):
         last[item.prediction_id, item.row] = (index, item.actual)
     keys = list(last)
-    answered = _resolve(session, deployment_id, keys)
+    # Locked first (before the minutes, as a change of the column takes it), so the
+    # column cannot change while these labels are counted.
+    segmenting = segments.segmenting(session, deployment_id, lock=True)
+    answered = _resolve(session, deployment_id, keys, segmenting)
 
     refusals: list[tuple[str, str]] = []
     for index, item in enumerate(items):
@@ -239,7 +280,15 @@ def record_labels(
     if not matched:
         return GroundTruthResult(matched=0, updated=0, unknown_count=len(unknown), unknown=unknown)
 
-    locked = _locked_minutes(session, deployment_id, (answered[key].minute for key in matched))
+    locked = _locked_minutes(
+        session,
+        deployment_id,
+        (
+            (answered[key].minute, segment)
+            for key in matched
+            for segment in _segments_touched(answered[key].segment)
+        ),
+    )
     stored: dict[Key, MonitoringLabel] = {}
     for chunk in _chunks(matched):
         for label in session.scalars(
@@ -252,7 +301,7 @@ def record_labels(
         ):
             stored[label.prediction_id, label.row_index] = label
 
-    changes: dict[datetime, QualityCounts] = defaultdict(QualityCounts)
+    changes: dict[MinuteKey, QualityCounts] = defaultdict(QualityCounts)
     updated = 0
     now = utcnow()
     for key in matched:
@@ -263,7 +312,7 @@ def record_labels(
         actual, _ = _actual(row, last[key][1])
         if held is not None:
             updated += 1
-            changes[row.minute].add(row.labelled(held.actual), -1)
+            _add_change(changes, row, held.actual, -1)
             held.actual, held.updated_at = actual, now
         else:
             session.add(
@@ -278,13 +327,14 @@ def record_labels(
                     predicted=row.predicted,
                     classes=list(row.classes) if row.classes is not None else None,
                     probabilities=list(row.probabilities) if row.probabilities is not None else None,
+                    segment=row.segment,
                     created_at=now,
                     updated_at=now,
                 )
             )
-        changes[row.minute].add(row.labelled(actual))
-    for minute, change in changes.items():
-        quality = locked[minute]
+        _add_change(changes, row, actual)
+    for minute_key, change in changes.items():
+        quality = locked[minute_key]
         counts = QualityCounts.from_bytes(quality.data).merge(change)
         quality.labels, quality.data, quality.updated_at = counts.labels, counts.to_bytes(), now
     session.flush()
@@ -294,6 +344,24 @@ def record_labels(
 
 
 # --- reading quality over a window ---------------------------------------------------------------
+def _segment_rows_by_hour(
+    session: Session, deployment_id: str, since: datetime, until: datetime, segment: str
+) -> dict[datetime, int]:
+    """A segment's prediction rows per UTC hour, as folding has read them."""
+    counted: dict[datetime, int] = defaultdict(int)
+    for hour, rows in session.execute(
+        select(MonitoringProfile.hour, MonitoringProfile.rows).where(
+            MonitoringProfile.deployment_id == deployment_id,
+            MonitoringProfile.column == PREDICTION_COLUMN,
+            MonitoringProfile.segment == segment,
+            MonitoringProfile.hour >= since,
+            MonitoringProfile.hour < until,
+        )
+    ):
+        counted[_hour(hour)] += rows
+    return counted
+
+
 def _logged_rows_by_hour(
     session: Session, deployment_id: str, since: datetime, until: datetime
 ) -> dict[datetime, int]:
@@ -318,6 +386,7 @@ def _logged_rows_by_hour(
             select(MonitoringProfile.hour, MonitoringProfile.rows).where(
                 MonitoringProfile.deployment_id == deployment_id,
                 MonitoringProfile.column == PREDICTION_COLUMN,
+                MonitoringProfile.segment == ALL_TRAFFIC,
                 MonitoringProfile.hour >= since,
                 MonitoringProfile.hour < until,
             )
@@ -339,11 +408,13 @@ def quality_figures(
     *,
     first: float | None = None,
     step: int | None = None,
+    segment: str = ALL_TRAFFIC,
 ) -> tuple[Figures, dict[int, Figures]]:
     """The quality figures of [start, end), and with ``step`` those of each interval of
     ``step`` seconds from the epoch second ``first`` (by index; intervals without labels
     have no labels but may have coverage). A labelled row counts in the window its
-    prediction's minute starts in; coverage counts the whole hours a window touches."""
+    prediction's minute starts in; coverage counts the whole hours a window touches.
+    With ``segment``, that segment's labelled rows (and its folded rows for coverage)."""
     overall = QualityCounts()
     intervals: dict[int, QualityCounts] = defaultdict(QualityCounts)
     since, until = _hour(start), _hour(end - timedelta(microseconds=1)) + timedelta(hours=1)
@@ -352,6 +423,7 @@ def quality_figures(
         select(MonitoringQuality.minute, MonitoringQuality.labels, MonitoringQuality.data)
         .where(
             MonitoringQuality.deployment_id == deployment_id,
+            MonitoringQuality.segment == segment,
             MonitoringQuality.minute >= since,
             MonitoringQuality.minute < until,
             MonitoringQuality.labels > 0,
@@ -366,7 +438,11 @@ def quality_figures(
         overall.merge(counts)
         if step is not None and first is not None:
             intervals[int((minute.timestamp() - first) // step)].merge(counts)
-    logged = _logged_rows_by_hour(session, deployment_id, since, until)
+    logged = (
+        _logged_rows_by_hour(session, deployment_id, since, until)
+        if segment == ALL_TRAFFIC
+        else _segment_rows_by_hour(session, deployment_id, since, until, segment)
+    )
 
     def coverage(opens: datetime, closes: datetime) -> float | None:
         hours = _hours(opens, closes)

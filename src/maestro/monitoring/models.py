@@ -5,7 +5,10 @@ prediction log itself may be deleted after its retention period. Ground truth: t
 labels sent for logged predictions, and their quality counts per minute of the
 predictions. Drift compares those hours with a deployment's reference data
 (``MonitoringReference``, profiled once into ``MonitoringReferenceProfile``) and keeps
-what it found (``MonitoringDriftReport``)."""
+what it found (``MonitoringDriftReport``). A deployment may name one input column as its
+segment (``MonitoringSettings``): profiles, quality counts and drift reports are then
+kept per value of that column too, under ``segment`` (``ALL_TRAFFIC``, '', is the
+whole deployment's)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from maestro.db import Base, IdMixin, JSONType, TimestampMixin, utcnow
 
 PREDICTION_COLUMN = "__prediction__"  # the predicted value, beside the inputs by feature name
 PROBABILITY_PREFIX = "__probability__:"  # then a class name: that class's probability
+ALL_TRAFFIC = ""  # the segment key of the whole deployment's rows
+SEGMENT_MAX_LENGTH = 200
 
 
 class MonitoringProfile(IdMixin, Base):
@@ -31,12 +36,14 @@ class MonitoringProfile(IdMixin, Base):
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     hour: Mapped[datetime]  # the hour's start
     column: Mapped[str] = mapped_column(String(300))
+    # a value of the deployment's segment column, or '' (ALL_TRAFFIC) for every row
+    segment: Mapped[str] = mapped_column(String(SEGMENT_MAX_LENGTH), default=ALL_TRAFFIC)
     kind: Mapped[str] = mapped_column(String(20))  # numeric or categorical
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (UniqueConstraint("deployment_id", "hour", "column"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "hour", "column", "segment"),)
 
 
 class MonitoringFoldMark(Base):
@@ -75,6 +82,7 @@ class MonitoringLabel(Base):
     )  # as the row answered (a class name, a number, null)
     classes: Mapped[list[Any] | None]  # the probabilities' class names, in the model's order
     probabilities: Mapped[list[Any] | None]  # one per class (null where the model gave NaN)
+    segment: Mapped[str | None] = mapped_column(String(SEGMENT_MAX_LENGTH))  # counted there too, if any
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -92,11 +100,12 @@ class MonitoringQuality(IdMixin, Base):
 
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     minute: Mapped[datetime]
+    segment: Mapped[str] = mapped_column(String(SEGMENT_MAX_LENGTH), default=ALL_TRAFFIC)
     labels: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (UniqueConstraint("deployment_id", "minute"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "minute", "segment"),)
 
 
 class MonitoringReference(IdMixin, TimestampMixin, Base):
@@ -157,6 +166,7 @@ class MonitoringDriftReport(IdMixin, Base):
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
+    segment: Mapped[str] = mapped_column(String(SEGMENT_MAX_LENGTH), default=ALL_TRAFFIC)
     trigger: Mapped[str] = mapped_column(String(20))  # scheduled or requested
     reference: Mapped[dict[str, Any]]  # source, dataset_file_id, window, generation
     judged_columns: Mapped[int]
@@ -169,4 +179,22 @@ class MonitoringDriftReport(IdMixin, Base):
     job_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (UniqueConstraint("deployment_id", "window_start", "window_end"),)
+    __table_args__ = (UniqueConstraint("deployment_id", "window_start", "window_end", "segment"),)
+
+
+class MonitoringSettings(Base):
+    """A deployment's monitoring settings: the input column whose values segment its
+    monitoring (``segment_column``; null for none), the values kept apart
+    (``segment_values``, at most ``segments.MAX_VALUES``, in the order they were
+    fixed; every other value is ``__other__``), and when the column was set: logs
+    served before ``segment_since`` are in no segment."""
+
+    __tablename__ = "monitoring_settings"
+
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    segment_column: Mapped[str | None] = mapped_column(String(300))
+    segment_values: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    segment_since: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

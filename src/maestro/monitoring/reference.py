@@ -46,6 +46,7 @@ from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.monitoring.folding import fold_new_predictions, settle_seconds
 from maestro.monitoring.models import (
+    ALL_TRAFFIC,
     PREDICTION_COLUMN,
     MonitoringProfile,
     MonitoringReference,
@@ -142,16 +143,18 @@ def window_profiles(
     start: datetime,
     end: datetime,
     columns: Collection[str] | None = None,
+    segment: str = ALL_TRAFFIC,
 ) -> dict[str, ColumnProfile]:
     """Each column's profile over the whole hours overlapping ``[start, end)`` (only
-    ``columns`` when given), merged while the rows stream in: one profile per column is
-    held at a time, never the window's rows."""
+    ``columns`` when given; of the whole deployment, or of one ``segment``), merged while
+    the rows stream in: one profile per column is held at a time, never the window's rows."""
     statement = (
         select(
             MonitoringProfile.column, MonitoringProfile.kind, MonitoringProfile.data, MonitoringProfile.hour
         )
         .where(
             MonitoringProfile.deployment_id == deployment_id,
+            MonitoringProfile.segment == segment,
             MonitoringProfile.hour > start - timedelta(hours=1),
             MonitoringProfile.hour < end,
         )
@@ -413,7 +416,7 @@ def require_ready(row: MonitoringReference | None) -> MonitoringReference:
 
 
 # --- the job -------------------------------------------------------------------------------------------
-def _version_features(session: Session, deployment: Deployment) -> list[str] | None:
+def version_features(session: Session, deployment: Deployment) -> list[str] | None:
     """The inputs the deployed version declares, or None when it declares none."""
     if deployment.model_version_id is None:
         return None
@@ -450,7 +453,7 @@ def _dataset(
 ) -> DatasetProfiles:
     with database.session(write=False) as session:
         deployment = session.get(Deployment, deployment_id)
-        features = _version_features(session, deployment) if deployment is not None else None
+        features = version_features(session, deployment) if deployment is not None else None
     try:
         built = profile_dataset(
             store,

@@ -20,6 +20,11 @@ job. Each report keeps the dataset figures and every column's test, statistic, t
 and verdict; one report per window (a later computation replaces it). ``history`` turns
 them into a series per column and for the dataset.
 
+Segments: with a segment column set, a segment's traffic (``segment``) is compared with
+the whole reference (a reference has no per-segment profiles), and a report is stored
+for the whole deployment and for each segment (its values and ``__other__``) of the
+window.
+
 Quantities for alert rules: ``dataset_drift_share`` and ``drift.<column>`` (the column's
 statistic) over a window, computed from the profiles like ``GET …/monitoring/drift``.
 """
@@ -46,9 +51,11 @@ from maestro.identity import audit
 from maestro.identity.rbac import Principal
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.jobs.maintenance import DRIFT_REPORTS
+from maestro.monitoring import segments
 from maestro.monitoring.drift import ColumnDrift, DatasetDrift, column_drift_from_profiles, dataset_drift
 from maestro.monitoring.folding import fold_new_predictions, settle_seconds
 from maestro.monitoring.models import (
+    ALL_TRAFFIC,
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
     MonitoringDriftReport,
@@ -254,10 +261,12 @@ def drift(
     end: datetime | None = None,
     reference_start: datetime | None = None,
     reference_end: datetime | None = None,
+    segment: str | None = None,
 ) -> DriftRead:
     """Drift of the window (by default the last 24 hours) against the deployment's
     reference, or against another window of its traffic when both reference bounds are
-    given."""
+    given. With ``segment``, the segment's traffic is compared: with the whole
+    reference, or with the same segment's traffic in the other window."""
     end = end if end is not None else utcnow()
     start = start if start is not None else end - DEFAULT_WINDOW
     start, end = bounded_window(start, end)
@@ -268,13 +277,14 @@ def drift(
             details=[("reference_start" if reference_start is None else "reference_end", "missing")],
         )
     deployment = authorized_deployment(session, principal, deployment_id)
+    key = segments.checked_segment(session, deployment.id, segment)
     if override:
         assert reference_start is not None
         assert reference_end is not None
         ref_start, ref_end = bounded_window(
             reference_start, reference_end, fields=("reference_start", "reference_end")
         )
-        reference = window_profiles(session, deployment.id, ref_start, ref_end)
+        reference = window_profiles(session, deployment.id, ref_start, ref_end, segment=key)
         if not reference:
             raise ValidationFailed(
                 "No served traffic was folded in the reference window",
@@ -289,7 +299,7 @@ def drift(
     else:
         row, reference = ready_reference(session, deployment.id)
         described = _reference_ref(row)
-    current = window_profiles(session, deployment.id, start, end)
+    current = window_profiles(session, deployment.id, start, end, segment=key)
     important = important_features(session, deployment)
     comparison = compare(reference, current, important=important, threshold=threshold)
 
@@ -302,6 +312,7 @@ def drift(
         end=end,
         covered_start=hour_floor(start),
         covered_end=hour_ceiling(end),
+        segment=key or None,
         reference=described,
         dataset_drift=_dataset_read(comparison, threshold),
         columns=[read(result) for result in comparison.columns],
@@ -332,11 +343,11 @@ def _store_report(session: Session, values: dict[str, Any]) -> str:
     replaced = {
         key: statement.excluded[key]
         for key in values
-        if key not in ("deployment_id", "window_start", "window_end")
+        if key not in ("deployment_id", "window_start", "window_end", "segment")
     }
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=["deployment_id", "window_start", "window_end"], set_=replaced
+            index_elements=["deployment_id", "window_start", "window_end", "segment"], set_=replaced
         )
     )
     found = session.scalar(
@@ -344,10 +355,30 @@ def _store_report(session: Session, values: dict[str, Any]) -> str:
             MonitoringDriftReport.deployment_id == values["deployment_id"],
             MonitoringDriftReport.window_start == values["window_start"],
             MonitoringDriftReport.window_end == values["window_end"],
+            MonitoringDriftReport.segment == values["segment"],
         )
     )
     assert found is not None
     return found
+
+
+def _report_values(
+    comparison: Comparison, important: Sequence[str], described: dict[str, Any]
+) -> dict[str, Any]:
+    columns = [column_document(result, important) | {"role": "input"} for result in comparison.columns]
+    if comparison.prediction is not None:
+        columns.append(column_document(comparison.prediction) | {"role": "prediction"})
+    columns += [column_document(result) | {"role": "probability"} for result in comparison.probabilities]
+    return {
+        "reference": described,
+        "judged_columns": comparison.judged,
+        "drifted_columns": comparison.drifted,
+        "share_drifted": comparison.share,
+        "dataset_drift": comparison.summary.dataset_drift,
+        "any_drift_corrected": comparison.summary.any_drift_corrected,
+        "columns": columns,
+        "warnings": comparison.warnings[:100],
+    }
 
 
 def report_window(
@@ -361,42 +392,46 @@ def report_window(
     job_id: str | None = None,
 ) -> dict[str, Any]:
     """Compute and store the report of the whole hours overlapping ``[start, end)``
-    against the deployment's reference (409 when it has none ready)."""
+    against the deployment's reference (409 when it has none ready): the whole
+    deployment's, and one per segment when it has a segment column."""
     window_start, window_end = hour_floor(start), hour_ceiling(end)
     threshold = settings.monitoring_dataset_drift_share
+    comparisons: dict[str, Comparison] = {}
     with database.session(write=False) as session:
         deployment = session.get(Deployment, deployment_id)
         if deployment is None:
             raise ValueError("The deployment was deleted")
         row, reference = ready_reference(session, deployment_id)
         described = _reference_document(row)
-        current = window_profiles(session, deployment_id, window_start, window_end)
         important = important_features(session, deployment)
-    comparison = compare(reference, current, important=important, threshold=threshold)
-    columns = [column_document(result, important) | {"role": "input"} for result in comparison.columns]
-    if comparison.prediction is not None:
-        columns.append(column_document(comparison.prediction) | {"role": "prediction"})
-    columns += [column_document(result) | {"role": "probability"} for result in comparison.probabilities]
-    values = {
-        "deployment_id": deployment_id,
-        "window_start": window_start,
-        "window_end": window_end,
-        "trigger": trigger,
-        "reference": described,
-        "judged_columns": comparison.judged,
-        "drifted_columns": comparison.drifted,
-        "share_drifted": comparison.share,
-        "dataset_drift": comparison.summary.dataset_drift,
-        "any_drift_corrected": comparison.summary.any_drift_corrected,
-        "columns": columns,
-        "warnings": comparison.warnings[:100],
-        "job_id": job_id,
-        "created_at": utcnow(),
-    }
+        segmenting = segments.segmenting(session, deployment_id)
+        for segment in (ALL_TRAFFIC, *(segmenting.known if segmenting is not None else ())):
+            current = window_profiles(session, deployment_id, window_start, window_end, segment=segment)
+            comparisons[segment] = compare(reference, current, important=important, threshold=threshold)
+    report_ids: dict[str, str] = {}
+    now = utcnow()
     with database.session(write=True) as session:
-        report_id = _store_report(session, values)
-    return {
-        "report_id": report_id,
+        # A segment column changed meanwhile discarded those segments: store none of them.
+        now_set = segments.segmenting(session, deployment_id, lock=True)
+        if segmenting is not None and (
+            now_set is None or (now_set.column, now_set.since) != (segmenting.column, segmenting.since)
+        ):
+            comparisons = {ALL_TRAFFIC: comparisons[ALL_TRAFFIC]}
+        for segment, comparison in comparisons.items():
+            values = {
+                "deployment_id": deployment_id,
+                "window_start": window_start,
+                "window_end": window_end,
+                "segment": segment,
+                "trigger": trigger,
+                **_report_values(comparison, important, described),
+                "job_id": job_id,
+                "created_at": now,
+            }
+            report_ids[segment] = _store_report(session, values)
+    comparison = comparisons[ALL_TRAFFIC]
+    found: dict[str, Any] = {
+        "report_id": report_ids[ALL_TRAFFIC],
         "deployment_id": deployment_id,
         "window_start": _iso(window_start),
         "window_end": _iso(window_end),
@@ -406,6 +441,17 @@ def report_window(
         "prediction_drifted": comparison.prediction.drifted if comparison.prediction is not None else None,
         "history_url": f"/api/v1/deployments/{deployment_id}/monitoring/drift/history",
     }
+    if len(comparisons) > 1:
+        found["segments"] = {
+            segment: {
+                "report_id": report_ids[segment],
+                "share_drifted": compared.share,
+                "dataset_drift": compared.summary.dataset_drift,
+            }
+            for segment, compared in comparisons.items()
+            if segment != ALL_TRAFFIC
+        }
+    return found
 
 
 def _iso(moment: datetime) -> str:
@@ -513,7 +559,9 @@ def scheduled_reports(
                 MonitoringDriftReport.deployment_id,
                 MonitoringDriftReport.window_start,
                 MonitoringDriftReport.window_end,
-            ).where(MonitoringDriftReport.window_start >= earliest)
+            ).where(
+                MonitoringDriftReport.window_start >= earliest, MonitoringDriftReport.segment == ALL_TRAFFIC
+            )
         ):
             stored.setdefault(deployment_id, set()).add((window_start, window_end))
     reports, failed = 0, []
@@ -550,15 +598,19 @@ def history(
     start: datetime | None = None,
     end: datetime | None = None,
     column: str | None = None,
+    segment: str | None = None,
 ) -> DriftHistory:
     """The stored reports whose windows start in ``[start, end)`` (by default the last 7
-    days), oldest first: a series for the dataset and one per column (or only ``column``)."""
+    days), oldest first: a series for the dataset and one per column (or only ``column``);
+    the whole deployment's, or one ``segment``'s."""
     end = end if end is not None else utcnow()
     start = start if start is not None else end - DEFAULT_HISTORY
     start, end = bounded_window(start, end, limit=timedelta(days=366 * 100))
     deployment = authorized_deployment(session, principal, deployment_id)
+    key = segments.checked_segment(session, deployment.id, segment)
     where = (
         MonitoringDriftReport.deployment_id == deployment.id,
+        MonitoringDriftReport.segment == key,
         MonitoringDriftReport.window_start >= start,
         MonitoringDriftReport.window_start < end,
     )
@@ -606,6 +658,7 @@ def history(
         deployment_id=deployment.id,
         start=start,
         end=end,
+        segment=key or None,
         dataset=dataset,
         columns=[ColumnDriftSeries(column=name, points=points) for name, points in sorted(series.items())],
     )
@@ -623,10 +676,13 @@ def drift_quantity(
     name: str,
     start: datetime,
     end: datetime,
+    *,
+    segment: str | None = None,
 ) -> float | None:
-    """``dataset_drift_share`` or ``drift.<column>`` over ``[start, end)`` against the
-    deployment's reference; None while it has no reference ready, when no column (or not
-    that column) could be judged, or for an infinite distance."""
+    """``dataset_drift_share`` or ``drift.<column>`` over ``[start, end)`` (of the whole
+    deployment, or of one ``segment``) against the deployment's reference; None while it
+    has no reference ready, when no column (or not that column) could be judged, or for
+    an infinite distance."""
     column = name[len(COLUMN_PREFIX) :] if name.startswith(COLUMN_PREFIX) else None
     if column is not None and not column:
         raise ValidationFailed(
@@ -634,6 +690,7 @@ def drift_quantity(
         )
     start, end = bounded_window(start, end, limit=MAX_WINDOW)
     deployment = authorized_deployment(session, principal, deployment_id)
+    key = segments.checked_segment(session, deployment.id, segment)
     row = current_reference(session, deployment.id)
     if row is None or row.status != "ready":
         return None
@@ -644,13 +701,13 @@ def drift_quantity(
                 f"No column {column[:100]!r} in the deployment's reference data",
                 details=[("name", f"known columns: {', '.join(sorted(reference))[:500]}")],
             )
-        current = window_profiles(session, deployment.id, start, end, columns=[column])
+        current = window_profiles(session, deployment.id, start, end, columns=[column], segment=key)
         ref = reference[column]
         cur = current.get(column) or _empty_like(ref)
         if cur.kind != ref.kind:
             return None
         result = column_drift_from_profiles(column, ref, cur)
         return _finite(result.statistic)
-    current = window_profiles(session, deployment.id, start, end)
+    current = window_profiles(session, deployment.id, start, end, segment=key)
     comparison = compare(reference, current, threshold=1.0)
     return comparison.share

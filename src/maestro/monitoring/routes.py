@@ -15,6 +15,7 @@ from maestro.api.errors import error_responses
 from maestro.api.heavy import HeavyDep, owners_of
 from maestro.api.params import DeploymentId, utc_query
 from maestro.monitoring import reference, reports, service
+from maestro.monitoring.models import SEGMENT_MAX_LENGTH
 from maestro.monitoring.schemas import (
     DriftHistory,
     DriftRead,
@@ -26,9 +27,20 @@ from maestro.monitoring.schemas import (
     MonitoringMetrics,
     ReferenceRead,
     ReferenceSet,
+    SegmentRead,
+    SegmentSet,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"])
+
+SegmentQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=SEGMENT_MAX_LENGTH,
+        description="One segment (a value of the segment column, or `__other__`) instead of all traffic.",
+    ),
+]
 
 
 @router.get(
@@ -48,12 +60,15 @@ def get_monitoring_metrics(
         Granularity | None,
         Query(description="Interval of the series; by default the finest that keeps it within 300 points."),
     ] = None,
+    segment: SegmentQuery = None,
 ) -> Envelope[MonitoringMetrics]:
     """Latency percentiles (ms), throughput (requests/s), error rate and counts over the
     window and per interval, from every serving process's per-minute counts (a minute is
     counted once it is over); accuracy and the other quality figures (``quality``) come
     from the labels sent to ``…/monitoring/ground-truth``, counted in the minute of the
-    prediction, and are null without them. At most 10,000 points per series."""
+    prediction, and are null without them. At most 10,000 points per series. With
+    `segment`, the quality figures are that segment's; the request figures stay the
+    whole deployment's."""
     return Envelope(
         data=service.metrics(
             session,
@@ -62,6 +77,7 @@ def get_monitoring_metrics(
             start=utc_query(start, "start"),
             end=utc_query(end, "end"),
             granularity=granularity,
+            segment=segment,
         )
     )
 
@@ -139,11 +155,14 @@ def get_monitoring_drift(
         Query(description="Compare with this window of traffic instead of the reference data."),
     ] = None,
     reference_end: Annotated[datetime | None, Query(description="End of that window, excluded.")] = None,
+    segment: SegmentQuery = None,
 ) -> Envelope[DriftRead]:
     """Per input column: the test, statistic, p-value or distance, threshold, verdict,
     null-rate change and unseen-category rate; the predictions' drift; and the dataset's
     (share of drifted columns against the threshold). Whole UTC hours are compared;
-    windows of at most 92 days. 409 while the deployment has no reference data ready."""
+    windows of at most 92 days. 409 while the deployment has no reference data ready.
+    With `segment`, that segment's traffic is compared with the whole reference (or with
+    the segment's traffic in the reference window)."""
     with heavy.slot(owners_of(principal)):  # merging a long window's hours takes seconds of CPU
         found = reports.drift(
             session,
@@ -154,6 +173,7 @@ def get_monitoring_drift(
             end=utc_query(end, "end"),
             reference_start=utc_query(reference_start, "reference_start"),
             reference_end=utc_query(reference_end, "reference_end"),
+            segment=segment,
         )
     return Envelope(data=found)
 
@@ -192,6 +212,7 @@ def get_monitoring_drift_history(
     column: Annotated[
         str | None, Query(min_length=1, max_length=300, description="Only this column's series.")
     ] = None,
+    segment: SegmentQuery = None,
 ) -> Envelope[DriftHistory]:
     """The stored drift reports whose windows start in the window, oldest first: one
     series for the dataset and one per column. At most 2,000 reports."""
@@ -203,5 +224,34 @@ def get_monitoring_drift_history(
             start=utc_query(start, "start"),
             end=utc_query(end, "end"),
             column=column,
+            segment=segment,
         )
     )
+
+
+@router.get(
+    "/deployments/{deployment_id}/monitoring/segment",
+    response_model=Envelope[SegmentRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def get_monitoring_segment(
+    deployment_id: DeploymentId, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[SegmentRead]:
+    """The deployment's segment column (null when none), the values kept apart so far,
+    and the segments a query may name."""
+    return Envelope(data=service.get_segment(session, principal, deployment_id))
+
+
+@router.put(
+    "/deployments/{deployment_id}/monitoring/segment",
+    response_model=Envelope[SegmentRead],
+    responses=error_responses(401, 403, 404, 422, 429),
+)
+def set_monitoring_segment(
+    deployment_id: DeploymentId, body: SegmentSet, principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[SegmentRead]:
+    """Name one of the deployed version's input columns (`{"column": …}`, null for none)
+    whose values segment the deployment's profiles, quality and drift from now on: its
+    10 most frequent values, fixed as traffic is folded, and `__other__`. Setting another
+    column, or none, discards the per-segment data kept so far. Needs `monitoring: write`."""
+    return Envelope(data=service.set_segment(session, principal, deployment_id, body))

@@ -91,6 +91,10 @@ class MonitoringMetrics(BaseModel):
     start: datetime
     end: datetime
     granularity: Granularity
+    segment: str | None = Field(
+        None,
+        description="The segment these figures are of (a value of the segment column); null: all traffic.",
+    )
     current_metrics: CurrentMetrics = Field(description="The whole window.")
     time_series: list[MetricsPoint] = Field(description="One point per interval, empty ones included.")
 
@@ -285,6 +289,10 @@ class DriftRead(BaseModel):
     end: datetime
     covered_start: datetime = Field(description="Whole UTC hours are compared: the first hour's start.")
     covered_end: datetime = Field(description="The last hour's end.")
+    segment: str | None = Field(
+        None,
+        description="The segment these figures are of (a value of the segment column); null: all traffic.",
+    )
     reference: DriftReferenceRef
     dataset_drift: DatasetDriftRead
     columns: list[ColumnDriftRead] = Field(description="Every input column of the reference, by name.")
@@ -346,5 +354,30 @@ class DriftHistory(BaseModel):
     deployment_id: str
     start: datetime
     end: datetime
+    segment: str | None = Field(
+        None,
+        description="The segment these figures are of (a value of the segment column); null: all traffic.",
+    )
     dataset: list[DatasetDriftPoint] = Field(description="One point per stored report, oldest first.")
     columns: list[ColumnDriftSeries] = Field(description="One series per column (or only `column`).")
+
+
+# --- segments ----------------------------------------------------------------------------
+class SegmentSet(StrictModel):
+    column: ColumnName | None = Field(
+        description="One of the deployed version's input columns; null to stop segmenting.",
+        examples=["support_calls"],
+    )
+
+
+class SegmentRead(BaseModel):
+    deployment_id: str
+    column: str | None = Field(description="The segment column; null when none is set.")
+    values: list[str] = Field(
+        description="The values kept apart (at most 10, fixed as traffic is folded), as text: a number in "
+        "its shortest form, a missing value as `__null__`."
+    )
+    segments: list[str] = Field(
+        description="What `segment` may name in a query: the values, then `__other__` (every other value)."
+    )
+    since: datetime | None = Field(description="When the column was set: earlier traffic is in no segment.")

@@ -5,7 +5,12 @@ writes (``deployments.reading.request_totals``); a minute counts in the window i
 lies in. Accuracy and the other quality figures come from ground truth (labels sent for
 logged predictions, ``ground_truth``), counted in the minute of the prediction. Drift
 quantities follow a pattern rather than fixed names (``reports.DRIFT_QUANTITIES``):
-``dataset_drift_share`` and ``drift.<column>``, computed by ``monitoring.reports``."""
+``dataset_drift_share`` and ``drift.<column>``, computed by ``monitoring.reports``.
+
+With a ``segment`` (a value of the deployment's segment column, ``segments``), the
+quality and drift figures are that segment's; the request figures (counts, error rate,
+throughput, latency) come from per-minute counters that know no segments, and stay the
+whole deployment's."""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT
 from maestro.errors import NotFound, ValidationFailed
 from maestro.identity.rbac import Action, Principal
-from maestro.monitoring import ground_truth, reports
+from maestro.monitoring import ground_truth, reports, segments
 from maestro.monitoring.quality import QUALITY_QUANTITIES, Figures
+from maestro.monitoring.reference import version_features
 from maestro.monitoring.schemas import (
     CurrentMetrics,
     Granularity,
@@ -31,6 +37,8 @@ from maestro.monitoring.schemas import (
     MetricsPoint,
     MonitoringMetrics,
     QualityMetrics,
+    SegmentRead,
+    SegmentSet,
 )
 from maestro.projects import service as projects_service
 
@@ -101,12 +109,15 @@ def quantity(
     name: str,
     start: datetime,
     end: datetime,
+    *,
+    segment: str | None = None,
 ) -> float | None:
     """One named quantity of the deployment over [start, end); None where it is
     undefined (rates and latencies without requests, quality without labels or for the
-    other kind of model, drift without reference data)."""
+    other kind of model, drift without reference data). With ``segment``, quality and
+    drift are that segment's; request figures are the whole deployment's."""
     if reports.is_drift_quantity(name):
-        return reports.drift_quantity(session, principal, deployment_id, name, start, end)
+        return reports.drift_quantity(session, principal, deployment_id, name, start, end, segment=segment)
     measure = _MEASURES.get(name)
     if measure is None and name not in QUALITY_QUANTITIES:
         raise ValidationFailed(
@@ -116,8 +127,9 @@ def quantity(
         )
     start, end = _ordered(start, end)
     deployment = _deployment(session, principal, deployment_id)
+    key = segments.checked_segment(session, deployment.id, segment)
     if measure is None:
-        value = ground_truth.quality_figures(session, deployment.id, start, end)[0][name]
+        value = ground_truth.quality_figures(session, deployment.id, start, end, segment=key)[0][name]
     else:
         overall, _ = reading.request_totals(session, deployment.id, start=start, end=end)
         value = measure(overall, (end - start).total_seconds())
@@ -144,10 +156,12 @@ def metrics(
     start: datetime | None = None,
     end: datetime | None = None,
     granularity: Granularity | None = None,
+    segment: str | None = None,
 ) -> MonitoringMetrics:
     """The quantities over the window (by default the last 24 hours) and per interval
     aligned to the granularity in UTC, each interval counting only its part inside the
-    window; the granularity by default keeps the series within ``DEFAULT_POINTS``."""
+    window; the granularity by default keeps the series within ``DEFAULT_POINTS``. With
+    ``segment``, the quality figures are that segment's."""
     end = _utc(end) if end is not None else utcnow()
     start = _utc(start) if start is not None else end - DEFAULT_WINDOW
     start, end = _ordered(start, end)
@@ -163,9 +177,10 @@ def metrics(
             details=[("granularity", f"{points} points of {granularity}, more than {MAX_POINTS}")],
         )
     deployment = _deployment(session, principal, deployment_id)
+    key = segments.checked_segment(session, deployment.id, segment)
     overall, intervals = reading.request_totals(session, deployment.id, start=start, end=end, step=step)
     quality, quality_intervals = ground_truth.quality_figures(
-        session, deployment.id, start, end, first=first, step=step
+        session, deployment.id, start, end, first=first, step=step, segment=key
     )
     empty = reading.RequestTotals()
     series = []
@@ -180,6 +195,7 @@ def metrics(
         start=start,
         end=end,
         granularity=granularity,
+        segment=key or None,
         current_metrics=CurrentMetrics.model_validate(_with_quality(_measured(overall, window), quality)),
         time_series=series,
     )
@@ -191,3 +207,40 @@ def send_labels(
     """Join true labels to the deployment's logged predictions (``monitoring: write``)."""
     deployment = _deployment(session, principal, deployment_id, "write")
     return ground_truth.record_labels(session, deployment.id, body.items)
+
+
+# --- the segment column ----------------------------------------------------------------------
+def _segment_read(session: Session, deployment_id: str) -> SegmentRead:
+    found = segments.segmenting(session, deployment_id)
+    if found is None:
+        return SegmentRead(deployment_id=deployment_id, column=None, values=[], segments=[], since=None)
+    return SegmentRead(
+        deployment_id=deployment_id,
+        column=found.column,
+        values=list(found.values),
+        segments=list(found.known),
+        since=found.since,
+    )
+
+
+def get_segment(session: Session, principal: Principal, deployment_id: str) -> SegmentRead:
+    deployment = _deployment(session, principal, deployment_id)
+    return _segment_read(session, deployment.id)
+
+
+def set_segment(session: Session, principal: Principal, deployment_id: str, body: SegmentSet) -> SegmentRead:
+    """Name the input column whose values segment the deployment's monitoring (or none);
+    422 for a column the deployed version does not take (``monitoring: write``)."""
+    deployment = _deployment(session, principal, deployment_id, "write")
+    if body.column is not None:
+        features = version_features(session, deployment) or []
+        if body.column not in features:
+            known = ", ".join(features) if features else "none declared"
+            raise ValidationFailed(
+                f"{body.column[:100]!r} is not an input column of the deployed version; known: {known}"[
+                    :1000
+                ],
+                details=[("column", f"known: {known}"[:1000])],
+            )
+    segments.set_column(session, deployment.id, body.column)
+    return _segment_read(session, deployment.id)
