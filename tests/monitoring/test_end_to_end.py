@@ -47,7 +47,9 @@ def _send(http: httpx.Client, headers: dict[str, str], matrix: np.ndarray) -> li
         answer = http.post("/api/v1/inference/fraud-api", json={"instances": instances}, headers=headers)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        served.append((body["model_info"]["prediction_id"], [str(p["prediction"]) for p in body["predictions"]]))
+        served.append(
+            (body["model_info"]["prediction_id"], [str(p["prediction"]) for p in body["predictions"]])
+        )
     return served
 
 

@@ -70,12 +70,12 @@ def wait_for(path):
         assert time.monotonic() < deadline, f"{path.name} never came"
         time.sleep(0.02)
 
-def page_profiles(logs):
+def page_profiles(logs, *args, **kwargs):
     if name == "first" and not folded_ids:
         (signals / "first-holds").touch()
         wait_for(signals / "release")
     folded_ids.extend(log.id for log in logs)
-    return profiles_of(logs)
+    return profiles_of(logs, *args, **kwargs)
 
 def logged_matrices(*args, after, limit, **kwargs):
     if limit > 1 and not first_after:  # the first read under the lock: where it starts
@@ -239,11 +239,18 @@ def test_two_servers_and_two_folders_count_every_row_once(
             text=True,
         )
 
+    def signalled(signal: str) -> bool:
+        """Whether ``signal`` came; a folder that ended before it fails the test with its error."""
+        for process in folders.values():
+            if process.poll() is not None and process.returncode != 0:
+                raise AssertionError(process.stderr.read() if process.stderr else "a folder failed")
+        return (signals / signal).exists()
+
     folders = {"first": folder("first")}
     try:
-        wait_until(lambda: (signals / "first-holds").exists(), timeout=120)
+        wait_until(lambda: signalled("first-holds"), timeout=120)
         folders["second"] = folder("second")
-        wait_until(lambda: (signals / "second-locks").exists(), timeout=120)
+        wait_until(lambda: signalled("second-locks"), timeout=120)
         if not database.is_sqlite:
             wait_until(lambda: _waiting_on_a_lock(database), timeout=60)
         (signals / "release").touch()
