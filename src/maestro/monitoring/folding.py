@@ -78,7 +78,8 @@ _BEFORE_EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)
 Key = tuple[datetime, str, str]  # an hour's start, a column and a segment ('' for all traffic)
 
 
-def _hour(at: datetime) -> datetime:
+def utc_hour(at: datetime) -> datetime:
+    """The start of ``at``'s UTC hour: the key of hourly profiles and of coverage counts."""
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
@@ -147,7 +148,7 @@ def page_profiles(
         if not _folded(log):
             continue
         assert arrays is not None
-        hour = _hour(log.created_at)
+        hour = utc_hour(log.created_at)
         inputs[hour, arrays.columns, ALL_TRAFFIC].append(arrays.matrix)
         predictions[hour, ALL_TRAFFIC].extend(arrays.predictions)
         if arrays.classes is not None and arrays.probabilities is not None:

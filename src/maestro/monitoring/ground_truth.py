@@ -38,6 +38,7 @@ from maestro.db import new_id, utcnow
 from maestro.deployments.predictions import LoggedAnswers, logged_answers, logged_rows_by_hour
 from maestro.errors import ValidationFailed
 from maestro.monitoring import segments
+from maestro.monitoring.folding import utc_hour
 from maestro.monitoring.models import (
     ALL_TRAFFIC,
     PREDICTION_COLUMN,
@@ -62,10 +63,6 @@ def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
 
 def _minute(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def _hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _finite(value: Any) -> float | None:
@@ -358,7 +355,7 @@ def _segment_rows_by_hour(
             MonitoringProfile.hour < until,
         )
     ):
-        counted[_hour(hour)] += rows
+        counted[utc_hour(hour)] += rows
     return counted
 
 
@@ -391,7 +388,7 @@ def _logged_rows_by_hour(
                 MonitoringProfile.hour < until,
             )
         ):
-            counted[_hour(hour)] += rows
+            counted[utc_hour(hour)] += rows
         unfolded = logged_rows_by_hour(session, deployment_id, since=since, until=until, after=before)
         for hour, rows in unfolded.items():
             counted[hour] += rows
@@ -417,7 +414,7 @@ def quality_figures(
     With ``segment``, that segment's labelled rows (and its folded rows for coverage)."""
     overall = QualityCounts()
     intervals: dict[int, QualityCounts] = defaultdict(QualityCounts)
-    since, until = _hour(start), _hour(end - timedelta(microseconds=1)) + timedelta(hours=1)
+    since, until = utc_hour(start), utc_hour(end - timedelta(microseconds=1)) + timedelta(hours=1)
     labelled: dict[datetime, int] = defaultdict(int)
     rows = session.execute(
         select(MonitoringQuality.minute, MonitoringQuality.labels, MonitoringQuality.data)
@@ -431,7 +428,7 @@ def quality_figures(
         .order_by(MonitoringQuality.minute)
     )
     for minute, labels, data in rows:
-        labelled[_hour(minute)] += labels
+        labelled[utc_hour(minute)] += labels
         if not start <= minute < end:
             continue
         counts = QualityCounts.from_bytes(data)
@@ -467,7 +464,7 @@ def quality_figures(
 
 def _hours(opens: datetime, closes: datetime) -> list[datetime]:
     """The UTC hours [opens, closes) touches."""
-    hour, found = _hour(opens), []
+    hour, found = utc_hour(opens), []
     while hour < closes:
         found.append(hour)
         hour += timedelta(hours=1)
