@@ -16,7 +16,6 @@ requests both ways.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -26,8 +25,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maestro.api.context import accept_request_id, request_id_var
-from maestro.api.middleware import BodyClock, error_logger, request_header, unexpected_error
-from maestro.logs import access_logger, log_access
+from maestro.api.middleware import (
+    BodyClock,
+    add_context_headers,
+    error_logger,
+    log_request,
+    request_header,
+    unexpected_error,
+)
 
 Answer = Callable[[Request], Awaitable[Response]]
 
@@ -90,11 +95,7 @@ class FrontDoor:
             if clock.timed_out:
                 response = clock.timeout_response()
             status = response.status_code
-            headers = response.raw_headers
-            headers.append((b"x-request-id", request_id.encode("latin-1")))
-            headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
-            for name, value in scope.get("state", {}).get("rate_limit_headers", {}).items():
-                headers.append((name.lower().encode(), value.encode()))
+            add_context_headers(response.raw_headers, scope, request_id, started)
             if self.observe is not None:
                 self.observe(
                     getattr(route, "path", ""), scope["method"], status, time.perf_counter() - started
@@ -102,13 +103,5 @@ class FrontDoor:
             await response(scope, clock.receive, send)
         finally:
             request_id_var.reset(token)
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                log_access(
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    (time.perf_counter() - started) * 1000,
-                    request_id,
-                    client[0] if client else None,
-                )
+            if self.access_log:
+                log_request(scope, status, started, request_id)

@@ -67,10 +67,7 @@ class RequestContextMiddleware:
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode("latin-1")))
-                headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
-                for name, value in scope.get("state", {}).get("rate_limit_headers", {}).items():
-                    headers.append((name.lower().encode(), value.encode()))
+                add_context_headers(headers, scope, request_id, started)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -89,16 +86,33 @@ class RequestContextMiddleware:
             await unexpected_error(request_id)(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                log_access(
-                    scope["method"],
-                    scope["path"],
-                    status_holder["status"],
-                    (time.perf_counter() - started) * 1000,
-                    request_id,
-                    client[0] if client else None,
-                )
+            if self.access_log:
+                log_request(scope, status_holder["status"], started, request_id)
+
+
+def add_context_headers(
+    headers: list[tuple[bytes, bytes]], scope: Scope, request_id: str, started: float
+) -> None:
+    """What every answer carries: its request id, its processing time so far and the
+    rate-limit headers its caller's plan set."""
+    headers.append((b"x-request-id", request_id.encode("latin-1")))
+    headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
+    for name, value in scope.get("state", {}).get("rate_limit_headers", {}).items():
+        headers.append((name.lower().encode(), value.encode()))
+
+
+def log_request(scope: Scope, status: int, started: float, request_id: str) -> None:
+    """The request's access line, when the access log writes at INFO."""
+    if access_logger.isEnabledFor(logging.INFO):
+        client = scope.get("client")
+        log_access(
+            scope["method"],
+            scope["path"],
+            status,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+            client[0] if client else None,
+        )
 
 
 def _writing_logs_at_shutdown(send: Send) -> Send:
