@@ -23,9 +23,9 @@ from maestro.errors import NotFound, ValidationFailed
 from maestro.jobs.maintenance import DRIFT_REPORTS
 from maestro.jobs.models import Job
 from maestro.monitoring import reports
+from maestro.monitoring.folding import utc_hour
 from maestro.monitoring.models import PREDICTION_COLUMN, MonitoringDriftReport, MonitoringReference
 from maestro.monitoring.profiles import NumericProfile
-from maestro.monitoring.reference import hour_floor
 from maestro.monitoring.service import quantity
 from tests.deployments.platform import FEATURES, Tiny, onnx_file, upload
 from tests.factories import Factory, World
@@ -313,9 +313,9 @@ class TestReports:
     ) -> None:
         """Traffic in the hours after now: like the reference for two hours, then shifted;
         each run reports the hours closed (and settled) by its clock, once each."""
-        start = hour_floor(utcnow()) + timedelta(hours=1)
+        start = utc_hour(utcnow()) + timedelta(hours=1)
         serve_and_fold(app, world, live, start - DAY, rows(4_000, seed=9))
-        reference_start = hour_floor(start - DAY)
+        reference_start = utc_hour(start - DAY)
         set_reference(
             client,
             app,

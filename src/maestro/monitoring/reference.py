@@ -44,7 +44,7 @@ from maestro.files import service as files_service
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
-from maestro.monitoring.folding import fold_new_predictions, settle_seconds
+from maestro.monitoring.folding import fold_new_predictions, settle_seconds, utc_hour
 from maestro.monitoring.models import (
     ALL_TRAFFIC,
     PREDICTION_COLUMN,
@@ -109,12 +109,8 @@ def bounded_window(
     return start, end
 
 
-def hour_floor(at: datetime) -> datetime:
-    return at.replace(minute=0, second=0, microsecond=0)
-
-
 def hour_ceiling(at: datetime) -> datetime:
-    floor = hour_floor(at)
+    floor = utc_hour(at)
     return floor if floor == at else floor + timedelta(hours=1)
 
 

@@ -53,7 +53,7 @@ from maestro.jobs.handlers import JobContext, job_handler
 from maestro.jobs.maintenance import DRIFT_REPORTS
 from maestro.monitoring import segments
 from maestro.monitoring.drift import ColumnDrift, DatasetDrift, column_drift_from_profiles, dataset_drift
-from maestro.monitoring.folding import fold_new_predictions, settle_seconds
+from maestro.monitoring.folding import fold_new_predictions, settle_seconds, utc_hour
 from maestro.monitoring.models import (
     ALL_TRAFFIC,
     PREDICTION_COLUMN,
@@ -68,7 +68,6 @@ from maestro.monitoring.reference import (
     bounded_window,
     current_reference,
     hour_ceiling,
-    hour_floor,
     ready_reference,
     require_ready,
     window_profiles,
@@ -310,7 +309,7 @@ def drift(
         deployment_id=deployment.id,
         start=start,
         end=end,
-        covered_start=hour_floor(start),
+        covered_start=utc_hour(start),
         covered_end=hour_ceiling(end),
         segment=key or None,
         reference=described,
@@ -394,7 +393,7 @@ def report_window(
     """Compute and store the report of the whole hours overlapping ``[start, end)``
     against the deployment's reference (409 when it has none ready): the whole
     deployment's, and one per segment when it has a segment column."""
-    window_start, window_end = hour_floor(start), hour_ceiling(end)
+    window_start, window_end = utc_hour(start), hour_ceiling(end)
     threshold = settings.monitoring_dataset_drift_share
     comparisons: dict[str, Comparison] = {}
     with database.session(write=False) as session:
