@@ -236,10 +236,16 @@ class RunningProcess:
                 self.kill()
 
 
-def start_maestro(args: list[str], settings: Settings, log: Path) -> RunningProcess:
+CLOCK_BEHIND = Path(__file__).with_name("clock_behind.py")
+
+
+def start_maestro(args: list[str], settings: Settings, log: Path, clock_behind: float = 0) -> RunningProcess:
+    """``maestro <args>`` as a process; with ``clock_behind``, its wall clock that many
+    seconds in the past (``tests/clock_behind.py``)."""
     handle = log.open("wb")
+    launcher = [str(CLOCK_BEHIND), str(clock_behind)] if clock_behind else ["-m", "maestro"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "maestro", *args],
+        [sys.executable, *launcher, *args],
         env=settings_env(settings),
         stdout=handle,
         stderr=subprocess.STDOUT,
@@ -265,8 +271,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., RunningProcess]]:
     """Start ``maestro <args>`` as a real process; stopped at the end of the test."""
     started: list[RunningProcess] = []
 
-    def run(args: list[str], settings: Settings) -> RunningProcess:
-        running = start_maestro(args, settings, tmp_path / f"{args[0]}-{len(started)}.log")
+    def run(args: list[str], settings: Settings, clock_behind: float = 0) -> RunningProcess:
+        log = tmp_path / f"{args[0]}-{len(started)}.log"
+        running = start_maestro(args, settings, log, clock_behind)
         started.append(running)
         return running
 
@@ -294,9 +301,10 @@ def wait_answering(running: RunningProcess, path: str, timeout: float = 90.0) ->
 def serve(spawn: Callable[..., RunningProcess]) -> Callable[..., RunningProcess]:
     """Start ``maestro serve`` on a free port and wait until /health answers."""
 
-    def run(settings: Settings, *extra: str) -> RunningProcess:
+    def run(settings: Settings, *extra: str, clock_behind: float = 0) -> RunningProcess:
         port = free_port()
-        running = spawn(["serve", "--host", "127.0.0.1", "--port", str(port), *extra], settings)
+        args = ["serve", "--host", "127.0.0.1", "--port", str(port), *extra]
+        running = spawn(args, settings, clock_behind)
         running.base_url = f"http://127.0.0.1:{port}"
         return wait_answering(running, "/health")
 

@@ -1,11 +1,14 @@
-"""Monitoring from end to end against a real ``maestro serve`` with its own job consumer:
-a classifier deployed, traffic sent over HTTP, labels sent afterwards for part of it and
-read back as accuracy with its label coverage, reference data set from a dataset file and
-profiled by the server's job, then a drifted column in new traffic flagged by
-``…/monitoring/drift`` and kept in the history by a requested report.
+"""Monitoring from end to end against real ``maestro serve`` processes with their own job
+consumers. A classifier is deployed and answers traffic "yesterday" (a server whose wall
+clock is a day behind, ``tests/clock_behind.py``); a day later a server on the true clock
+takes labels for part of it, which land in yesterday's windows and are read back as
+accuracy with its label coverage. Reference data is set from a dataset file and profiled
+by the server's job; a drifted column in today's traffic is flagged by
+``…/monitoring/drift`` while yesterday's window is not, and both reports are in the
+history.
 
 The server folds a log once it is ``MAESTRO_MONITORING_FOLD_SETTLE_SECONDS`` old (here
-three log flushes), so the test asks for the report until it counts every row sent."""
+three log flushes), so the test asks for today's report until it counts every row sent."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.slow
 FLUSH_SECONDS = 0.4
 SETTLE_SECONDS = 1.2  # what the server waits before folding a log: three flushes (see settle_seconds)
 ROWS_PER_REQUEST = 25
+DAY = timedelta(days=1)
 
 
 def _ok(response: httpx.Response, status: int = 200) -> Any:
@@ -51,14 +55,14 @@ def _send(http: httpx.Client, headers: dict[str, str], matrix: np.ndarray) -> li
     return served
 
 
-def _hours(start: datetime) -> dict[str, str]:
-    """Whole UTC hours from ``start``'s to the one after now: monitoring compares hours."""
-    floor = start.replace(minute=0, second=0, microsecond=0)
-    ceiling = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+def _hours(opens: datetime, closes: datetime) -> dict[str, str]:
+    """The whole UTC hours that hold ``[opens, closes]``: monitoring compares hours."""
+    floor = opens.replace(minute=0, second=0, microsecond=0)
+    ceiling = closes.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     return {"start": iso(floor), "end": iso(ceiling)}
 
 
-def test_traffic_labels_accuracy_reference_and_drift_on_a_real_server(
+def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_server(
     client: TestClient,
     world: World,
     tiny: Tiny,
@@ -68,19 +72,29 @@ def test_traffic_labels_accuracy_reference_and_drift_on_a_real_server(
     live = deploy_classifier(client, world, tiny)
     monitoring = f"/api/v1/deployments/{live['id']}/monitoring"
     reference_file = upload_dataset(client, world, dataset_csv(rows(2_000, seed=1)))
-    server = serve(
-        make_settings(
-            run_worker_in_process=True,
-            prediction_log_flush_seconds=FLUSH_SECONDS,
-            monitoring_fold_settle_seconds=SETTLE_SECONDS,
-            monitoring_drift_interval_seconds=0,
-        )
+    settings = make_settings(
+        run_worker_in_process=True,
+        prediction_log_flush_seconds=FLUSH_SECONDS,
+        monitoring_fold_settle_seconds=SETTLE_SECONDS,
+        monitoring_drift_interval_seconds=0,
     )
-    began = datetime.now(UTC)
-    with httpx.Client(base_url=server.base_url, timeout=60) as http:
-        # 1. Traffic, then labels for half of its requests: three rows in four right.
-        calm = rows(1_000, seed=2)
+
+    # 1. Yesterday: traffic answered by a server whose clock is a day behind; stopping it
+    # writes what it still holds.
+    began_yesterday = datetime.now(UTC) - DAY
+    calm = rows(1_000, seed=2)
+    yesterday = serve(settings, clock_behind=DAY.total_seconds())
+    with httpx.Client(base_url=yesterday.base_url, timeout=60) as http:
         served = _send(http, world.key_headers, calm)
+    yesterday.stop()
+    assert "Application shutdown complete" in yesterday.output(), yesterday.output()
+    ended_yesterday = datetime.now(UTC) - DAY
+    yesterdays_hours = _hours(began_yesterday, ended_yesterday)
+
+    today = serve(settings)
+    began_today = datetime.now(UTC)
+    with httpx.Client(base_url=today.base_url, timeout=60) as http:
+        # 2. Today: labels for half of yesterday's requests, three rows in four right.
         truth = labels(calm)
         items, right = [], 0
         for index, (prediction_id, predicted) in enumerate(served[::2]):
@@ -90,31 +104,28 @@ def test_traffic_labels_accuracy_reference_and_drift_on_a_real_server(
                     actual = "legit" if predicted[row] == "fraud" else "fraud"
                 right += actual == predicted[row]
                 items.append({"prediction_id": prediction_id, "row": row, "actual": actual})
-
-        def all_matched() -> bool:  # each log is written within a flush of its request
-            answer = _ok(
-                http.post(
-                    f"{monitoring}/ground-truth", json={"items": items}, headers=world.developer.headers
-                )
-            )
-            return answer["unknown_count"] == 0
-
-        wait_until(all_matched, timeout=60, interval=FLUSH_SECONDS)
-        metrics = _ok(
-            http.get(
-                f"{monitoring}/metrics",
-                params={**_hours(began), "granularity": "1h"},
-                headers=world.viewer.headers,
-            )
+        answer = _ok(
+            http.post(f"{monitoring}/ground-truth", json={"items": items}, headers=world.developer.headers)
         )
-        current = metrics["current_metrics"]
+        assert (answer["matched"], answer["unknown_count"]) == (len(items), 0)
+
+        def metrics(window: dict[str, str]) -> dict[str, Any]:
+            params = {**window, "granularity": "1h"}
+            return _ok(http.get(f"{monitoring}/metrics", params=params, headers=world.viewer.headers))
+
+        then = metrics(yesterdays_hours)
+        current = then["current_metrics"]
         assert current["accuracy"] == pytest.approx(right / len(items))
         assert current["quality"]["label_count"] == len(items) == 500
         assert current["quality"]["label_coverage"] == pytest.approx(len(items) / len(calm))
-        labelled_hours = [point for point in metrics["time_series"] if point["accuracy"] is not None]
+        assert sum(point["request_count"] for point in then["time_series"]) == len(served)
+        labelled_hours = [point for point in then["time_series"] if point["accuracy"] is not None]
         assert sum(point["quality"]["label_count"] for point in labelled_hours) == len(items)
+        # The labels went to the windows of their predictions, not to the day they came.
+        now = metrics(_hours(began_today, datetime.now(UTC)))["current_metrics"]
+        assert (now["accuracy"], now["quality"]["label_count"]) == (None, 0)
 
-        # 2. Reference data from the dataset file, profiled by the server's job.
+        # 3. Reference data from the dataset file, profiled by the server's job.
         _ok(
             http.put(
                 f"{monitoring}/reference",
@@ -133,33 +144,41 @@ def test_traffic_labels_accuracy_reference_and_drift_on_a_real_server(
         )
         assert _ok(http.get(f"{monitoring}/reference", headers=world.viewer.headers))["status"] == "ready"
 
-        # 3. New traffic with `amount` moved by three standard deviations.
+        # 4. Today's traffic with `amount` moved by three standard deviations.
         _send(http, world.key_headers, rows(1_000, seed=3, shift=3.0))
-        window = _hours(began)
+        todays_hours = _hours(began_today, datetime.now(UTC))
 
         def job_done(job_id: str) -> dict[str, Any] | None:
             job = _ok(http.get(f"/api/v1/jobs/{job_id}", headers=world.developer.headers))
             return job if job["status"] in ("succeeded", "failed") else None
 
-        def report_of_every_row() -> dict[str, Any] | None:
-            """A requested report once it counts all 2,000 rows: the server folds only
-            settled logs, so a report asked for too early sees fewer and is asked again
-            (the same window's report is replaced)."""
+        def report(window: dict[str, str], rows_sent: int) -> dict[str, Any] | None:
+            """A requested report once it counts every row sent in ``window``: the server
+            folds only settled logs, so a report asked for too early sees fewer and is
+            asked again (the same window's report is replaced)."""
             requested = _ok(
                 http.post(f"{monitoring}/drift", json=window, headers=world.developer.headers), 202
             )
             job = wait_until(lambda: job_done(requested["job_id"]), timeout=120, interval=0.2)
             assert job["status"] == "succeeded", job
-            report = _ok(http.get(f"{monitoring}/drift", params=window, headers=world.viewer.headers))
-            amount = next(column for column in report["columns"] if column["column"] == "amount")
-            return report if amount["n_current"] == 2_000 else None
+            answer = _ok(http.get(f"{monitoring}/drift", params=window, headers=world.viewer.headers))
+            amount = next(column for column in answer["columns"] if column["column"] == "amount")
+            return answer if amount["n_current"] == rows_sent else None
 
-        report = wait_until(report_of_every_row, timeout=120, interval=SETTLE_SECONDS)
-        verdicts = {column["column"]: column["verdict"] for column in report["columns"]}
-        assert verdicts["amount"] == "drift", report
-        assert {verdicts[name] for name in FEATURES if name != "amount"} <= {"ok", "warning"}
+        def verdicts(answer: dict[str, Any]) -> dict[str, str]:
+            return {column["column"]: column["verdict"] for column in answer["columns"]}
 
-        history = _ok(http.get(f"{monitoring}/drift/history", params=window, headers=world.viewer.headers))
-        assert [point["trigger"] for point in history["dataset"]] == ["requested"]
+        drifted = verdicts(
+            wait_until(lambda: report(todays_hours, 1_000), timeout=120, interval=SETTLE_SECONDS)
+        )
+        assert drifted["amount"] == "drift", drifted
+        assert {drifted[name] for name in FEATURES if name != "amount"} <= {"ok", "warning"}
+        calm_then = verdicts(report(yesterdays_hours, 1_000) or {})
+        assert {calm_then[name] for name in FEATURES} <= {"ok", "warning"}, calm_then
+
+        both_days = {"start": yesterdays_hours["start"], "end": todays_hours["end"]}
+        history = _ok(http.get(f"{monitoring}/drift/history", params=both_days, headers=world.viewer.headers))
+        assert [point["trigger"] for point in history["dataset"]] == ["requested", "requested"]
         amount = next(series for series in history["columns"] if series["column"] == "amount")
-        assert amount["points"][-1]["verdict"] == "drift", amount
+        assert [point["verdict"] for point in amount["points"]][-1] == "drift", amount
+        assert amount["points"][0]["verdict"] in ("ok", "warning"), amount
