@@ -15,17 +15,19 @@ prediction log and its folding on, against the log off.
    with ``pip install evidently "pandas<3"`` when missing: Evidently 0.7 does not import
    with pandas 3); its verdict per column is its own test's. Each time is the median of
    ``--repeats`` runs after a warm-up.
-2. Platform inference, 1 row at c=8 (wrk), on two ``maestro serve`` started by
-   ``bench/serving.py``'s ``start_platform``: prediction log at 100 % and at 0 %, both
-   with the job consumer in the process and MAESTRO_MONITORING_FOLD_INTERVAL_SECONDS=1.
-   The consumer's schedule runs once a minute, so that is a fold a minute, and the fold
-   reads only logs older than its 60 s settling time: the first fold with anything to
-   read comes about two minutes after the traffic starts. The two servers take turns
-   (ABBA) for at least ``--rounds`` rounds and until a fold that folded logs has
-   overlapped a measured run of the logging server (at most 20 rounds). Afterwards the
-   logging server's database is read: the fold jobs, the stored hourly profiles and the
-   rows they hold. The ratio is of requests/s over all runs (requests over measured
-   seconds); p99 is the median of the runs'.
+2. Platform inference, 1 row at c=8 (wrk), on three ``maestro serve`` started by
+   ``bench/serving.py``'s ``start_platform``, all with the job consumer in the process:
+   "log 100%" (every request logged, MAESTRO_MONITORING_FOLD_INTERVAL_SECONDS=1), "no
+   fold" (every request logged, folding off: what the log's writer alone costs) and "log
+   0%". The consumer's schedule runs once a minute, so that is a fold a minute (in a
+   child process of the server, ``monitoring/fold_process.py``), and the fold reads only
+   logs older than its 60 s settling time: the first fold with anything to read comes
+   about two minutes after the traffic starts. The servers take turns (ABC CBA) for
+   ``--rounds`` rounds; if no run of the logging server has met a fold that folded logs,
+   it is measured again while its next fold runs, and the others right after (at most
+   20 rounds). Afterwards the logging server's database is read: the fold jobs, the
+   stored hourly profiles and the rows they hold. The ratio is of requests/s over all
+   runs (requests over measured seconds); p99 is the median of the runs'.
 
 Targets: Maestro's drift ≤ 1 s and ≥ 10x faster than Evidently; the platform with the
 log at 100 % and folding within 10 % of its throughput with the log at 0 %. Figures from a
@@ -378,14 +380,14 @@ def serving_bench(seconds: float, rounds: int) -> None:
     body = orjson.dumps({"instances": np.random.default_rng(1).normal(size=(1, 20)).tolist()})
     started: dict[str, Platform] = {}
     try:
-        for name, rate in (("log 100%", "1"), ("log 0%", "0")):
+        for name, rate, fold in (("log 100%", "1", "1"), ("no fold", "1", "0"), ("log 0%", "0", "1")):
             platform = start_platform(
                 workdir,
                 files,
                 label=name.replace(" ", "-").replace("%", ""),
                 prediction_log_sample_rate=rate,
                 run_worker_in_process="true",
-                monitoring_fold_interval_seconds="1",
+                monitoring_fold_interval_seconds=fold,
             )
             if isinstance(platform, str):
                 raise SystemExit(f"{name}: {platform}")
@@ -401,12 +403,16 @@ def serving_bench(seconds: float, rounds: int) -> None:
             measure(name, 2)  # warm-up
         runs: list[Measured] = []
         order = list(started)
-        for round_number in range(MAX_ROUNDS):
-            for name in order if round_number % 2 == 0 else order[::-1]:
+
+        def measure_round(names: list[str]) -> None:
+            for name in names:
                 began = utcnow()
                 run = measure(name, seconds)
                 runs.append(Measured(name, began, utcnow(), run))
                 print(f"   {name:<9} {run.rps:8.1f} req/s  p99 {run.p99_ms:6.2f} ms", flush=True)
+
+        def mark_folding() -> bool:
+            """Mark the runs a fold overlapped; whether one of the logging server's was."""
             jobs, _ = fold_jobs(data_dir)
             busy = [
                 (job.started_at, job.finished_at or utcnow())
@@ -415,8 +421,23 @@ def serving_bench(seconds: float, rounds: int) -> None:
             ]
             for measured in runs:
                 measured.folding = any(a < measured.ended and b > measured.began for a, b in busy)
-            if round_number + 1 >= rounds and any(m.folding for m in runs if m.name == "log 100%"):
+            return any(m.folding for m in runs if m.name == "log 100%")
+
+        for round_number in range(rounds):
+            measure_round(order if round_number % 2 == 0 else order[::-1])
+        # Rounds may keep in step with the once-a-minute fold and never meet it: then the
+        # logging server is measured once more while its next fold runs, and the others
+        # right after.
+        for _ in range(MAX_ROUNDS - rounds):
+            if mark_folding():
                 break
+            fold_starts = time.monotonic() + 75
+            while time.monotonic() < fold_starts and not any(
+                job.status == "running" for job in fold_jobs(data_dir)[0]
+            ):
+                time.sleep(0.2)
+            measure_round(order)
+        mark_folding()
     finally:
         for platform in started.values():
             platform.process.stop()

@@ -346,10 +346,24 @@ class TestRetention:
             )
         _assert_describes(_numeric(first_hours, "amount"), tiny.X[:12, 0])
 
+    @pytest.mark.parametrize("in_server_process", [False, True], ids=["worker", "embedded"])
     def test_maintenance_folds_and_deletes_on_its_schedule(
-        self, make_settings: Callable[..., Settings], tiny: Tiny
+        self,
+        make_settings: Callable[..., Settings],
+        tiny: Tiny,
+        in_server_process: bool,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        """A worker embedded in the API server folds in a child process (this one's fold
+        is broken to prove it), with the same result as a worker process."""
         app = _app(make_settings(maintenance_interval_minutes=60))
+        if in_server_process:
+            app.state.queue.in_server_process = True
+
+            def not_here(*_: Any) -> None:
+                raise AssertionError("folded in the server's own process")
+
+            monkeypatch.setattr(folding, "fold_and_prune", not_here)
         factory = Factory(app)
         world = World.build(factory)
         with TestClient(app, raise_server_exceptions=False) as own_client:

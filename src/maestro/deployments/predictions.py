@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maestro.api.request_metrics import LATENCY_BUCKETS_MS
-from maestro.db import new_id
+from maestro.db import new_id, sqlite_utc_text
 from maestro.deployments.metrics import PlatformMetrics
 from maestro.deployments.models import Deployment, DeploymentEvent, DeploymentMinute, LogLevel, PredictionLog
 from maestro.deployments.payloads import LoggedArrays, decode, encode, from_json
@@ -105,7 +105,11 @@ class PredictionRecorder:
         self.wake = threading.Event()  # set when a batch is ready before the interval
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._pending: list[Served] = []
+        self._dialect = database.engine.dialect.name
+        # Answered requests' logs as rows ready for the INSERT, encoded by ``record`` on the
+        # serving thread; failed requests' as they were served.
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_failures: list[Served] = []
         self._minutes: dict[tuple[str, int], _Minute] = {}
         self._last_request: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
@@ -117,7 +121,13 @@ class PredictionRecorder:
         return self.sample_rate >= 1.0 or random.random() < self.sample_rate  # noqa: S311 - sampling
 
     def record(self, served: Served, *, log: bool) -> None:
-        """Count a request, and keep its prediction log when ``log`` (the sampling verdict)."""
+        """Count a request, and keep its prediction log when ``log`` (the sampling verdict).
+
+        An answered request's log is encoded here, on the thread that served it, at a few
+        microseconds a request. Left to the writer thread, the same work would take the
+        interpreter's lock from the serving thread in bursts at every flush, and each
+        request waiting on the lock then would pay a switch interval: a slower tail for
+        every logged deployment."""
         key = (served.deployment_id, int(served.at // 60))
         bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, served.latency_ms)
         failed = served.status_code >= 400
@@ -136,11 +146,13 @@ class PredictionRecorder:
             if failed:
                 self._note_error(served)
             if log:
-                if len(self._pending) >= self.max_pending:
+                if len(self._pending) + len(self._pending_failures) >= self.max_pending:
                     self.metrics.prediction_logs_dropped.inc()
+                elif _answered(served):
+                    self._pending.append(_bulk_row(served, self._dialect))
                 else:
-                    self._pending.append(served)
-            pending = len(self._pending)
+                    self._pending_failures.append(served)
+            pending = len(self._pending) + len(self._pending_failures)
         self.metrics.prediction_logs_pending.set(pending)
         if pending >= self.batch_rows:
             self.wake.set()
@@ -190,6 +202,7 @@ class PredictionRecorder:
             current = int(time.time() // 60)
             with self._lock:
                 pending, self._pending = self._pending, []
+                failures, self._pending_failures = self._pending_failures, []
                 events, self._events = self._events, []
                 suppressed, self._suppressed = self._suppressed, Counter()
                 self._error_events.clear()
@@ -209,36 +222,33 @@ class PredictionRecorder:
                         "at": now,
                     }
                 )
-            if not (pending or events or minutes or last_request):
+            if not (pending or failures or events or minutes or last_request):
                 return FlushReport()
             try:
-                return self._write(pending, events, minutes, last_request)
+                return self._write(pending, failures, events, minutes, last_request)
             except Exception:
-                logger.exception("could not write %s prediction logs and request counts", len(pending))
-                self.metrics.prediction_logs_dropped.inc(len(pending))
-                return FlushReport(dropped=len(pending))
+                lost = len(pending) + len(failures)
+                logger.exception("could not write %s prediction logs and request counts", lost)
+                self.metrics.prediction_logs_dropped.inc(lost)
+                return FlushReport(dropped=lost)
 
     def _write(
         self,
-        pending: list[Served],
+        pending: list[tuple[Any, ...]],
+        failures: list[Served],
         events: list[dict[str, Any]],
         minutes: dict[tuple[str, int], _Minute],
         last_request: dict[str, float],
     ) -> FlushReport:
-        ids = {s.deployment_id for s in pending} | {e["deployment_id"] for e in events}
-        ids |= {key[0] for key in minutes} | set(last_request)
+        ids = {row[_DEPLOYMENT] for row in pending} | {s.deployment_id for s in failures}
+        ids |= {e["deployment_id"] for e in events} | {key[0] for key in minutes} | set(last_request)
         for attempt in (1, 2):
             try:
                 with self.database.session() as session:
                     # A deployment deleted meanwhile takes its rows with it.
                     live = set(session.scalars(select(Deployment.id).where(Deployment.id.in_(ids))))
-                    answered, plain = [], []
-                    for served in pending:
-                        if served.deployment_id in live:
-                            if _answered(served):
-                                answered.append(served)
-                            else:
-                                plain.append(_log_row(served))
+                    answered = [row for row in pending if row[_DEPLOYMENT] in live]
+                    plain = [_log_row(served) for served in failures if served.deployment_id in live]
                     if answered:
                         _bulk_insert(session, answered)
                     if plain:
@@ -300,40 +310,34 @@ def _answered(served: Served) -> bool:
     return served.matrix is not None and served.names is not None and served.values is not None
 
 
-def _bulk_rows(answered: list[Served], dialect: str) -> list[tuple[Any, ...]]:
-    """The answered requests of a flush as rows of ``_BULK_COLUMNS``: the logged rows as
-    one binary ``payload`` each (``payloads.encode``); ``inputs`` and ``outputs``, the
-    JSON form of earlier logs, are left NULL."""
-    rows = []
-    for served in answered:
-        assert served.names is not None
-        assert served.matrix is not None
-        assert served.values is not None
-        probabilities = served.probabilities
-        payload = encode(
-            served.names,
-            served.matrix[:MAX_LOGGED_ROWS],  # the request cut them already; views either way
-            served.values[:MAX_LOGGED_ROWS],
-            served.classes,
-            probabilities[:MAX_LOGGED_ROWS] if probabilities is not None else None,
-        )
-        at = _utc(served.at)
-        rows.append(
-            (
-                served.prediction_id,
-                served.organization_id,
-                served.deployment_id,
-                served.version_id,
-                served.request_id,
-                payload,
-                served.rows,
-                served.latency_ms,
-                served.status_code,
-                # As SQLAlchemy stores a UTC time in SQLite; PostgreSQL takes the time itself.
-                at.replace(tzinfo=None).isoformat(" ", "microseconds") if dialect == "sqlite" else at,
-            )
-        )
-    return rows
+def _bulk_row(served: Served, dialect: str) -> tuple[Any, ...]:
+    """An answered request's log as a row of ``_BULK_COLUMNS``: its logged rows as one
+    binary ``payload`` (``payloads.encode``); ``inputs`` and ``outputs``, the JSON form of
+    earlier logs, are left NULL."""
+    assert served.names is not None
+    assert served.matrix is not None
+    assert served.values is not None
+    probabilities = served.probabilities
+    payload = encode(
+        served.names,
+        served.matrix[:MAX_LOGGED_ROWS],  # the request cut them already; views either way
+        served.values[:MAX_LOGGED_ROWS],
+        served.classes,
+        probabilities[:MAX_LOGGED_ROWS] if probabilities is not None else None,
+    )
+    return (
+        served.prediction_id,
+        served.organization_id,
+        served.deployment_id,
+        served.version_id,
+        served.request_id,
+        payload,
+        served.rows,
+        served.latency_ms,
+        served.status_code,
+        # As SQLAlchemy stores a UTC time in SQLite; PostgreSQL takes the time itself.
+        sqlite_utc_text(served.at) if dialect == "sqlite" else _utc(served.at),
+    )
 
 
 _BULK_COLUMNS = (
@@ -349,6 +353,7 @@ _BULK_COLUMNS = (
     "created_at",
 )
 _PAYLOAD = _BULK_COLUMNS.index("payload")
+_DEPLOYMENT = _BULK_COLUMNS.index("deployment_id")
 
 
 # One INSERT carries this many logs at most, or about this many bytes of them.
@@ -369,8 +374,8 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         yield chunk
 
 
-def _bulk_insert(session: Session, answered: list[Served]) -> None:
-    """Insert the answered requests' logs through the driver itself, many rows to one
+def _bulk_insert(session: Session, rows: list[tuple[Any, ...]]) -> None:
+    """Insert answered requests' logs (``_bulk_row``) through the driver itself, many rows to one
     multi-row INSERT, each payload bound as bytes (a BLOB in SQLite, bytea in
     PostgreSQL). The ORM's work per row (bind processing) would cost more than the
     request did; and a statement per row would release and take back the interpreter's
@@ -381,7 +386,7 @@ def _bulk_insert(session: Session, answered: list[Served]) -> None:
     row_marks = f"({', '.join([mark] * len(_BULK_COLUMNS))})"
     insert_into = f"INSERT INTO prediction_logs ({', '.join(_BULK_COLUMNS)}) VALUES "  # noqa: S608 - constants
     connection = session.connection()
-    for chunk in _chunks(_bulk_rows(answered, dialect)):
+    for chunk in _chunks(rows):
         connection.exec_driver_sql(
             insert_into + ", ".join([row_marks] * len(chunk)), tuple(chain.from_iterable(chunk))
         )

@@ -64,6 +64,9 @@ class JobContext:
     database: Database
     store: ArtifactStore
     report: Callable[[float, str | None], None]
+    # True in a worker embedded in an API server: interpreter-bound work there competes
+    # with requests for the interpreter's lock, so a handler may move it to a process.
+    in_server_process: bool = False
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress (0..1); also counts as a heartbeat."""

@@ -60,6 +60,7 @@ class JobQueue:
         self._huey: Huey | None = None
         self._execute_task: Any = None
         self._huey_lock = threading.Lock()
+        self.in_server_process = False  # set by EmbeddedWorker
 
     @property
     def huey(self) -> Huey:
@@ -124,6 +125,7 @@ class JobQueue:
             database=self.database,
             store=self.store,
             report=lambda fraction, message: service.report_progress(self.database, job, fraction, message),
+            in_server_process=self.in_server_process,
         )
         try:
             result = handler(context, **job.params)
@@ -229,6 +231,7 @@ class EmbeddedWorker:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
+        queue.in_server_process = True
         self.consumer: Consumer | None = None
         self.reaper = Reaper(queue)
         self._starting = threading.Thread(

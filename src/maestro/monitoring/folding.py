@@ -49,7 +49,7 @@ from maestro.deployments.predictions import (
 )
 from maestro.jobs.handlers import JobContext, job_handler
 from maestro.jobs.maintenance import FOLD
-from maestro.monitoring import segments
+from maestro.monitoring import fold_process, segments
 from maestro.monitoring.models import (
     ALL_TRAFFIC,
     PREDICTION_COLUMN,
@@ -367,18 +367,26 @@ def settle_seconds(settings: Settings) -> float:
     return max(settings.monitoring_fold_settle_seconds, 3 * settings.prediction_log_flush_seconds)
 
 
-@job_handler(FOLD)
-def fold_job(ctx: JobContext) -> dict[str, Any]:
-    """Fold what serving logged since the last run, then delete folded logs past their
+def fold_and_prune(database: Database, settings: Settings) -> dict[str, int]:
+    """One fold job's work: fold the settled logs, then delete the folded ones past their
     retention period."""
-    settings = ctx.settings
-    ctx.progress(0.0, "folding prediction logs into hourly profiles")
-    folded = fold_all(ctx.database, until=utcnow() - timedelta(seconds=settle_seconds(settings)))
-    ctx.progress(0.5, "deleting folded prediction logs past their retention")
+    folded = fold_all(database, until=utcnow() - timedelta(seconds=settle_seconds(settings)))
     cutoff = utcnow() - timedelta(days=settings.prediction_log_retention_days)
-    deleted = delete_folded_before(ctx.database, cutoff)
+    deleted = delete_folded_before(database, cutoff)
     return {
         "deployments_folded": len(folded),
         "logs_folded": sum(folded.values()),
         "logs_deleted": deleted,
     }
+
+
+@job_handler(FOLD)
+def fold_job(ctx: JobContext) -> dict[str, Any]:
+    """Fold what serving logged since the last run, then delete folded logs past their
+    retention period. A worker inside an API server folds in a child process
+    (``fold_process``): the fold is interpreter-bound work that would otherwise take the
+    interpreter's lock from the requests being served."""
+    ctx.progress(0.0, "folding prediction logs into hourly profiles")
+    if ctx.in_server_process:
+        return fold_process.run(ctx.settings)
+    return fold_and_prune(ctx.database, ctx.settings)
