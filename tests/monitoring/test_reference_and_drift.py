@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from maestro.config import Settings
 from maestro.db import utcnow
 from maestro.errors import NotFound, ValidationFailed
+from maestro.jobs import service as jobs_service
 from maestro.jobs.maintenance import DRIFT_REPORTS
 from maestro.jobs.models import Job
 from maestro.monitoring import reports
@@ -235,6 +236,35 @@ class TestReferenceFromTraffic:
         assert shown["error"].startswith("No served traffic was folded in that window")
         failed = refused(drift(client, world, live["id"], T0 + DAY), 409)
         assert "No served traffic was folded" in failed["message"]
+        assert "PUT /api/v1/deployments/{id}/monitoring/reference" in failed["message"]
+
+    def test_a_profiling_job_whose_workers_died_fails_the_reference(
+        self, client: TestClient, app: FastAPI, world: World, live: dict[str, Any], tiny: Tiny
+    ) -> None:
+        """Each attempt's worker dies without a word (claimed, then no heartbeat); once the
+        reaper gives the job up, the reference says failed and why, instead of waiting."""
+        dataset = upload_dataset(client, world, dataset_csv(rows(300, seed=1)))
+        response = client.put(
+            monitoring_path(live["id"], "reference"),
+            json={"dataset_file_id": dataset},
+            headers=world.developer.headers,
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["data"]["job_id"]
+        database = app.state.queue.database
+        while True:
+            claimed = jobs_service.claim(database, job_id, "a worker that dies")
+            assert claimed is not None
+            report = jobs_service.reap(database, lambda _: None, heartbeat_timeout=0, redeliver_after=3600)
+            if report.failed:
+                break
+            shown = client.get(monitoring_path(live["id"], "reference"), headers=world.viewer.headers)
+            assert shown.json()["data"]["status"] == "pending"
+        shown = client.get(monitoring_path(live["id"], "reference"), headers=world.viewer.headers)
+        assert shown.json()["data"]["status"] == "failed"
+        assert shown.json()["data"]["error"].startswith(f"The profiling job {job_id} failed: worker lost")
+        failed = refused(drift(client, world, live["id"], T0), 409)
+        assert "worker lost" in failed["message"]
         assert "PUT /api/v1/deployments/{id}/monitoring/reference" in failed["message"]
 
 

@@ -44,6 +44,7 @@ from maestro.files import service as files_service
 from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal
 from maestro.jobs.handlers import JobContext, job_handler
+from maestro.jobs.models import Job, JobStatus
 from maestro.monitoring.folding import fold_new_predictions, settle_seconds, utc_hour
 from maestro.monitoring.models import (
     ALL_TRAFFIC,
@@ -199,6 +200,24 @@ def current_reference(
     return session.scalars(statement).first()
 
 
+def _abandoned(session: Session, row: MonitoringReference) -> str | None:
+    """Why a reference still waiting for its profiling job will never get it (the job
+    failed: its worker died more often than it may be retried, or it was stopped), or
+    None: without this the reference would say ``building`` forever."""
+    if row.status not in ("pending", "building") or row.job_id is None:
+        return None
+    job = session.get(Job, row.job_id)
+    if job is None or job.status != JobStatus.failed:
+        return None
+    return f"The profiling job {job.id} failed: {job.error or 'no reason was recorded'}"
+
+
+def settled_status(session: Session, row: MonitoringReference) -> tuple[str, str | None]:
+    """The reference's status and error as they stand: a failed profiling job fails it."""
+    abandoned = _abandoned(session, row)
+    return ("failed", abandoned) if abandoned else (row.status, row.error)
+
+
 def _profile_rows(session: Session, reference_id: str) -> list[MonitoringReferenceProfile]:
     return list(
         session.scalars(
@@ -225,9 +244,10 @@ def reference_read(session: Session, deployment_id: str) -> ReferenceRead:
                     null_count=profile.null_count,
                 )
             )
+    status, error = settled_status(session, row)
     return ReferenceRead(
         deployment_id=deployment_id,
-        status=row.status,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
         source=row.source,  # type: ignore[arg-type]
         dataset_file_id=row.dataset_file_id,
         model_version_id=row.model_version_id,
@@ -237,7 +257,7 @@ def reference_read(session: Session, deployment_id: str) -> ReferenceRead:
         rows=row.rows,
         columns=columns,
         skipped_columns=list(row.skipped or []),
-        error=row.error,
+        error=error,
         job_id=row.job_id,
         set_at=row.updated_at,
         built_at=row.built_at,
@@ -385,27 +405,28 @@ def ready_reference(
 ) -> tuple[MonitoringReference, dict[str, ColumnProfile]]:
     """The deployment's built reference and its profiles; a 409 saying what to do when
     there is none yet."""
-    row = require_ready(current_reference(session, deployment_id))
+    row = require_ready(session, current_reference(session, deployment_id))
     profiles = {item.column: load_profile(item.kind, item.data) for item in _profile_rows(session, row.id)}
     return row, profiles
 
 
-def require_ready(row: MonitoringReference | None) -> MonitoringReference:
+def require_ready(session: Session, row: MonitoringReference | None) -> MonitoringReference:
     """The reference, if it is built; otherwise a 409 saying what to do."""
     if row is None:
         raise Conflict(
             f"The deployment has no reference data to compare its traffic with: {HOW_TO_SET}",
             details=[("reference", "not set")],
         )
-    if row.status in ("pending", "building"):
+    status, error = settled_status(session, row)
+    if status in ("pending", "building"):
         raise Conflict(
             f"The deployment's reference data is still being profiled (job {row.job_id}); try again once "
             "GET …/monitoring/reference says ready",
-            details=[("reference", row.status)],
+            details=[("reference", status)],
         )
-    if row.status == "failed":
+    if status == "failed":
         raise Conflict(
-            f"Profiling the deployment's reference data failed: {row.error}. Set it again: {HOW_TO_SET}",
+            f"Profiling the deployment's reference data failed: {error}. Set it again: {HOW_TO_SET}",
             details=[("reference", "failed")],
         )
     return row

@@ -478,7 +478,7 @@ def request_report(
     start = body.start if body.start is not None else end - DEFAULT_WINDOW
     start, end = bounded_window(start, end)
     deployment = authorized_deployment(session, principal, deployment_id, "write")
-    require_ready(current_reference(session, deployment.id))
+    require_ready(session, current_reference(session, deployment.id))
     job = queue.submit(
         session,
         REQUESTED,
