@@ -306,6 +306,7 @@ MODEL_MODULES = (
     "maestro.deployments.models",
     "maestro.mlflow_compat.models",
     "maestro.monitoring.models",
+    "maestro.webhooks.models",
 )
 
 
