@@ -3,8 +3,8 @@
 A fenced block is run when its language is ``bash`` or ``python``, unless the line
 just before the fence is ``<!-- not-tested: <reason> -->``. Blocks in other
 languages (``json``, ``text``, ``console``, ``yaml``, ``javascript``) show output,
-configuration or code for other runtimes, and are never run. A fence without a language is an error: a reader cannot tell
-whether it is something to type.
+configuration or code for other runtimes, and are never run. A fence without a
+language is an error: a reader cannot tell whether it is something to type.
 """
 
 from __future__ import annotations

@@ -99,3 +99,25 @@ def test_every_event_is_relayed_once_even_by_concurrent_relays(
     with app.state.database.session(write=False) as session:
         rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook["id"])).all()
     assert len({row.event_id for row in rows}) == len(rows) == 5
+
+
+def test_one_sender_at_a_time_per_webhook(
+    app: FastAPI, client: TestClient, world: World, receiver: Receiver
+) -> None:
+    """While one process holds a webhook's sending lease (a dispatched job), another
+    drain sends nothing of it; once the holder is done, the next one may."""
+    from maestro.webhooks import delivery
+
+    hook = create_webhook(client, world.org, world.admin.headers, receiver.url, ["model.created"])
+    new_model(client, world.project, world.admin.headers)
+    relay.relay_outbox(app.state.database)
+    assert relay.dispatch(app.state.queue) == 1  # holds the lease for the job it submitted
+    assert relay.dispatch(app.state.queue) == 0  # not twice
+    assert delivery.drain(app.state.database, app.state.settings, hook["id"]) == []
+    assert receiver.requests == []
+    with app.state.database.session(write=False) as session:
+        [job] = session.scalars(select(Job).where(Job.kind == relay.DELIVER)).all()
+    app.state.queue.execute(job.id)
+    assert len(receiver.wait_for(1)) == 1
+    assert delivery.drain(app.state.database, app.state.settings, hook["id"]) == []
+    assert len(receiver.requests) == 1
