@@ -272,3 +272,24 @@ def test_public_addresses_are_public(address: str) -> None:
 )
 def test_legacy_ipv4_forms_are_read_as_their_address(host: str, address: str) -> None:
     assert str(outbound.literal_address(host)) == address
+
+
+def test_the_signed_send_other_domains_reuse(app: FastAPI, receiver: Receiver) -> None:
+    """``service.send_signed_json``: what alert channels will call; guarded and signed."""
+    from standardwebhooks import Webhook as StandardWebhook
+
+    from maestro.webhooks import service
+
+    secret = signing.generate_secret()
+    allowed = app.state.settings.model_copy(update={"webhook_allowed_networks": LOOPBACK_ONLY})
+    result = service.send_signed_json(
+        allowed, receiver.url, {"alert": "fired"}, message_id="msg_1", secrets=[secret]
+    )
+    assert result.succeeded
+    [request] = receiver.requests
+    assert StandardWebhook(secret).verify(request.body, request.headers) == {"alert": "fired"}
+    with pytest.raises(outbound.DestinationRefused):
+        service.send_signed_json(app.state.settings, receiver.url, {}, message_id="msg_2", secrets=[secret])
+    with pytest.raises(outbound.DestinationRefused):
+        service.check_destination("https://169.254.169.254/", app.state.settings)
+    assert len(receiver.requests) == 1

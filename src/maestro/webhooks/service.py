@@ -7,6 +7,7 @@ receivers use as a credential)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -39,10 +40,31 @@ if TYPE_CHECKING:
     from maestro.api.envelope import Page
     from maestro.config import Settings
 
-__all__ = ["delivery", "outbound", "signing"]  # the pieces other domains (alerts) reuse
-
 ROTATION_OVERLAP = timedelta(hours=24)
 MISSING = "No such webhook"
+
+
+# --- what other domains (alert channels) reuse ------------------------------------------------
+def check_destination(url: str, settings: Settings, *, resolver: outbound.Resolver | None = None) -> None:
+    """Refuse (422, on the field ``url``) a URL that outbound requests must not reach;
+    names that do not resolve yet pass here and are checked again at every send."""
+    outbound.check_url(url, settings, resolver=resolver, resolve=False)
+
+
+def send_signed_json(
+    settings: Settings,
+    url: str,
+    payload: dict[str, Any],
+    *,
+    message_id: str,
+    secrets: list[str],
+    resolver: outbound.Resolver | None = None,
+) -> outbound.SendResult:
+    """One JSON POST, signed with Standard Webhooks headers under each of ``secrets``,
+    through the outbound guard: the answer (or why none came) is in the result; a refused
+    destination raises ``outbound.DestinationRefused`` and nothing is sent."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return delivery.send_signed(settings, url, message_id, body, secrets, utcnow(), resolver=resolver)
 
 
 def event_types() -> list[EventTypeRead]:
