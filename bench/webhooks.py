@@ -13,8 +13,10 @@ from the first arrival to the last (one webhook's deliveries go out one at a tim
 workers share webhooks, not deliveries of one webhook). Delay: ``--probes`` models are
 registered one at a time, each once the one before arrived, and the delay is the
 receiver's clock at arrival minus the event's `timestamp` (one machine, one clock). A
-worker relays the changes of other processes every ``--relay-interval`` seconds, so that
-bounds the delay from below on average by half of it.
+worker relays the changes of other processes every ``--relay-interval`` seconds: a change
+made at a random time waits half of it on average, but each probe is made just after the
+tick that delivered the one before, so with one worker probes wait nearly a whole interval
+(two workers tick at different times).
 
 Figures from a shared 2-core machine are noisy: compare within one run.
 """
