@@ -2,9 +2,9 @@
 
 A fenced block is run when its language is ``bash`` or ``python``, unless the line
 just before the fence is ``<!-- not-tested: <reason> -->``. Blocks in other
-languages (``json``, ``text``, ``console``, ``yaml``) show output or configuration
-and are never run. A fence without a language is an error: a reader cannot tell
-whether it is something to type.
+languages (``json``, ``text``, ``console``, ``yaml``, ``javascript``) show output,
+configuration or code for other runtimes, and are never run. A fence without a
+language is an error: a reader cannot tell whether it is something to type.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 RUNNABLE = ("bash", "python")
-SHOWN = ("json", "text", "console", "yaml")
+SHOWN = ("json", "text", "console", "yaml", "javascript")
 NOT_TESTED = re.compile(r"^<!--\s*not-tested:\s*(?P<reason>.*?)\s*-->$")
 
 

@@ -46,6 +46,7 @@ DOCUMENTS = (
     "docs/mlflow.md",
     "docs/serving.md",
     "docs/monitoring.md",
+    "docs/alerts-and-webhooks.md",
     "docs/operations.md",
     "docs/security.md",
     "docs/architecture.md",

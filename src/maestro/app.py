@@ -51,6 +51,7 @@ from maestro.registry.spec_routes import router as registry_by_name_router
 from maestro.storage import ArtifactStore
 from maestro.system.routes import router as system_router
 from maestro.tracking.routes import router as tracking_router
+from maestro.webhooks.routes import router as webhooks_router
 
 logger = logging.getLogger("maestro")
 
@@ -76,6 +77,7 @@ ROUTERS = (
     tracking_router,
     deployments_router,
     monitoring_router,
+    webhooks_router,
     metrics_router,
     mlflow_router,
 )

@@ -415,6 +415,26 @@ class Settings(BaseSettings):
         "fails and stores nothing.",
     )
 
+    # --- webhooks and every other outbound request -----------------------------------------------
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated, e.g. `10.20.0.0/16,127.0.0.1/32`) that webhooks may "
+        "reach although they are private, loopback or otherwise internal. Empty: only public addresses.",
+    )
+    webhook_allow_http: bool = Field(
+        False, description="Allow webhook URLs over plain http; by default only https is accepted."
+    )
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, le=60, description="Longest one delivery attempt may take, connecting included."
+    )
+    webhook_relay_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often job consumers look for new events and due deliveries (a change made in the "
+        "same process is relayed at once).",
+    )
+
     # --- the standalone model server (`maestro model-server`) ---------------------------------
     model_server_async_result_max_bytes: int = Field(
         1024**3,
@@ -494,7 +514,13 @@ class Settings(BaseSettings):
         64 * 1024**2, ge=1024, description="Largest request body the model server reads, in bytes (64 MiB)."
     )
 
-    @field_validator("cors_origins", "model_server_preload", "model_server_api_keys", mode="before")
+    @field_validator(
+        "cors_origins",
+        "model_server_preload",
+        "model_server_api_keys",
+        "webhook_allowed_networks",
+        mode="before",
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -517,6 +543,18 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a rate limit such as 100/minute") from None
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network such as 10.0.0.0/8") from None
         return value
 
     @field_validator("monitoring_drift_interval_seconds")

@@ -324,6 +324,7 @@ MODEL_MODULES = (
     "maestro.deployments.models",
     "maestro.mlflow_compat.models",
     "maestro.monitoring.models",
+    "maestro.webhooks.models",
 )
 
 

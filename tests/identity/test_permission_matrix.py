@@ -60,6 +60,8 @@ class Scene:
     serving_version_ids: tuple[str, str] = ("", "")
     batch_job_id: str = ""  # a finished batch prediction of that deployment, with its result file
     invitation_id: str = ""  # the pending invitation whose token is invitation_token
+    webhook_id: str = ""  # a webhook of the organisation (to an address the guard refuses) with one delivery
+    delivery_id: str = ""
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -82,6 +84,8 @@ class Scene:
             "deployment_name": self.deployment_name,
             "batch_job_id": self.batch_job_id,
             "invitation_id": self.invitation_id,
+            "webhook_id": self.webhook_id,
+            "delivery_id": self.delivery_id,
         }
 
 
@@ -199,6 +203,7 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> Scene:
         session.flush()
         world.experiment_id, world.run_id, world.artifact_id = experiment.id, run.id, artifact.id
     add_deployment(app, world)
+    add_webhook(app, world)
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
@@ -309,6 +314,36 @@ def add_deployment(app: FastAPI, world: Scene) -> None:
         world.batch_job_id = job.id
 
 
+def add_webhook(app: FastAPI, world: Scene) -> None:
+    """A webhook to an address the outbound guard refuses (so its test answers 422 and
+    nothing is sent), with one failed delivery."""
+    from maestro.webhooks import signing
+    from maestro.webhooks.models import Webhook, WebhookDelivery
+
+    with app.state.database.session() as session:
+        webhook = Webhook(
+            organization_id=world.org,
+            name="World webhook",
+            url="https://10.0.0.1/hook",
+            events=["model.created"],
+            secret_sealed=signing.seal(app.state.settings, signing.generate_secret()),
+        )
+        session.add(webhook)
+        session.flush()
+        row = WebhookDelivery(
+            webhook_id=webhook.id,
+            organization_id=world.org,
+            event_id=f"evt_world{next(_unique)}",
+            event_type="model.created",
+            body="{}",
+            status="failed",
+            attempts=10,
+        )
+        session.add(row)
+        session.flush()
+        world.webhook_id, world.delivery_id = webhook.id, row.id
+
+
 def headers_for(world: Scene, principal: str) -> dict[str, str]:
     if principal == "anonymous":
         return {}
@@ -405,6 +440,17 @@ def segment_column(_: Scene) -> dict[str, Any]:
 BY_NAME_VERSION = "/models/{model_id}/versions/{version}"
 MODEL_CARD = "/model-cards/{model_id}/versions/{version}"
 DELETED = "401 403 204 204 404 204 403"
+
+
+WEBHOOK = "/webhooks/{webhook_id}"
+
+
+def new_webhook(_: Scene) -> dict[str, Any]:
+    return {"name": f"hook {next(_unique)}", "url": "https://93.184.215.14/hook", "events": ["model.created"]}
+
+
+def recover_since(_: Scene) -> dict[str, Any]:
+    return {"since": "2020-01-01T00:00:00Z"}
 
 
 def registered_by_name(world: Scene) -> dict[str, Any]:
@@ -829,6 +875,29 @@ RULES = [
             ("POST", f"{RUN}/artifacts", CREATE, "write", None, artifact_file),
             ("GET", f"{RUN}/artifacts", READ, "read", None, None),
             ("GET", f"{RUN}/artifacts/{{artifact_id}}/download", READ, "read", None, None),
+        )
+    ],
+    # --- webhooks: organisation admins and keys granted webhooks ---------------------------------
+    Rule("GET", "/api/v1/webhooks/event-types", "401 200 200 200 200 200 200"),
+    *[
+        Rule(method, f"/api/v1{path}", expect, scope=("webhooks", action), body=body)
+        for method, path, expect, action, body in (
+            ("GET", "/organizations/{org_id}/webhooks", "401 403 403 200 404 200 403", "read", None),
+            ("POST", "/organizations/{org_id}/webhooks", "401 403 403 201 404 201 403", "write", new_webhook),
+            ("PUT", WEBHOOK, "401 403 403 200 404 200 403", "write", lambda w: {"name": "Renamed"}),
+            ("DELETE", WEBHOOK, "401 403 403 204 404 204 403", "delete", None),
+            ("POST", f"{WEBHOOK}/rotate-secret", "401 403 403 200 404 200 403", "write", lambda w: {}),
+            # The world's webhook points at an address the guard refuses: 422, nothing sent.
+            ("POST", f"{WEBHOOK}/test", "401 403 403 422 404 422 403", "write", None),
+            ("GET", f"{WEBHOOK}/deliveries", "401 403 403 200 404 200 403", "read", None),
+            (
+                "POST",
+                f"{WEBHOOK}/deliveries/{{delivery_id}}/redeliver",
+                "401 403 403 202 404 202 403",
+                "write",
+                None,
+            ),
+            ("POST", f"{WEBHOOK}/recover", "401 403 403 202 404 202 403", "write", recover_since),
         )
     ],
     # --- deployments and inference (the world's deployment, found by name for inference) --------

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from maestro.config import Settings
 from maestro.db import utcnow
 from maestro.errors import NotFound, ValidationFailed
+from maestro.events.models import OutboxEvent
 from maestro.jobs import service as jobs_service
 from maestro.jobs.maintenance import DRIFT_REPORTS
 from maestro.jobs.models import Job
@@ -332,6 +333,20 @@ class TestReports:
         run_job(app, again["job_id"])
         with app.state.database.session(write=False) as session:
             assert session.scalar(select(func.count()).select_from(MonitoringDriftReport)) == 1  # replaced
+            assert (
+                session.scalars(select(OutboxEvent).where(OutboxEvent.type == "drift.detected")).all() == []
+            )
+
+        # Where a quarter of the columns drifting makes the dataset drift, the report is an event.
+        strict = app.state.settings.model_copy(update={"monitoring_dataset_drift_share": 0.25})
+        window = (T0 + DAY, T0 + DAY + timedelta(hours=1))
+        found = reports.report_window(app.state.database, strict, live["id"], *window, trigger="requested")
+        assert found["dataset_drift"] is True
+        with app.state.database.session(write=False) as session:
+            detected = session.scalars(select(OutboxEvent).where(OutboxEvent.type == "drift.detected")).all()
+        assert [(event.payload["report_id"], event.payload["drifted_columns"]) for event in detected] == [
+            (found["report_id"], ["amount"])
+        ]
 
     def test_scheduled_reports_follow_a_clock_the_test_moves(
         self,

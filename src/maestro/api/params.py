@@ -31,6 +31,8 @@ ArtifactId = Annotated[str, path_id("artifact")]
 FileId = Annotated[str, path_id("file")]
 DeploymentId = Annotated[str, path_id("deployment")]
 InvitationId = Annotated[str, path_id("invitation")]
+WebhookId = Annotated[str, path_id("webhook")]
+DeliveryId = Annotated[str, path_id("delivery")]
 
 EARLIEST, LATEST = datetime(1970, 1, 2, tzinfo=UTC), datetime(9998, 12, 31, tzinfo=UTC)
 

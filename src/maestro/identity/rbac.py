@@ -57,6 +57,9 @@ ORGANIZATION_RULES: dict[tuple[str, Action], Role] = {
     ("api_keys", "write"): Role.admin,
     ("api_keys", "delete"): Role.admin,
     ("audit_logs", "read"): Role.admin,
+    ("webhooks", "read"): Role.admin,
+    ("webhooks", "write"): Role.admin,
+    ("webhooks", "delete"): Role.admin,
     ("projects", "read"): Role.viewer,
     ("projects", "write"): Role.developer,  # create a project in the organisation
     ("jobs", "read"): Role.viewer,  # organisation-wide jobs, such as imports

@@ -25,6 +25,7 @@ HANDLER_MODULES = (
     "maestro.monitoring.folding",
     "maestro.monitoring.reference",
     "maestro.monitoring.reports",
+    "maestro.webhooks.relay",
 )
 
 
@@ -33,6 +34,20 @@ def job_handler(kind: str) -> Callable[[Handler], Handler]:
         if HANDLERS.get(kind, function) is not function:
             raise RuntimeError(f"job kind {kind!r} registered twice")
         HANDLERS[kind] = function
+        return function
+
+    return register
+
+
+# Work every consumer process does between jobs, each called with the process's
+# ``JobQueue`` every ``MAESTRO_WEBHOOK_RELAY_INTERVAL_SECONDS`` and whenever an event was
+# committed in the process (the webhooks relay: events into deliveries, deliveries into jobs).
+TICKERS: dict[str, Callable[[Any], None]] = {}
+
+
+def job_ticker(name: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    def register(function: Callable[[Any], None]) -> Callable[[Any], None]:
+        TICKERS[name] = function
         return function
 
     return register

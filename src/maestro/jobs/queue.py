@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from maestro.config import Settings
 from maestro.db import Database, utcnow
+from maestro.events import service as events
 from maestro.jobs import service
-from maestro.jobs.handlers import HANDLERS, JobContext, load_handlers
+from maestro.jobs.handlers import HANDLERS, TICKERS, JobContext, load_handlers
 from maestro.jobs.models import FINISHED_STATUSES
 from maestro.storage import ArtifactStore
 
@@ -201,6 +202,33 @@ class Reaper(threading.Thread):
         self.stopped.set()
 
 
+class Ticker(threading.Thread):
+    """Runs the registered tickers (``job_ticker``) of a consumer process: at once when
+    an event was committed in this process, else every relay interval."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        super().__init__(name="maestro-ticker", daemon=True)
+        self.queue = queue
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = self.queue.settings.webhook_relay_interval_seconds
+        while not self.stopped.is_set():
+            events.written.wait(interval)
+            events.written.clear()
+            if self.stopped.is_set():
+                return
+            for name, tick in list(TICKERS.items()):
+                try:
+                    tick(self.queue)
+                except Exception:
+                    logger.exception("ticker %s failed", name)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        events.written.set()
+
+
 def _consumer_options(settings: Settings) -> dict[str, Any]:
     return {
         "workers": settings.worker_threads,
@@ -234,6 +262,7 @@ class EmbeddedWorker:
         queue.in_server_process = True
         self.consumer: Consumer | None = None
         self.reaper = Reaper(queue)
+        self.ticker = Ticker(queue)
         self._starting = threading.Thread(
             target=self._start_consumer, name="maestro-worker-start", daemon=True
         )
@@ -245,9 +274,11 @@ class EmbeddedWorker:
     def start(self) -> None:
         self._starting.start()
         self.reaper.start()
+        self.ticker.start()
 
     def stop(self) -> None:
         self.reaper.stop()
+        self.ticker.stop()
         if self._starting.ident is not None:  # started
             self._starting.join()
         if self.consumer is not None:
@@ -258,6 +289,8 @@ def run_worker(queue: JobQueue) -> None:
     """The ``maestro worker`` main loop; returns on SIGINT/SIGTERM."""
     reaper = Reaper(queue)
     reaper.start()
+    ticker = Ticker(queue)
+    ticker.start()
     from huey.consumer import Consumer
 
     consumer = Consumer(queue.huey, **_consumer_options(queue.settings))
@@ -265,3 +298,4 @@ def run_worker(queue: JobQueue) -> None:
         consumer.run()
     finally:
         reaper.stop()
+        ticker.stop()

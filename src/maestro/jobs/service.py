@@ -17,10 +17,14 @@ from sqlalchemy.orm import Session
 
 from maestro.db import Database, matched_rows, run_after_commit, utcnow
 from maestro.errors import NotFound, ValidationFailed
+from maestro.events import service as events
 from maestro.jobs.handlers import HANDLERS, ClaimedJob
 from maestro.jobs.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger("maestro.jobs")
+
+# Jobs whose end is no event: the delivery of events itself.
+QUIET_PREFIX = "webhooks."
 
 
 def submit(
@@ -121,8 +125,23 @@ def finish(
     else:
         values.update(status=JobStatus.failed, error=error[:10_000])
     with database.session() as session:
-        outcome = session.execute(update(Job).where(*_running(job)).values(**values))
-    if matched_rows(outcome) != 1:
+        owner = session.execute(
+            update(Job).where(*_running(job)).values(**values).returning(Job.organization_id, Job.project_id)
+        ).first()
+        if owner is not None and owner.organization_id is not None and not job.kind.startswith(QUIET_PREFIX):
+            events.record(
+                session,
+                owner.organization_id,
+                "job.completed" if error is None else "job.failed",
+                {
+                    "job_id": job.id,
+                    "kind": job.kind,
+                    "project_id": owner.project_id,
+                    "status": str(values["status"]),
+                    "error": None if error is None else error[:500],
+                },
+            )
+    if owner is None:
         logger.warning(
             "job %s attempt %s finished after losing ownership; outcome dropped", job.id, job.attempt
         )

@@ -47,6 +47,7 @@ from maestro.db import utcnow
 from maestro.deployments.models import Deployment, DeploymentStatus
 from maestro.deployments.service import deployable_version
 from maestro.errors import Conflict, ValidationFailed
+from maestro.events import service as events
 from maestro.identity import audit
 from maestro.identity.rbac import Principal
 from maestro.jobs.handlers import JobContext, job_handler
@@ -402,6 +403,7 @@ def report_window(
             raise ValueError("The deployment was deleted")
         row, reference = ready_reference(session, deployment_id)
         described = _reference_document(row)
+        organization_id, deployment_name = deployment.organization_id, deployment.name
         important = important_features(session, deployment)
         segmenting = segments.segmenting(session, deployment_id)
         for segment in (ALL_TRAFFIC, *(segmenting.known if segmenting is not None else ())):
@@ -428,6 +430,23 @@ def report_window(
                 "created_at": now,
             }
             report_ids[segment] = _store_report(session, values)
+        comparison = comparisons[ALL_TRAFFIC]
+        if comparison.summary.dataset_drift:
+            events.record(
+                session,
+                organization_id,
+                "drift.detected",
+                {
+                    "deployment_id": deployment_id,
+                    "deployment_name": deployment_name,
+                    "report_id": report_ids[ALL_TRAFFIC],
+                    "window_start": _iso(window_start),
+                    "window_end": _iso(window_end),
+                    "share_drifted": comparison.share,
+                    "drifted_columns": [result.column for result in comparison.columns if result.drifted],
+                    "trigger": trigger,
+                },
+            )
     comparison = comparisons[ALL_TRAFFIC]
     found: dict[str, Any] = {
         "report_id": report_ids[ALL_TRAFFIC],
