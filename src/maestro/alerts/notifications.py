@@ -82,7 +82,6 @@ def queue(
     return len(found)
 
 
-@job_ticker("alerts.notifications")
 def submit_due(job_queue: Any, now: datetime | None = None) -> int:
     """Hand due notifications to jobs; the conditional UPDATE makes one job per row even
     when several processes tick at once."""
@@ -127,6 +126,11 @@ def submit_due(job_queue: Any, now: datetime | None = None) -> int:
                 job_queue.submit(session, NOTIFY, {"notification_id": notification_id})
                 submitted += 1
     return submitted
+
+
+@job_ticker("alerts.notifications")
+def tick(job_queue: Any) -> None:
+    submit_due(job_queue)
 
 
 def _note(session: Session, alert_id: str, entry: dict[str, Any]) -> None:

@@ -64,12 +64,12 @@ class AlertRuleUpdate(StrictModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: Name = Field(None)  # type: ignore[assignment]
-    alert_type: AlertType = Field(None)  # type: ignore[assignment]
+    alert_type: AlertType = Field(None)  # type: ignore[arg-type]
     metric_name: MetricName = Field(None)  # type: ignore[assignment]
     threshold: float = Field(None, allow_inf_nan=False)  # type: ignore[assignment]
-    operator: Operator = Field(None)  # type: ignore[assignment]
-    severity: Severity = Field(None)  # type: ignore[assignment]
-    notification_channels: ChannelIds = Field(None)  # type: ignore[assignment]
+    operator: Operator = Field(None)  # type: ignore[arg-type]
+    severity: Severity = Field(None)  # type: ignore[arg-type]
+    notification_channels: ChannelIds = Field(None)  # type: ignore[arg-type]
     window: Seconds = Field(None)  # type: ignore[assignment]
     for_: Annotated[int, Field(ge=0, le=7 * 86_400)] = Field(None, alias="for")  # type: ignore[assignment]
     repeat_interval: Seconds = Field(None)  # type: ignore[assignment]
@@ -172,7 +172,7 @@ class ChannelCreate(StrictModel):
 class ChannelUpdate(StrictModel):
     name: Name = Field(None)  # type: ignore[assignment]
     url: Url = Field(None)  # type: ignore[assignment]
-    recipients: Annotated[list[EmailStr], Field(max_length=50)] = Field(None)  # type: ignore[assignment]
+    recipients: Annotated[list[EmailStr], Field(max_length=50)] = Field(None)  # type: ignore[arg-type]
     rotate_secret: bool = False
 
 
