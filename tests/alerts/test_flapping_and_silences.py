@@ -111,3 +111,20 @@ def test_reminders_after_repeat_interval_none_when_acknowledged_or_silenced(
     assert resolved.json()["data"]["status"] == "resolved"
     shown = client.get(f"/api/v1/alert-rules/{rule['id']}", headers=world.viewer.headers).json()["data"]
     assert (shown["state"], shown["current_alert_id"]) == ("normal", None)
+
+
+def test_deleting_a_rule_closes_its_open_alert(
+    app: FastAPI, client: TestClient, world: World, tiny: Tiny, receiver: Receiver
+) -> None:
+    live = deploy_classifier(client, world, tiny)
+    channel = create_channel(client, world, kind="webhook", url=receiver.url)
+    rule = _traffic_rule(client, world, live["id"], channel["id"])
+    record(app, world, live, BASE, rows(1, seed=1))
+    evaluate(app, BASE + timedelta(minutes=1))
+    [alert] = _alerts(client, world)
+    assert alert["status"] == "firing"
+    deleted = client.delete(f"/api/v1/alert-rules/{rule['id']}", headers=world.developer.headers)
+    assert deleted.status_code == 204, deleted.text
+    shown = client.get(f"/api/v1/alerts/{alert['id']}", headers=world.viewer.headers).json()["data"]
+    assert (shown["status"], shown["rule_id"]) == ("resolved", None)
+    assert evaluate(app, BASE + timedelta(minutes=2)) == 0

@@ -243,6 +243,11 @@ def update_rule(session: Session, principal: Principal, rule_id: str, body: Aler
 def delete_rule(session: Session, principal: Principal, rule_id: str) -> None:
     rule = _rule(session, principal, rule_id, "delete")
     _audit_rule(session, rule)
+    open_alert = session.get(Alert, rule.current_alert_id) if rule.current_alert_id else None
+    if open_alert is not None and open_alert.status == AlertStatus.firing:
+        now = utcnow()
+        open_alert.status, open_alert.resolved_at = AlertStatus.resolved, now
+        note(open_alert, "resolved", now, by=_actor(principal), detail="its rule was deleted")
     session.delete(rule)
     session.flush()
 
