@@ -317,3 +317,36 @@ class TestChannels:
         app.state.queue.execute(job_id)
         first, second = receiver.wait_for(2)
         assert first.headers["webhook-id"] == second.headers["webhook-id"]  # the receiver's idempotency key
+
+
+def test_a_private_projects_alerts_are_for_its_members(
+    app: FastAPI, client: TestClient, world: World
+) -> None:
+    from maestro.alerts.models import Alert
+
+    with app.state.database.session() as session:
+        alert = Alert(
+            organization_id=world.org,
+            project_id=world.private,
+            deployment_id="deploy_private",
+            rule_name="Private",
+            metric_name="accuracy",
+            operator="less_than",
+            threshold=0.9,
+            severity="low",
+            value=0.5,
+            timeline=[],
+        )
+        session.add(alert)
+        session.flush()
+        alert_id = alert.id
+    path = f"/api/v1/organizations/{world.org}/alerts"
+    assert client.get(path, headers=world.viewer.headers).json()["data"] == []
+    assert [item["id"] for item in client.get(path, headers=world.admin.headers).json()["data"]] == [alert_id]
+    hidden = client.get(f"/api/v1/alerts/{alert_id}", headers=world.developer.headers)
+    unknown = client.get("/api/v1/alerts/alert_00000000000000000000000000", headers=world.developer.headers)
+    assert hidden.status_code == unknown.status_code == 404
+    assert _error(hidden)["message"] == _error(unknown)["message"]
+    refused = client.put(f"/api/v1/alerts/{alert_id}/acknowledge", headers=world.developer.headers)
+    assert refused.status_code == 404
+    assert client.get(f"/api/v1/alerts/{alert_id}", headers=world.admin.headers).status_code == 200

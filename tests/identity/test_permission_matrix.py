@@ -391,6 +391,7 @@ def add_alerts(app: FastAPI, world: Scene) -> None:
         session.flush()
         alert = Alert(
             organization_id=world.org,
+            project_id=world.project,
             rule_id=rule.id,
             deployment_id=world.deployment_id,
             rule_name=rule.name,

@@ -119,6 +119,7 @@ def _event_data(alert: Alert) -> dict[str, Any]:
 def _fire(session: Session, settings: Settings, rule: AlertRule, value: float | None, now: datetime) -> Alert:
     alert = Alert(
         organization_id=rule.organization_id,
+        project_id=rule.project_id,
         rule_id=rule.id,
         deployment_id=rule.deployment_id,
         rule_name=rule.name,

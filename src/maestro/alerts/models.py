@@ -65,6 +65,7 @@ class Alert(IdMixin, Base):
     id_prefix = "alert"
 
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(String(40))  # whose members may see it
     rule_id: Mapped[str | None] = mapped_column(ForeignKey("alert_rules.id", ondelete="SET NULL"), index=True)
     deployment_id: Mapped[str] = mapped_column(String(40), index=True)
     rule_name: Mapped[str] = mapped_column(String(200))

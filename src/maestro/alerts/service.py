@@ -41,6 +41,7 @@ from maestro.identity import audit
 from maestro.identity.rbac import Action, Principal, Target, authorize
 from maestro.monitoring import service as monitoring
 from maestro.projects import service as projects_service
+from maestro.projects.models import Project
 from maestro.webhooks import service as webhooks
 from maestro.webhooks import signing
 
@@ -302,6 +303,11 @@ def list_alerts(
 ) -> Page[AlertRead]:
     authorize(session, principal, "read", Target("alerts", organization_id))
     statement = select(Alert).where(Alert.organization_id == organization_id)
+    if principal.kind == "user":  # a private project's alerts are its members' (and admins')
+        visible = projects_service.visible_projects(session, principal, organization_id)
+        statement = statement.where(
+            Alert.project_id.in_(visible.with_only_columns(Project.id).order_by(None))
+        )
     if status is not None:
         statement = statement.where(Alert.status == status)
     if severity is not None:
@@ -327,6 +333,15 @@ def _alert(session: Session, principal: Principal, alert_id: str, action: Action
     if alert is None:
         raise NotFound(NO_SUCH_ALERT)
     authorize(session, principal, action, Target("alerts", alert.organization_id), missing=NO_SUCH_ALERT)
+    if principal.kind == "user":
+        project = projects_service.get_project(session, alert.project_id)
+        authorize(
+            session,
+            principal,
+            "read",
+            Target("projects", project.organization_id, project),
+            missing=NO_SUCH_ALERT,
+        )
     return alert
 
 

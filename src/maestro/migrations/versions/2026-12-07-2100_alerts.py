@@ -119,6 +119,7 @@ def upgrade() -> None:
     op.create_table(
         "alerts",
         sa.Column("organization_id", sa.String(length=40), nullable=False),
+        sa.Column("project_id", sa.String(length=40), nullable=False),
         sa.Column("rule_id", sa.String(length=40), nullable=True),
         sa.Column("deployment_id", sa.String(length=40), nullable=False),
         sa.Column("rule_name", sa.String(length=200), nullable=False),
