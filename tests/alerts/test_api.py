@@ -248,6 +248,8 @@ class TestChannels:
             {"kind": "email", "recipients": ["not an address"]},
             {"kind": "email"},
             {"kind": "webhook"},
+            {"kind": "webhook", "url": "https://93.184.215.14/hook", "secret": "whsec_not-base64!"},
+            {"kind": "slack", "url": "https://93.184.215.14/hook", "secret": "a-secret-of-my-own-123"},
         ],
     )
     def test_bad_destinations_are_refused(self, client: TestClient, world: World, body: dict) -> None:

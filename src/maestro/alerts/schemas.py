@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from maestro.schemas import StrictModel, Visible
+from maestro.webhooks.schemas import Secret
 
 Operator = Literal[
     "less_than", "less_than_or_equal", "greater_than", "greater_than_or_equal", "equal", "not_equal"
@@ -164,9 +165,11 @@ class ChannelCreate(StrictModel):
     recipients: Annotated[list[EmailStr], Field(max_length=50)] | None = Field(
         None, description="Email addresses (email channels)."
     )
-    secret: (
-        Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None
-    ) = Field(None, description="A webhook channel's signing secret; generated when left out, shown once.")
+    secret: Secret | None = Field(
+        None,
+        description="A webhook channel's signing secret (a whsec_ secret or 16 characters or more); "
+        "generated when left out, shown once.",
+    )
 
 
 class ChannelUpdate(StrictModel):
