@@ -90,6 +90,7 @@ def test_accuracy_alert_fires_after_for_notifies_once_and_resolves(
     [sent] = receiver.wait_for(1)
     data = StandardWebhook(hook["secret"]).verify(sent.body, sent.headers)
     assert data["type"] == "alert.triggered"
+    assert (data["id"], data["organization_id"]) == (sent.headers["webhook-id"], world.org)
     assert data["data"]["alert_id"] == alert_id
     assert data["data"]["value"] == 0.0
     [mail] = mailbox.wait_for(1)

@@ -117,7 +117,13 @@ def send(settings: Settings, channel: NotificationChannel, payload: dict[str, An
             )
         else:
             url, secrets = channel.url or "", [signing.unseal(settings, channel.secret_sealed or "")]
-            body = {"type": f"alert.{payload['event']}", "timestamp": payload["at"], "data": payload}
+            body = {  # the shape of a webhook's event, so one receiver reads both
+                "id": message_id,
+                "type": f"alert.{payload['event']}",
+                "timestamp": payload["at"],
+                "organization_id": channel.organization_id,
+                "data": payload,
+            }
         result = webhooks.send_signed_json(settings, url, body, message_id=message_id, secrets=secrets)
     except ValidationFailed as exc:
         return Sent(False, exc.message[:200])
