@@ -131,5 +131,5 @@ def send(settings: Settings, channel: NotificationChannel, payload: dict[str, An
         return Sent(False, str(exc)[:200])
     if result.succeeded:
         return Sent(True)
-    detail = result.error or f"answered {result.status_code}"
+    detail = (result.error or f"answered {result.status_code}").replace(url, "<the channel's URL>")
     return Sent(False, detail[:200], result.retry_after)
