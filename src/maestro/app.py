@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.types import ASGIApp
 
 from maestro import __version__
+from maestro.alerts.routes import router as alerts_router
 from maestro.api.envelope import ErrorResponse
 from maestro.api.errors import install_error_handlers
 from maestro.api.front_door import FastRoute, FrontDoor
@@ -78,6 +79,7 @@ ROUTERS = (
     deployments_router,
     monitoring_router,
     webhooks_router,
+    alerts_router,
     metrics_router,
     mlflow_router,
 )

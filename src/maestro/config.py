@@ -435,6 +435,20 @@ class Settings(BaseSettings):
         "same process is relayed at once).",
     )
 
+    # --- alerts ------------------------------------------------------------------------------
+    alert_evaluation_interval_seconds: int = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="How often alert rules are evaluated (each rule once per interval across all "
+        "processes); 0 turns scheduled evaluation off. Checked once a minute by the scheduler.",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server email notification channels send through.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_username: str | None = Field(None, description="SMTP user name; unset: no login.")
+    smtp_password: str | None = Field(None, description="SMTP password.")
+    smtp_from: str = Field("maestro@localhost", description="Sender address of alert emails.")
+    smtp_starttls: bool = Field(True, description="Upgrade SMTP connections with STARTTLS.")
     # --- the standalone model server (`maestro model-server`) ---------------------------------
     model_server_async_result_max_bytes: int = Field(
         1024**3,

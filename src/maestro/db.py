@@ -325,6 +325,7 @@ MODEL_MODULES = (
     "maestro.mlflow_compat.models",
     "maestro.monitoring.models",
     "maestro.webhooks.models",
+    "maestro.alerts.models",
 )
 
 

@@ -62,6 +62,10 @@ class Scene:
     invitation_id: str = ""  # the pending invitation whose token is invitation_token
     webhook_id: str = ""  # a webhook of the organisation (to an address the guard refuses) with one delivery
     delivery_id: str = ""
+    channel_id: str = ""  # a webhook notification channel (to an address the guard refuses)
+    rule_id: str = ""  # an alert rule of the deployment, with a firing alert
+    alert_id: str = ""
+    silence_id: str = ""
 
     def path_params(self) -> dict[str, str]:
         return {
@@ -86,6 +90,10 @@ class Scene:
             "invitation_id": self.invitation_id,
             "webhook_id": self.webhook_id,
             "delivery_id": self.delivery_id,
+            "channel_id": self.channel_id,
+            "rule_id": self.rule_id,
+            "alert_id": self.alert_id,
+            "silence_id": self.silence_id,
         }
 
 
@@ -204,6 +212,7 @@ def build_world(app: FastAPI, scope: tuple[str, str] | None) -> Scene:
         world.experiment_id, world.run_id, world.artifact_id = experiment.id, run.id, artifact.id
     add_deployment(app, world)
     add_webhook(app, world)
+    add_alerts(app, world)
     world.keys["key"] = factory.api_key(org, {scope[0]: [scope[1]]} if scope else {})
     world.keys["key_none"] = factory.api_key(org, {})
     return world
@@ -344,6 +353,67 @@ def add_webhook(app: FastAPI, world: Scene) -> None:
         world.webhook_id, world.delivery_id = webhook.id, row.id
 
 
+def add_alerts(app: FastAPI, world: Scene) -> None:
+    """A notification channel to an address the guard refuses (its test answers that it
+    was not delivered), an alert rule of the deployment with a firing alert, and a silence."""
+    from datetime import timedelta
+
+    from maestro.alerts.models import Alert, AlertRule, NotificationChannel, Silence
+    from maestro.db import utcnow
+    from maestro.webhooks import signing
+
+    with app.state.database.session() as session:
+        channel = NotificationChannel(
+            organization_id=world.org,
+            name="World channel",
+            kind="webhook",
+            url="https://10.0.0.1/hook",
+            secret_sealed=signing.seal(app.state.settings, signing.generate_secret()),
+        )
+        rule = AlertRule(
+            organization_id=world.org,
+            project_id=world.project,
+            deployment_id=world.deployment_id,
+            name="Traffic stopped",
+            alert_type="traffic",
+            metric_name="request_count",
+            threshold=1,
+            operator="less_than",
+            severity="high",
+            notification_channels=[],
+            window_seconds=3600,
+            for_seconds=0,
+            repeat_interval_seconds=3600,
+            min_samples=0,
+            state="firing",
+        )
+        session.add_all([channel, rule])
+        session.flush()
+        alert = Alert(
+            organization_id=world.org,
+            project_id=world.project,
+            rule_id=rule.id,
+            deployment_id=world.deployment_id,
+            rule_name=rule.name,
+            metric_name=rule.metric_name,
+            operator=rule.operator,
+            threshold=rule.threshold,
+            severity=rule.severity,
+            value=0.0,
+            timeline=[],
+        )
+        silence = Silence(organization_id=world.org, rule_id=rule.id, ends_at=utcnow() + timedelta(days=1))
+        session.add_all([alert, silence])
+        session.flush()
+        rule.current_alert_id = alert.id
+        world.channel_id, world.rule_id, world.alert_id, world.silence_id = (
+            channel.id,
+            rule.id,
+            alert.id,
+            silence.id,
+        )
+
+
 def headers_for(world: Scene, principal: str) -> dict[str, str]:
     if principal == "anonymous":
         return {}
@@ -447,6 +517,23 @@ WEBHOOK = "/webhooks/{webhook_id}"
 
 def new_webhook(_: Scene) -> dict[str, Any]:
     return {"name": f"hook {next(_unique)}", "url": "https://93.184.215.14/hook", "events": ["model.created"]}
+
+
+def new_alert_rule(_: Scene) -> dict[str, Any]:
+    return {"metric_name": "request_count", "threshold": 1, "operator": "less_than"}
+
+
+def new_silence(world: Scene) -> dict[str, Any]:
+    return {"rule_id": world.rule_id, "ends_at": "2999-01-01T00:00:00Z"}
+
+
+def new_channel(_: Scene) -> dict[str, Any]:
+    return {"name": f"channel {next(_unique)}", "kind": "webhook", "url": "https://93.184.215.14/hook"}
+
+
+ALERT = "/alerts/{alert_id}"
+ALERT_RULE = "/alert-rules/{rule_id}"
+CHANNEL = "/notification-channels/{channel_id}"
 
 
 def recover_since(_: Scene) -> dict[str, Any]:
@@ -898,6 +985,73 @@ RULES = [
                 None,
             ),
             ("POST", f"{WEBHOOK}/recover", "401 403 403 202 404 202 403", "write", recover_since),
+        )
+    ],
+    # --- alerts: rules with the deployment's monitoring, alerts and silences for the
+    # organisation's members, notification channels for its admins ----------------------------
+    *[
+        Rule(method, f"/api/v1{path}", expect, scope=(kind, action), body=body)
+        for method, path, expect, kind, action, body in (
+            (
+                "POST",
+                f"{MONITORING}/alerts",
+                "401 403 201 201 404 201 403",
+                "monitoring",
+                "write",
+                new_alert_rule,
+            ),
+            ("GET", f"{MONITORING}/alerts", DEPLOY_READ, "monitoring", "read", None),
+            ("GET", ALERT_RULE, DEPLOY_READ, "monitoring", "read", None),
+            ("PUT", ALERT_RULE, DEPLOY_CHANGE, "monitoring", "write", lambda w: {"threshold": 2}),
+            ("DELETE", ALERT_RULE, "401 403 204 204 404 204 403", "monitoring", "delete", None),
+            ("GET", "/organizations/{org_id}/alerts", READ, "alerts", "read", None),
+            ("GET", ALERT, READ, "alerts", "read", None),
+            ("PUT", f"{ALERT}/acknowledge", CHANGE, "alerts", "write", None),
+            ("PUT", f"{ALERT}/resolve", CHANGE, "alerts", "write", None),
+            ("GET", "/organizations/{org_id}/alert-silences", READ, "alerts", "read", None),
+            ("POST", "/organizations/{org_id}/alert-silences", CREATE, "alerts", "write", new_silence),
+            (
+                "DELETE",
+                "/organizations/{org_id}/alert-silences/{silence_id}",
+                "401 403 204 204 404 204 403",
+                "alerts",
+                "delete",
+                None,
+            ),
+            (
+                "GET",
+                "/organizations/{org_id}/notification-channels",
+                "401 403 403 200 404 200 403",
+                "notification_channels",
+                "read",
+                None,
+            ),
+            (
+                "POST",
+                "/organizations/{org_id}/notification-channels",
+                "401 403 403 201 404 201 403",
+                "notification_channels",
+                "write",
+                new_channel,
+            ),
+            (
+                "PUT",
+                CHANNEL,
+                "401 403 403 200 404 200 403",
+                "notification_channels",
+                "write",
+                lambda w: {"name": "Renamed"},
+            ),
+            ("DELETE", CHANNEL, "401 403 403 204 404 204 403", "notification_channels", "delete", None),
+            # The world's channel points at an address the guard refuses: not delivered, nothing sent.
+            (
+                "POST",
+                f"{CHANNEL}/test",
+                "401 403 403 200 404 200 403",
+                "notification_channels",
+                "write",
+                None,
+            ),
         )
     ],
     # --- deployments and inference (the world's deployment, found by name for inference) --------

@@ -31,6 +31,8 @@ API_KEY_RESOURCES = (
     "inference",
     "monitoring",
     "webhooks",
+    "alerts",
+    "notification_channels",
     "files",
     "jobs",
 )
@@ -60,6 +62,12 @@ ORGANIZATION_RULES: dict[tuple[str, Action], Role] = {
     ("webhooks", "read"): Role.admin,
     ("webhooks", "write"): Role.admin,
     ("webhooks", "delete"): Role.admin,
+    ("alerts", "read"): Role.viewer,
+    ("alerts", "write"): Role.developer,  # acknowledge, resolve, silence
+    ("alerts", "delete"): Role.developer,
+    ("notification_channels", "read"): Role.admin,
+    ("notification_channels", "write"): Role.admin,
+    ("notification_channels", "delete"): Role.admin,
     ("projects", "read"): Role.viewer,
     ("projects", "write"): Role.developer,  # create a project in the organisation
     ("jobs", "read"): Role.viewer,  # organisation-wide jobs, such as imports
@@ -269,6 +277,10 @@ _SEGMENT_KINDS = {
     "inference": "inference",
     "monitoring": "monitoring",
     "webhooks": "webhooks",
+    "alerts": "alerts",
+    "alert-rules": "monitoring",
+    "alert-silences": "alerts",
+    "notification-channels": "notification_channels",
     "files": "files",
     "datasets": "files",
     "jobs": "jobs",
@@ -288,6 +300,8 @@ _ROUTE_SCOPES: dict[tuple[str, str], tuple[str, Action]] = {
     ("DELETE", "/api/v1/models/{model_id}/tags"): ("models", "write"),
     ("DELETE", "/api/v1/models/{model_id}/versions/{version}/tags"): ("models", "write"),
     ("POST", "/api/v1/upload/models"): ("files", "write"),
+    ("GET", "/api/v1/deployments/{deployment_id}/monitoring/alerts"): ("monitoring", "read"),
+    ("POST", "/api/v1/deployments/{deployment_id}/monitoring/alerts"): ("monitoring", "write"),
     ("POST", "/api/v1/inference/{deployment_name}"): ("inference", "read"),
     ("POST", "/api/v1/inference/{deployment_name}/batch"): ("inference", "read"),
 }

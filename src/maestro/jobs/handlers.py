@@ -26,6 +26,8 @@ HANDLER_MODULES = (
     "maestro.monitoring.reference",
     "maestro.monitoring.reports",
     "maestro.webhooks.relay",
+    "maestro.alerts.evaluator",
+    "maestro.alerts.notifications",
 )
 
 

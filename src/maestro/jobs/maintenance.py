@@ -17,6 +17,8 @@ FOLD = "monitoring.fold"
 # Stores each active deployment's drift report for the intervals just closed; its handler is
 # monitoring's (``maestro.monitoring.reports``).
 DRIFT_REPORTS = "monitoring.drift_reports"
+# Evaluates the enabled alert rules; its handler is alerts' (``maestro.alerts.evaluator``).
+ALERT_EVALUATION = "alerts.evaluate"
 PROBE = "system.probe"
 MAX_PROBE_SECONDS = 300.0
 PROBE_HOLDS = "probe-holds"  # under the data directory: files that release held probes

@@ -152,8 +152,8 @@ class JobQueue:
         the last run make one cleanup per interval across all of them, one fold of
         prediction logs per fold interval, and one run of drift reports per drift
         interval once it has closed, never while the last one is still waiting or
-        running."""
-        from maestro.jobs.maintenance import CLEANUP, DRIFT_REPORTS, FOLD
+        running, and one evaluation of alert rules per alert interval."""
+        from maestro.jobs.maintenance import ALERT_EVALUATION, CLEANUP, DRIFT_REPORTS, FOLD
 
         interval = timedelta(minutes=self.settings.maintenance_interval_minutes)
         fold_every = self.settings.monitoring_fold_interval_seconds
@@ -177,6 +177,12 @@ class JobQueue:
                     and closed > _intervals_closed(last.created_at.timestamp(), drift_every)
                 ):
                     self.submit(session, DRIFT_REPORTS)
+            alert_every = self.settings.alert_evaluation_interval_seconds
+            if alert_every:
+                last = service.last_submitted(session, ALERT_EVALUATION)
+                due = utcnow() - timedelta(seconds=max(alert_every - FOLD_SLACK_SECONDS, 0))
+                if last is None or (last.status in FINISHED_STATUSES and last.created_at < due):
+                    self.submit(session, ALERT_EVALUATION)
 
 
 def _intervals_closed(at: float, every: int) -> int:
