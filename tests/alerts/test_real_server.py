@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -24,34 +23,15 @@ from maestro.alerts.models import AlertNotification
 from maestro.config import Settings
 from tests.alerts.conftest import Mailbox, minute
 from tests.conftest import RunningProcess, wait_until
-from tests.deployments.platform import FEATURES, Tiny
+from tests.deployments.platform import Tiny
 from tests.factories import World
-from tests.monitoring.drifting import deploy_classifier, rows
+from tests.monitoring.drifting import data_of, deploy_classifier, rows, send_over_http
 from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.slow
 
 ROWS_PER_REQUEST = 20
 FLIP = {"fraud": "legit", "legit": "fraud"}
-
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()["data"]
-
-
-def _send(http: httpx.Client, headers: dict[str, str], matrix: np.ndarray) -> list[tuple[str, list[str]]]:
-    served = []
-    for first in range(0, len(matrix), ROWS_PER_REQUEST):
-        part = matrix[first : first + ROWS_PER_REQUEST]
-        instances = [dict(zip(FEATURES, row, strict=True)) for row in part.tolist()]
-        answer = http.post("/api/v1/inference/fraud-api", json={"instances": instances}, headers=headers)
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
-        served.append(
-            (body["model_info"]["prediction_id"], [str(p["prediction"]) for p in body["predictions"]])
-        )
-    return served
 
 
 def _label(
@@ -65,7 +45,7 @@ def _label(
     ]
 
     def matched() -> bool:
-        answer = _ok(
+        answer = data_of(
             http.post(
                 f"/api/v1/deployments/{deployment_id}/monitoring/ground-truth",
                 json={"items": items},
@@ -94,7 +74,7 @@ def test_an_alerts_life_on_a_real_server(
     server = serve(server_settings)
     try:
         with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            hook = _ok(
+            hook = data_of(
                 http.post(
                     f"/api/v1/organizations/{world.org}/notification-channels",
                     json={"name": "Receiver", "kind": "webhook", "url": receiver.url},
@@ -102,7 +82,7 @@ def test_an_alerts_life_on_a_real_server(
                 ),
                 201,
             )
-            email = _ok(
+            email = data_of(
                 http.post(
                     f"/api/v1/organizations/{world.org}/notification-channels",
                     json={"name": "Mail", "kind": "email", "recipients": ["oncall@example.com"]},
@@ -110,7 +90,7 @@ def test_an_alerts_life_on_a_real_server(
                 ),
                 201,
             )
-            rule = _ok(
+            rule = data_of(
                 http.post(
                     f"/api/v1/deployments/{live['id']}/monitoring/alerts",
                     json={
@@ -130,12 +110,14 @@ def test_an_alerts_life_on_a_real_server(
             )
 
             def state() -> dict[str, Any]:
-                return dict(_ok(http.get(f"/api/v1/alert-rules/{rule['id']}", headers=world.viewer.headers)))
+                return dict(
+                    data_of(http.get(f"/api/v1/alert-rules/{rule['id']}", headers=world.viewer.headers))
+                )
 
             def evaluate(at: datetime) -> None:
                 assert evaluator.evaluate_all(app.state.database, server_settings, at) == 1
 
-            wrong = _send(http, world.key_headers, rows(40, seed=1))
+            wrong = send_over_http(http, world.key_headers, rows(40, seed=1), ROWS_PER_REQUEST)
             _label(http, world, live["id"], wrong, right=False)
             # Evaluations as of minutes to come: windows closed after the traffic.
             now = minute(datetime.now(UTC)) + timedelta(minutes=2)
@@ -154,10 +136,10 @@ def test_an_alerts_life_on_a_real_server(
             [mail] = mailbox.wait_for(1)
             assert "FIRING" in mail["Subject"] and "CRITICAL" in mail["Subject"]
 
-            _ok(http.put(f"/api/v1/alerts/{alert_id}/acknowledge", headers=world.developer.headers))
+            data_of(http.put(f"/api/v1/alerts/{alert_id}/acknowledge", headers=world.developer.headers))
             evaluate(now + timedelta(minutes=6))  # still firing, acknowledged: nothing sent
 
-            right = _send(http, world.key_headers, rows(200, seed=2))
+            right = send_over_http(http, world.key_headers, rows(200, seed=2), ROWS_PER_REQUEST)
             _label(http, world, live["id"], right, right=True)
             evaluate(now + timedelta(minutes=7))
             assert state()["state"] == "normal"
@@ -176,7 +158,7 @@ def test_an_alerts_life_on_a_real_server(
             wait_until(all_sent, timeout=60, interval=0.2)
             assert len(receiver.requests) == 2
             assert len(mailbox.messages) == 2
-            detail = _ok(http.get(f"/api/v1/alerts/{alert_id}", headers=world.viewer.headers))
+            detail = data_of(http.get(f"/api/v1/alerts/{alert_id}", headers=world.viewer.headers))
             assert detail["status"] == "resolved" and detail["acknowledged"] is True
     finally:
         server.stop()

@@ -9,6 +9,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import numpy as np
 import polars as pl
 from fastapi import FastAPI
@@ -142,3 +143,27 @@ def drift(
 
 def by_column(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {column["column"]: column for column in data["columns"]}
+
+
+def data_of(response: httpx.Response, status: int = 200) -> Any:
+    """The envelope's ``data`` of a response that must have ``status``."""
+    assert response.status_code == status, response.text
+    return response.json()["data"]
+
+
+def send_over_http(
+    http: httpx.Client, headers: dict[str, str], matrix: np.ndarray, rows_per_request: int
+) -> list[tuple[str, list[str]]]:
+    """Serve ``matrix`` to the ``fraud-api`` deployment of a real server, in requests of
+    ``rows_per_request`` rows: (prediction id, the rows' predicted labels) per request."""
+    served = []
+    for first in range(0, len(matrix), rows_per_request):
+        part = matrix[first : first + rows_per_request]
+        instances = [dict(zip(FEATURES, row, strict=True)) for row in part.tolist()]
+        answer = http.post("/api/v1/inference/fraud-api", json={"instances": instances}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        served.append(
+            (body["model_info"]["prediction_id"], [str(p["prediction"]) for p in body["predictions"]])
+        )
+    return served

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,7 +24,16 @@ from maestro.config import Settings
 from tests.conftest import RunningProcess, wait_until
 from tests.deployments.platform import FEATURES, Tiny
 from tests.factories import World
-from tests.monitoring.drifting import dataset_csv, deploy_classifier, iso, labels, rows, upload_dataset
+from tests.monitoring.drifting import (
+    data_of,
+    dataset_csv,
+    deploy_classifier,
+    iso,
+    labels,
+    rows,
+    send_over_http,
+    upload_dataset,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,26 +41,6 @@ FLUSH_SECONDS = 0.4
 SETTLE_SECONDS = 1.2  # what the server waits before folding a log: three flushes (see settle_seconds)
 ROWS_PER_REQUEST = 25
 DAY = timedelta(days=1)
-
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()["data"]
-
-
-def _send(http: httpx.Client, headers: dict[str, str], matrix: np.ndarray) -> list[tuple[str, list[str]]]:
-    """Serve ``matrix`` in requests of ``ROWS_PER_REQUEST`` rows: (prediction id, labels)."""
-    served = []
-    for first in range(0, len(matrix), ROWS_PER_REQUEST):
-        part = matrix[first : first + ROWS_PER_REQUEST]
-        instances = [dict(zip(FEATURES, row, strict=True)) for row in part.tolist()]
-        answer = http.post("/api/v1/inference/fraud-api", json={"instances": instances}, headers=headers)
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
-        served.append(
-            (body["model_info"]["prediction_id"], [str(p["prediction"]) for p in body["predictions"]])
-        )
-    return served
 
 
 def _hours(opens: datetime, closes: datetime) -> dict[str, str]:
@@ -85,7 +73,7 @@ def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_s
     calm = rows(1_000, seed=2)
     yesterday = serve(settings, clock_behind=DAY.total_seconds())
     with httpx.Client(base_url=yesterday.base_url, timeout=60) as http:
-        served = _send(http, world.key_headers, calm)
+        served = send_over_http(http, world.key_headers, calm, ROWS_PER_REQUEST)
     yesterday.stop()
     assert "Application shutdown complete" in yesterday.output(), yesterday.output()
     ended_yesterday = datetime.now(UTC) - DAY
@@ -104,14 +92,14 @@ def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_s
                     actual = "legit" if predicted[row] == "fraud" else "fraud"
                 right += actual == predicted[row]
                 items.append({"prediction_id": prediction_id, "row": row, "actual": actual})
-        answer = _ok(
+        answer = data_of(
             http.post(f"{monitoring}/ground-truth", json={"items": items}, headers=world.developer.headers)
         )
         assert (answer["matched"], answer["unknown_count"]) == (len(items), 0)
 
         def metrics(window: dict[str, str]) -> dict[str, Any]:
             params = {**window, "granularity": "1h"}
-            return _ok(http.get(f"{monitoring}/metrics", params=params, headers=world.viewer.headers))
+            return data_of(http.get(f"{monitoring}/metrics", params=params, headers=world.viewer.headers))
 
         then = metrics(yesterdays_hours)
         current = then["current_metrics"]
@@ -126,7 +114,7 @@ def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_s
         assert (now["accuracy"], now["quality"]["label_count"]) == (None, 0)
 
         # 3. Reference data from the dataset file, profiled by the server's job.
-        _ok(
+        data_of(
             http.put(
                 f"{monitoring}/reference",
                 json={"dataset_file_id": reference_file},
@@ -136,32 +124,32 @@ def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_s
         )
         wait_until(
             lambda: (
-                _ok(http.get(f"{monitoring}/reference", headers=world.viewer.headers))["status"]
+                data_of(http.get(f"{monitoring}/reference", headers=world.viewer.headers))["status"]
                 in ("ready", "failed")
             ),
             timeout=120,
             interval=0.2,
         )
-        assert _ok(http.get(f"{monitoring}/reference", headers=world.viewer.headers))["status"] == "ready"
+        assert data_of(http.get(f"{monitoring}/reference", headers=world.viewer.headers))["status"] == "ready"
 
         # 4. Today's traffic with `amount` moved by three standard deviations.
-        _send(http, world.key_headers, rows(1_000, seed=3, shift=3.0))
+        send_over_http(http, world.key_headers, rows(1_000, seed=3, shift=3.0), ROWS_PER_REQUEST)
         todays_hours = _hours(began_today, datetime.now(UTC))
 
         def job_done(job_id: str) -> dict[str, Any] | None:
-            job = _ok(http.get(f"/api/v1/jobs/{job_id}", headers=world.developer.headers))
+            job = data_of(http.get(f"/api/v1/jobs/{job_id}", headers=world.developer.headers))
             return job if job["status"] in ("succeeded", "failed") else None
 
         def report(window: dict[str, str], rows_sent: int) -> dict[str, Any] | None:
             """A requested report once it counts every row sent in ``window``: the server
             folds only settled logs, so a report asked for too early sees fewer and is
             asked again (the same window's report is replaced)."""
-            requested = _ok(
+            requested = data_of(
                 http.post(f"{monitoring}/drift", json=window, headers=world.developer.headers), 202
             )
             job = wait_until(lambda: job_done(requested["job_id"]), timeout=120, interval=0.2)
             assert job["status"] == "succeeded", job
-            answer = _ok(http.get(f"{monitoring}/drift", params=window, headers=world.viewer.headers))
+            answer = data_of(http.get(f"{monitoring}/drift", params=window, headers=world.viewer.headers))
             amount = next(column for column in answer["columns"] if column["column"] == "amount")
             return answer if amount["n_current"] == rows_sent else None
 
@@ -177,7 +165,9 @@ def test_traffic_yesterday_labels_today_accuracy_reference_and_drift_on_a_real_s
         assert {calm_then[name] for name in FEATURES} <= {"ok", "warning"}, calm_then
 
         both_days = {"start": yesterdays_hours["start"], "end": todays_hours["end"]}
-        history = _ok(http.get(f"{monitoring}/drift/history", params=both_days, headers=world.viewer.headers))
+        history = data_of(
+            http.get(f"{monitoring}/drift/history", params=both_days, headers=world.viewer.headers)
+        )
         assert [point["trigger"] for point in history["dataset"]] == ["requested", "requested"]
         amount = next(series for series in history["columns"] if series["column"] == "amount")
         assert [point["verdict"] for point in amount["points"]][-1] == "drift", amount
