@@ -40,7 +40,16 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Backend, expect, log, nearest_rank, running_server, scratch_postgres, server_env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: bench/ is a package
+from bench.harness import (
+    Backend,
+    expect,
+    log,
+    nearest_rank,
+    running_server,
+    scratch_postgres,
+    server_env,
+)
 
 
 class Receiver:
