@@ -427,6 +427,12 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         15.0, gt=0, le=60, description="Longest one delivery attempt may take, connecting included."
     )
+    webhook_delivery_retention_days: int = Field(
+        30,
+        ge=1,
+        description="Relayed events and finished webhook deliveries (delivered, or failed for good) older "
+        "than this are deleted by the cleanup job.",
+    )
     webhook_relay_interval_seconds: float = Field(
         1.0,
         gt=0,

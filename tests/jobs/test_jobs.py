@@ -259,7 +259,7 @@ class TestMaintenance:
         queue.execute(cleanup_id)
         job = status_of(queue, cleanup_id)
         assert job.status == JobStatus.succeeded
-        assert job.result == {"temporary_files_removed": 1, "jobs_removed": 1}
+        assert job.result == {"temporary_files_removed": 1, "jobs_removed": 1, "webhook_records_removed": 0}
         assert not os.path.exists(writer._write_path)
         with pytest.raises(Exception, match="No such job"), queue.database.session() as session:
             service.get_job(session, old)

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks import Webhook as StandardWebhook
 
+from maestro.db import utcnow
 from maestro.events.models import OutboxEvent
 from maestro.identity.models import AuditLog
+from maestro.jobs.maintenance import CLEANUP
+from maestro.jobs.models import Job, JobStatus
 from maestro.webhooks import delivery, relay
 from maestro.webhooks.delivery import JITTER, SCHEDULE, ManualClock
 from maestro.webhooks.models import Webhook, WebhookDelivery
@@ -233,3 +238,48 @@ def test_recover_sends_again_what_failed_since_a_time(
     receiver.answer(Answer())
     [outcome] = delivery.drain(app.state.database, app.state.settings, hook["id"], clock=ManualClock())
     assert outcome.status == "succeeded"
+
+
+def test_the_cleanup_job_deletes_old_finished_deliveries_and_relayed_events(
+    app: FastAPI, client: TestClient, world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the retention period, relayed events and finished deliveries go; a delivery
+    still waiting for its next attempt stays, whatever its age."""
+    receiver.answer(FAILING)
+    hook = create_webhook(client, world.org, world.admin.headers, receiver.url, ["model.created"])
+    new_model(client, world.project, world.admin.headers)
+    clock = ManualClock()
+    relay.relay_outbox(app.state.database, clock.now())
+    database, settings, queue = app.state.database, app.state.settings, app.state.queue
+    [outcome] = delivery.drain(database, settings, hook["id"], clock=clock)
+    assert outcome.status == "pending"
+    event_id = delivery_row(app, hook["id"]).event_id
+
+    def cleanup(days_later: int) -> dict[str, Any]:
+        later = utcnow() + timedelta(days=days_later)
+        monkeypatch.setattr(relay, "utcnow", lambda: later)
+        with database.session() as session:
+            job_id = queue.submit(session, CLEANUP).id
+        queue.execute(job_id)
+        with database.session(write=False) as session:
+            job = session.get(Job, job_id)
+            assert job is not None and job.status == JobStatus.succeeded, job and job.error
+            return dict(job.result or {})
+
+    def outbox_ids() -> set[str]:
+        with database.session(write=False) as session:
+            return set(session.scalars(select(OutboxEvent.id)))
+
+    relayed = len(outbox_ids())
+    assert cleanup(settings.webhook_delivery_retention_days - 1)["webhook_records_removed"] == 0
+    assert cleanup(settings.webhook_delivery_retention_days + 1)["webhook_records_removed"] == relayed
+    assert event_id not in outbox_ids()
+    assert delivery_row(app, hook["id"]).status == "pending"  # still to be sent: kept
+
+    receiver.answer(Answer(204, b""))
+    clock.advance(3600)
+    [outcome] = delivery.drain(database, settings, hook["id"], clock=clock)
+    assert outcome.status == "succeeded"
+    assert cleanup(settings.webhook_delivery_retention_days + 1)["webhook_records_removed"] == 1
+    with database.session(write=False) as session:
+        assert session.scalars(select(WebhookDelivery)).all() == []

@@ -55,6 +55,19 @@ def job_ticker(name: str) -> Callable[[Callable[[Any], None]], Callable[[Any], N
     return register
 
 
+# What domains add to the cleanup job (``maintenance.cleanup``): each is called with the
+# job's context and returns how many rows it removed, reported under its name.
+CLEANUP_STEPS: dict[str, Callable[[JobContext], int]] = {}
+
+
+def cleanup_step(name: str) -> Callable[[Callable[[JobContext], int]], Callable[[JobContext], int]]:
+    def register(function: Callable[[JobContext], int]) -> Callable[[JobContext], int]:
+        CLEANUP_STEPS[name] = function
+        return function
+
+    return register
+
+
 def load_handlers() -> dict[str, Handler]:
     for module in HANDLER_MODULES:
         importlib.import_module(module)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from maestro.jobs import service
-from maestro.jobs.handlers import JobContext, job_handler
+from maestro.jobs.handlers import CLEANUP_STEPS, JobContext, job_handler
 
 CLEANUP = "maintenance.cleanup"
 # Folds prediction logs into monitoring's hourly profiles and deletes the folded ones past
@@ -26,14 +26,17 @@ PROBE_HOLDS = "probe-holds"  # under the data directory: files that release held
 
 @job_handler(CLEANUP)
 def cleanup(ctx: JobContext) -> dict[str, Any]:
-    """Remove temporary files of uploads that never finished and finished jobs past
-    their retention period."""
+    """Remove temporary files of uploads that never finished, finished jobs past their
+    retention period, and what the domains' cleanup steps (``cleanup_step``) remove."""
     ctx.progress(0.0, "removing stale temporary uploads")
     removed_files = ctx.store.remove_stale_temporaries(ctx.settings.stale_upload_hours * 3600)
     ctx.progress(0.5, "removing old finished jobs")
     with ctx.database.session() as session:
         removed_jobs = service.delete_finished_before(session, ctx.settings.job_retention_days)
-    return {"temporary_files_removed": removed_files, "jobs_removed": removed_jobs}
+    result: dict[str, Any] = {"temporary_files_removed": removed_files, "jobs_removed": removed_jobs}
+    for name, step in CLEANUP_STEPS.items():
+        result[name] = step(ctx)
+    return result
 
 
 @job_handler(PROBE)

@@ -16,12 +16,12 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from maestro.db import Database, matched_rows, utcnow
 from maestro.events.models import OutboxEvent
-from maestro.jobs.handlers import JobContext, job_handler, job_ticker
+from maestro.jobs.handlers import JobContext, cleanup_step, job_handler, job_ticker
 from maestro.webhooks import delivery
 from maestro.webhooks.catalogue import DIRECT_ONLY, public_type
 from maestro.webhooks.models import DeliveryStatus, Webhook, WebhookDelivery
@@ -165,3 +165,36 @@ def deliver(ctx: JobContext, webhook_id: str, sender: str | None = None) -> dict
     for outcome in outcomes:
         counts[outcome.status] += 1
     return {"webhook_id": webhook_id, "attempts": len(outcomes), **counts}
+
+
+PRUNE_BATCH = 1000  # rows deleted per transaction
+
+
+def _delete_in_batches(database: Database, table: Any, *where: Any) -> int:
+    removed = 0
+    while True:
+        with database.session() as session:
+            ids = list(session.scalars(select(table.id).where(*where).limit(PRUNE_BATCH)))
+            if ids:
+                session.execute(delete(table).where(table.id.in_(ids)))
+        removed += len(ids)
+        if len(ids) < PRUNE_BATCH:
+            return removed
+
+
+@cleanup_step("webhook_records_removed")
+def prune(ctx: JobContext) -> int:
+    """Delete relayed events and finished deliveries (delivered, or failed for good: the
+    dead letter is redeliverable until then) older than
+    ``MAESTRO_WEBHOOK_DELIVERY_RETENTION_DAYS``; pending deliveries stay whatever their age."""
+    cutoff = utcnow() - timedelta(days=ctx.settings.webhook_delivery_retention_days)
+    events = _delete_in_batches(
+        ctx.database, OutboxEvent, OutboxEvent.delivered_at.is_not(None), OutboxEvent.created_at < cutoff
+    )
+    deliveries = _delete_in_batches(
+        ctx.database,
+        WebhookDelivery,
+        WebhookDelivery.status.in_((DeliveryStatus.succeeded, DeliveryStatus.failed)),
+        WebhookDelivery.created_at < cutoff,
+    )
+    return events + deliveries
