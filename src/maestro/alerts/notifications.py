@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select, update
 
 from maestro.alerts import channels
 from maestro.alerts.models import Alert, AlertNotification, AlertRule, NotificationChannel, NotificationStatus
-from maestro.db import matched_rows, run_after_commit, utcnow
+from maestro.db import matched_rows, run_after_commit, utc_iso, utcnow
 from maestro.events import service as events
 from maestro.jobs.handlers import JobContext, job_handler, job_ticker
 
@@ -46,7 +46,7 @@ def payload(settings: Settings, rule: AlertRule, alert: Alert, event: str, now: 
         "threshold": rule.threshold,
         "value": alert.value,
         "severity": rule.severity,
-        "at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "at": utc_iso(now),
         "link": f"{base}/api/v1/alerts/{alert.id}" if base else None,
     }
 

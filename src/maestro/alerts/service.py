@@ -33,7 +33,7 @@ from maestro.alerts.schemas import (
     TimelineEntry,
 )
 from maestro.api.pagination import PageParams, paginate
-from maestro.db import new_id, release_write_lock, utcnow
+from maestro.db import new_id, release_write_lock, utc_iso, utcnow
 from maestro.deployments.models import Deployment
 from maestro.deployments.service import NO_SUCH_DEPLOYMENT
 from maestro.errors import NotFound, ValidationFailed
@@ -641,7 +641,7 @@ def test_channel(
         "threshold": 0.0,
         "value": None,
         "severity": "low",
-        "at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "at": utc_iso(now),
         "link": None,
     }
     _audit_channel(session, channel, action="test")

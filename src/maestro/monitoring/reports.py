@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from maestro.db import utcnow
+from maestro.db import utc_iso, utcnow
 from maestro.deployments.models import Deployment, DeploymentStatus
 from maestro.deployments.service import deployable_version
 from maestro.errors import Conflict, ValidationFailed
@@ -440,8 +440,8 @@ def report_window(
                     "deployment_id": deployment_id,
                     "deployment_name": deployment_name,
                     "report_id": report_ids[ALL_TRAFFIC],
-                    "window_start": _iso(window_start),
-                    "window_end": _iso(window_end),
+                    "window_start": utc_iso(window_start),
+                    "window_end": utc_iso(window_end),
                     "share_drifted": comparison.share,
                     "drifted_columns": [result.column for result in comparison.columns if result.drifted],
                     "trigger": trigger,
@@ -451,8 +451,8 @@ def report_window(
     found: dict[str, Any] = {
         "report_id": report_ids[ALL_TRAFFIC],
         "deployment_id": deployment_id,
-        "window_start": _iso(window_start),
-        "window_end": _iso(window_end),
+        "window_start": utc_iso(window_start),
+        "window_end": utc_iso(window_end),
         "share_drifted": comparison.share,
         "dataset_drift": comparison.summary.dataset_drift,
         "drifted_columns": [result.column for result in comparison.columns if result.drifted],
@@ -470,10 +470,6 @@ def report_window(
             if segment != ALL_TRAFFIC
         }
     return found
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _fold(database: Database, settings: Settings, deployment_id: str, now: datetime) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from maestro.db import Database, matched_rows, utcnow
+from maestro.db import Database, matched_rows, utc_iso, utcnow
 from maestro.events.models import OutboxEvent
 from maestro.jobs.handlers import JobContext, cleanup_step, job_handler, job_ticker
 from maestro.webhooks import delivery
@@ -35,17 +35,13 @@ BATCH = 500
 DISPATCH_HOLD = timedelta(minutes=5)
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def event_body(event_id: str, event_type: str, organization_id: str, created_at: datetime, data: Any) -> str:
     """The JSON every receiver gets: the same bytes on every attempt."""
     return json.dumps(
         {
             "id": event_id,
             "type": event_type,
-            "timestamp": iso(created_at),
+            "timestamp": utc_iso(created_at),
             "organization_id": organization_id,
             "data": data,
         },
