@@ -23,7 +23,7 @@ from sqlalchemy import select, text, update
 from maestro.db import utcnow
 from maestro.deployments.models import PredictionLog
 from maestro.deployments.payloads import MAGIC, decode, encode
-from maestro.deployments.predictions import MAX_LOGGED_ROWS, logged_matrices, logged_predictions
+from maestro.deployments.predictions import MAX_LOGGED_ROWS, Served, logged_matrices, logged_predictions
 from tests.deployments.platform import (
     FEATURES,
     SCHEMA,
@@ -278,3 +278,27 @@ HEADER_LENGTH = struct.unpack_from("<I", GOOD, 4)[0]
 def test_the_decoder_refuses_what_it_did_not_write(payload: bytes, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         decode(payload)
+
+
+def test_a_log_that_cannot_be_encoded_is_counted_as_dropped_and_the_request_stands(app: FastAPI) -> None:
+    """Logs are encoded as requests are recorded: one whose rows do not match its answers
+    is dropped with a log line, never raised into the request that was answered."""
+    recorder = app.state.serving.recorder
+    registry = recorder.metrics.registry
+    before = registry.get_sample_value("maestro_prediction_logs_dropped_total") or 0.0
+    mismatched = Served(
+        deployment_id="deploy_x",
+        organization_id="org_x",
+        version_id=None,
+        request_id="req_x",
+        prediction_id="pred_x",
+        status_code=200,
+        latency_ms=1.0,
+        rows=2,
+        names=("amount",),
+        matrix=np.zeros((2, 1)),
+        values=["only one answer"],
+    )
+    recorder.record(mismatched, log=True)
+    assert registry.get_sample_value("maestro_prediction_logs_dropped_total") == before + 1
+    assert recorder.flush().logs == 0

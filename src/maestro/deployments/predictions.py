@@ -149,7 +149,11 @@ class PredictionRecorder:
                 if len(self._pending) + len(self._pending_failures) >= self.max_pending:
                     self.metrics.prediction_logs_dropped.inc()
                 elif _answered(served):
-                    self._pending.append(_bulk_row(served, self._dialect))
+                    try:
+                        self._pending.append(_bulk_row(served, self._dialect))
+                    except ValueError:  # a log that cannot be encoded never fails its answered request
+                        logger.exception("could not encode the prediction log %s", served.prediction_id)
+                        self.metrics.prediction_logs_dropped.inc()
                 else:
                     self._pending_failures.append(served)
             pending = len(self._pending) + len(self._pending_failures)
